@@ -1,0 +1,657 @@
+r"""Penalties: what a regularization term is — its value, its gradient, its proximal step.
+
+Each penalty is a small configuration object (its strengths) whose methods act on a *list* of
+tensors, so one call covers every selected parameter with fused ``torch._foreach_*`` kernels:
+
+* ``value(params)`` — :math:`R(w)`, a differentiable 0-d float64 tensor (float32 and half
+  parameters are reduced in chunks and added in float64, so the value stays accurate on large
+  models);
+* ``add_grad_(params, grads, value=False)`` — ``grads += ∇R(params)`` in place, optionally returning
+  :math:`R` (detached) when it comes almost free;
+* ``prox_(params, steps)`` — ``params ← prox_{t·R}(params)`` in place, ``steps[i]`` a float or a
+  tensor broadcastable to ``params[i]``.
+
+Conventions (``lam`` ≥ 0; the table in the README maps them to torch, Keras, Paddle, scikit-learn):
+
+=================================  ===========================  ======================  ================================================
+penalty                            value :math:`R(w)`           gradient                prox with step :math:`t`
+=================================  ===========================  ======================  ================================================
+``L2(lam)``                        :math:`λ/2 · Σ w²`           :math:`λw`              :math:`w / (1 + tλ)`
+``L1(lam)``                        :math:`λ · Σ |w|`            :math:`λ·sign(w)`       :math:`sign(w)·max(|w| − tλ, 0)` (exact zeros)
+``ElasticNet(l1, l2)``             sum of the two               sum                     soft-threshold by :math:`t·l1`, divide by :math:`1 + t·l2`
+``GroupLasso(lam, groups, scale)`` :math:`λ Σ_g c_g ‖w_g‖₂`     :math:`λc_g w_g/‖w_g‖`  :math:`w_g · max(1 − tλc_g/‖w_g‖, 0)` (zero groups)
+``Orthogonal(lam, mode)``          Keras ``OrthogonalRegularizer``  autograd           none
+=================================  ===========================  ======================  ================================================
+
+Strengths are plain attributes (``penalty.lam = 1e-3`` during training works) validated on
+assignment. A strength may be a tensor of shape ``[K]``: the parameters are then taken as ``K``
+models stacked along a leading member dimension ``[K, ...]`` and member ``k`` gets strength ``k``.
+Penalties add: ``L1(a) + L2(b)`` is an :class:`ElasticNet`, and any sum is a :class:`Sum` whose
+terms are the very objects that were added (changing ``a.lam`` changes the sum).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from regtorch._reduce import accumulation_dtype, member_sum_of_powers, sum_of_powers
+from regtorch._strength import Strength, as_tensor_like, check_members, is_zero, validate_strength
+
+__all__ = ["L1", "L2", "ElasticNet", "GroupLasso", "Orthogonal", "Penalty", "Sum"]
+
+Steps = Sequence["float | Tensor"]
+
+# Keras normalizes rows by x / max(‖x‖, epsilon) with its backend epsilon 1e-7.
+_KERAS_EPSILON = 1e-7
+
+
+# --------------------------------------------------------------------------------------------
+# Functional kernels on lists of tensors.
+# --------------------------------------------------------------------------------------------
+
+
+class Scratch:
+    """Buffers shaped like a list of parameters, reused across steps (no per-step allocation).
+
+    The cache is keyed on the identity of the parameters and the first one's dtype and device,
+    so freezing a layer or moving the model re-allocates once.
+    """
+
+    __slots__ = ("_bufs", "_key")
+
+    def __init__(self) -> None:
+        self._bufs: list[Tensor] = []
+        self._key: tuple | None = None
+
+    def like(self, params: Sequence[Tensor]) -> list[Tensor]:
+        key = (tuple(map(id, params)), params[0].dtype, params[0].device) if params else ()
+        if key != self._key:
+            self._bufs = [torch.empty_like(p, memory_format=torch.preserve_format)
+                          for p in params]
+            self._key = key
+        return self._bufs
+
+
+def _per_param(lam: Strength, params: Sequence[Tensor]) -> list[Tensor]:
+    """A ``[K]`` strength as one ``[K, 1, ..., 1]`` view per (stacked) parameter."""
+    out = []
+    for p in params:
+        check_members(lam, p, "stacked strength")
+        out.append(as_tensor_like(lam, p))
+    return out
+
+
+def _taus(lam: Strength, steps: Steps, params: Sequence[Tensor]) -> tuple[list, bool]:
+    """Thresholds ``t_i · lam`` per parameter, and whether they are all plain floats."""
+    lams = _per_param(lam, params) if isinstance(lam, Tensor) else [lam] * len(params)
+    taus = [s * lam_i for s, lam_i in zip(steps, lams)]
+    return taus, all(not isinstance(t, Tensor) for t in taus)
+
+
+def _add_sign_(params: Sequence[Tensor], grads: Sequence[Tensor], lam: Strength,
+               scratch: Scratch | None) -> None:
+    """``grads += lam · sign(params)`` through a reused sign buffer."""
+    signs = scratch.like(params) if scratch is not None else [torch.empty_like(p) for p in params]
+    torch._foreach_copy_(signs, params)
+    torch._foreach_sign_(signs)
+    if isinstance(lam, Tensor):
+        torch._foreach_addcmul_(grads, signs, _per_param(lam, params))
+    else:
+        torch._foreach_add_(grads, signs, alpha=lam)
+
+
+def _soft_threshold_(params: Sequence[Tensor], taus: list, all_float: bool,
+                     scratch: Scratch | None) -> None:
+    """``w ← w − clamp(w, −τ, τ)`` = ``sign(w)·max(|w| − τ, 0)``; ``w − w`` is an exact zero."""
+    clipped = scratch.like(params) if scratch is not None else [torch.empty_like(p)
+                                                                for p in params]
+    torch._foreach_copy_(clipped, params)
+    if all_float:
+        torch._foreach_clamp_min_(clipped, [-t for t in taus])
+        torch._foreach_clamp_max_(clipped, taus)
+    else:
+        taus = [t if isinstance(t, Tensor) else torch.tensor(t, dtype=p.dtype, device=p.device)
+                for t, p in zip(taus, params)]
+        torch._foreach_maximum_(clipped, torch._foreach_neg(taus))
+        torch._foreach_minimum_(clipped, taus)
+    torch._foreach_sub_(params, clipped)
+
+
+def _shrink_(params: Sequence[Tensor], taus: list, all_float: bool) -> None:
+    """``w ← w / (1 + τ)``."""
+    if all_float:
+        torch._foreach_div_(params, [1.0 + t for t in taus])
+    else:
+        for p, t in zip(params, taus):
+            p.div_(1.0 + t)
+
+
+# --------------------------------------------------------------------------------------------
+# Penalty objects.
+# --------------------------------------------------------------------------------------------
+
+
+class Penalty:
+    """Base class of all penalties; see the module docstring for the method contracts.
+
+    Subclasses list their strength attributes in ``_strength_names``; each is validated on
+    assignment (finite, ≥ 0, a number or a ``[K]`` tensor).
+    """
+
+    _strength_names: ClassVar[tuple[str, ...]] = ()
+    has_prox: ClassVar[bool] = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self._strength_names:
+            value = validate_strength(value, name)
+        super().__setattr__(name, value)
+
+    # -- composition ---------------------------------------------------------------------------
+    def __add__(self, other: object) -> Penalty:
+        if not isinstance(other, Penalty):
+            return NotImplemented
+        return _add(self, other)
+
+    def __radd__(self, other: object) -> Penalty:
+        # ``sum([L1(a), L2(b)])`` starts from 0.
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        return NotImplemented
+
+    @property
+    def terms(self) -> tuple[Penalty, ...]:
+        """The atomic penalties this penalty is the sum of (itself, for an atomic penalty)."""
+        return (self,)
+
+    # -- strengths -----------------------------------------------------------------------------
+    def strengths(self) -> dict[str, Strength]:
+        """Current strengths by name (floats, or ``[K]`` tensors)."""
+        return {name: getattr(self, name) for name in self._strength_names}
+
+    def load_strengths(self, strengths: dict[str, Strength]) -> None:
+        """Set strengths from :meth:`strengths`' output (validated)."""
+        unknown = set(strengths) - set(self._strength_names)
+        if unknown:
+            raise ValueError(f"Unknown strength(s) {sorted(unknown)} for {self!r}; "
+                             f"expected {list(self._strength_names)}")
+        for name, value in strengths.items():
+            if isinstance(value, Tensor):
+                value = value.clone()
+            setattr(self, name, value)
+
+    # -- applicability ---------------------------------------------------------------------------
+    def check(self, param: Tensor) -> None:
+        """Raise ``ValueError`` if this penalty cannot act on ``param`` (shape, member dim)."""
+        for name in self._strength_names:
+            check_members(getattr(self, name), param, f"{type(self).__name__}.{name}")
+
+    # -- math ----------------------------------------------------------------------------------
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def add_grad_(self, params: Sequence[Tensor], grads: Sequence[Tensor], *,
+                  value: bool = False, scratch: Scratch | None = None) -> Tensor | None:
+        raise NotImplementedError
+
+    def prox_(self, params: Sequence[Tensor], steps: Steps, *,
+              scratch: Scratch | None = None) -> None:
+        raise TypeError(f"{self!r} has no proximal step; apply it as a loss term (reg()) "
+                        f"or a gradient (reg.add_grad_())")
+
+    def __repr__(self) -> str:
+        args = ", ".join(_format_strength(getattr(self, n)) for n in self._strength_names)
+        return f"{type(self).__name__}({args}{self._extra_repr()})"
+
+    def _extra_repr(self) -> str:
+        return ""
+
+
+def _format_strength(value: Strength) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor[{value.shape[0]}]({value.min().item():g}..{value.max().item():g})"
+    return f"{value:g}"
+
+
+def _stacked(lam: Strength) -> bool:
+    return isinstance(lam, Tensor)
+
+
+class L2(Penalty):
+    r"""Squared-L2 penalty (ridge, Tikhonov), half-scaled as in torch's ``weight_decay``.
+
+    .. math::  R(w) = \frac{λ}{2} \sum_i w_i^2, \qquad ∇R = λw, \qquad
+               \mathrm{prox}_{tR}(w) = \frac{w}{1 + tλ}
+
+    ``L2(lam)`` as a gradient is exactly ``torch.optim.SGD/Adam(weight_decay=lam)`` (the L2
+    penalty, *not* AdamW's decoupled decay) and Paddle's ``L2Decay(lam)``; Keras ``L2(l)``
+    (``l·Σw²``, no ½) is ``L2(2·l)``.
+
+    Args:
+        lam: strength λ ≥ 0, or a ``[K]`` tensor for parameters stacked as ``[K, ...]``.
+
+    Example:
+        >>> w = torch.tensor([3.0, -4.0])
+        >>> L2(0.1).value([w])  # 0.1/2 · (9 + 16)
+        tensor(1.2500, dtype=torch.float64)
+    """
+
+    _strength_names = ("lam",)
+    has_prox = True
+
+    def __init__(self, lam: Strength) -> None:
+        self.lam = lam
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        if _stacked(self.lam):
+            return sum((0.5 * lam.reshape(-1) * member_sum_of_powers(p, 2)).sum()
+                       for p, lam in zip(params, _per_param(self.lam, params)))
+        return 0.5 * self.lam * sum_of_powers(params, 2)
+
+    def add_grad_(self, params, grads, *, value=False, scratch=None):
+        if _stacked(self.lam):
+            torch._foreach_addcmul_(grads, params, _per_param(self.lam, params))
+        elif not is_zero(self.lam):  # a zero constant adds nothing: skip the pass
+            torch._foreach_add_(grads, params, alpha=self.lam)
+        return self.value(params) if value else None
+
+    def prox_(self, params, steps, *, scratch=None):
+        _shrink_(params, *_taus(self.lam, steps, params))
+
+
+class L1(Penalty):
+    r"""L1 penalty (lasso).
+
+    .. math::  R(w) = λ \sum_i |w_i|, \qquad ∇R = λ\,\mathrm{sign}(w) \;(0 \text{ at } w=0),
+               \qquad \mathrm{prox}_{tR}(w) = \mathrm{sign}(w)\max(|w| − tλ, 0)
+
+    A (sub)gradient never makes a weight exactly zero; the proximal step does. Equals Keras
+    ``L1(lam)`` and Paddle ``L1Decay(lam)``; scikit-learn ``Lasso(alpha)`` with an ``MSELoss`` is
+    ``L1(2·alpha)``.
+
+    Args:
+        lam: strength λ ≥ 0, or a ``[K]`` tensor for parameters stacked as ``[K, ...]``.
+
+    Example:
+        >>> w = torch.tensor([0.5, -2.0, 0.05])
+        >>> L1(1.0).prox_([w], [0.1]); w
+        tensor([ 0.4000, -1.9000,  0.0000])
+    """
+
+    _strength_names = ("lam",)
+    has_prox = True
+
+    def __init__(self, lam: Strength) -> None:
+        self.lam = lam
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        if _stacked(self.lam):
+            return sum((lam.reshape(-1) * member_sum_of_powers(p, 1)).sum()
+                       for p, lam in zip(params, _per_param(self.lam, params)))
+        return self.lam * sum_of_powers(params, 1)
+
+    def add_grad_(self, params, grads, *, value=False, scratch=None):
+        if not is_zero(self.lam):
+            _add_sign_(params, grads, self.lam, scratch)
+        return self.value(params) if value else None
+
+    def prox_(self, params, steps, *, scratch=None):
+        _soft_threshold_(params, *_taus(self.lam, steps, params), scratch)
+
+
+class GroupLasso(Penalty):
+    r"""Group lasso (Yuan & Lin, 2006): whole groups of weights go to exactly zero together.
+
+    .. math::  R(w) = λ \sum_g c_g ‖w_g‖_2, \qquad ∇_{w_g} R = λ c_g \frac{w_g}{‖w_g‖_2}
+               \;(0 \text{ where } w_g = 0), \qquad
+               \mathrm{prox}_{tR}(w)_g = w_g \max\Big(1 − \frac{tλc_g}{‖w_g‖_2}, 0\Big)
+
+    Groups of a tensor ``w``: ``"rows"`` = slices ``w[i]`` along dim 0 (a Linear's output units, a
+    conv's filters; each element of a 1-D tensor is its own group), ``"columns"`` = slices
+    ``w[:, j]`` along dim 1 (input features/channels; a 1-D tensor raises), ``"tensor"`` = the whole
+    tensor. ``c_g = √|g|`` (``scale="sqrt"``, the group size in elements) or 1 (``scale="none"``).
+    With ``groups="tensor", scale="none"`` this is the popular blog ``Regularization`` class
+    (λ · Σ ‖W‖₂, un-squared). The gradient divides by ``max(‖w_g‖, √tiny)`` of the dtype, which
+    differs from the exact one only for groups with norm below ~1e-19 (float32).
+
+    Under an element-wise step (e.g. Adam's ``lr/(√v̂+ε)``) the prox uses one scalar per group:
+    the *mean* step over the group's elements.
+
+    Args:
+        lam: strength λ ≥ 0, or a ``[K]`` tensor for parameters stacked as ``[K, ...]``.
+        groups: ``"rows"``, ``"columns"`` or ``"tensor"``.
+        scale: ``"sqrt"`` or ``"none"``.
+
+    Example:
+        >>> w = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+        >>> GroupLasso(1.0, scale="none").prox_([w], [1.0]); w  # row norms 5 and 0.5
+        tensor([[2.4000, 3.2000],
+                [0.0000, 0.0000]])
+    """
+
+    _strength_names = ("lam",)
+    has_prox = True
+    _GROUPS = ("rows", "columns", "tensor")
+    _SCALES = ("sqrt", "none")
+
+    def __init__(self, lam: Strength, groups: str = "rows", scale: str = "sqrt") -> None:
+        if groups not in self._GROUPS:
+            raise ValueError(f"Invalid groups value: {groups!r} (expected one of {self._GROUPS})")
+        if scale not in self._SCALES:
+            raise ValueError(f"Invalid scale value: {scale!r} (expected one of {self._SCALES})")
+        self.lam = lam
+        self.groups = groups
+        self.scale = scale
+
+    def _extra_repr(self) -> str:
+        return f", groups={self.groups!r}, scale={self.scale!r}"
+
+    def check(self, param: Tensor) -> None:
+        super().check(param)
+        ndim = param.ndim - _stacked(self.lam)
+        if self.groups == "columns" and ndim < 2:
+            raise ValueError(f"GroupLasso(groups='columns') needs tensors with >= 2 dims, "
+                             f"got shape {tuple(param.shape)}")
+
+    def _reduce_dims(self, param: Tensor) -> tuple[int, ...]:
+        """Dims summed over within one group (member dim excluded)."""
+        m = int(_stacked(self.lam))
+        ndim = param.ndim - m
+        if self.groups == "rows":
+            return tuple(range(m + 1, m + ndim))
+        if self.groups == "columns":
+            return (m, *range(m + 2, m + ndim))
+        return tuple(range(m, m + ndim))
+
+    def _coefficient(self, param: Tensor, dims: tuple[int, ...]) -> float:
+        if self.scale == "none":
+            return 1.0
+        return math.sqrt(math.prod(param.shape[d] for d in dims))
+
+    @staticmethod
+    def _group_norms(param: Tensor, dims: tuple[int, ...]) -> Tensor:
+        """‖w_g‖₂ with keepdim (broadcastable to ``param``); ``|w|`` when groups are elements."""
+        if not dims:
+            return param.abs()
+        return torch.linalg.vector_norm(param, 2, dim=dims, keepdim=True)
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        total = torch.zeros((), dtype=torch.float64)
+        for p in params:
+            dims = self._reduce_dims(p)
+            if self.groups == "tensor" and not _stacked(self.lam):
+                # One huge group: the chunked float64-accumulated sum keeps it accurate.
+                norm_sum = sum_of_powers([p], 2).sqrt()
+                total = total + self.lam * self._coefficient(p, dims) * norm_sum
+                continue
+            norms = self._group_norms(p, dims).to(torch.float64)
+            total = total + self._weighted_sum(norms, p, dims)
+        return total
+
+    def _weighted_sum(self, norms: Tensor, p: Tensor, dims: tuple[int, ...]) -> Tensor:
+        c = self._coefficient(p, dims)
+        if _stacked(self.lam):
+            per_member = norms.reshape(norms.shape[0], -1).sum(dim=1)
+            return (self.lam.to(norms) * c * per_member).sum()
+        return self.lam * c * norms.sum()
+
+    def add_grad_(self, params, grads, *, value=False, scratch=None):
+        if is_zero(self.lam) and not value:
+            return None
+        dims = [self._reduce_dims(p) for p in params]
+        norms = [self._group_norms(p, d) for p, d in zip(params, dims)]
+        total = None
+        if value:
+            total = sum((self._weighted_sum(n.to(torch.float64), p, d)
+                         for n, p, d in zip(norms, params, dims)),
+                        torch.zeros((), dtype=torch.float64))
+        if not norms or is_zero(self.lam):
+            return total
+        floors = [torch.finfo(p.dtype).tiny ** 0.5 for p in params]
+        torch._foreach_clamp_min_(norms, floors)
+        torch._foreach_reciprocal_(norms)
+        coefficients = [self._coefficient(p, d) for p, d in zip(params, dims)]
+        if _stacked(self.lam):
+            torch._foreach_mul_(norms, _per_param(self.lam, params))
+            torch._foreach_mul_(norms, coefficients)
+        else:
+            torch._foreach_mul_(norms, [self.lam * c for c in coefficients])
+        torch._foreach_addcmul_(grads, params, norms)
+        return total
+
+    def prox_(self, params, steps, *, scratch=None):
+        taus, _ = _taus(self.lam, steps, params)
+        for p, tau in zip(params, taus):
+            dims = self._reduce_dims(p)
+            if isinstance(tau, Tensor) and dims:
+                tau = tau.expand_as(p).mean(dim=dims, keepdim=True)  # one step per group
+            norms = self._group_norms(p, dims).clamp_min_(torch.finfo(p.dtype).tiny ** 0.5)
+            factor = (1.0 - tau * self._coefficient(p, dims) / norms).clamp_min_(0.0)
+            p.mul_(factor)
+
+
+class Orthogonal(Penalty):
+    r"""Keras ``OrthogonalRegularizer``: pushes the rows (or columns) of a matrix to be orthogonal.
+
+    .. math::  R(W) = \frac{λ}{2} \cdot \frac{\sum_{i≠j} |\hat w_i · \hat w_j|}{n(n−1)/2},
+               \qquad \hat w_i = \frac{w_i}{\max(‖w_i‖_2, 10^{-7})}
+
+    over the ``n`` rows (``mode="rows"``) or columns (``mode="columns"``) of a tensor viewed as a
+    matrix (a tensor with more than 2 dims is viewed as ``(dim0, rest)`` for rows and
+    ``(dim1, rest)`` for columns); 0 when ``n < 2``. Keras stores a Dense kernel as ``(in, out)``,
+    torch a Linear weight as ``(out, in)``: Keras ``mode="rows"`` on a Dense layer is
+    ``mode="columns"`` on the equivalent ``nn.Linear``. There is no proximal step; the gradient is
+    taken by autograd.
+
+    Args:
+        lam: strength λ ≥ 0 (Keras' ``factor``), or a ``[K]`` tensor for stacked parameters.
+        mode: ``"rows"`` or ``"columns"``.
+
+    Example:
+        >>> Orthogonal(1.0).value([torch.tensor([[1.0, 0.0], [1.0, 1.0]])])  # ½·2·|cos 45°|/1
+        tensor(0.7071, dtype=torch.float64)
+    """
+
+    _strength_names = ("lam",)
+    _MODES = ("rows", "columns")
+
+    def __init__(self, lam: Strength, mode: str = "rows") -> None:
+        if mode not in self._MODES:
+            raise ValueError(f"Invalid mode value: {mode!r} (expected one of {self._MODES})")
+        self.lam = lam
+        self.mode = mode
+
+    def _extra_repr(self) -> str:
+        return f", mode={self.mode!r}"
+
+    def check(self, param: Tensor) -> None:
+        super().check(param)
+        if param.ndim - _stacked(self.lam) < 2:
+            raise ValueError(f"Orthogonal needs a matrix (>= 2 dims), got shape "
+                             f"{tuple(param.shape)}")
+
+    def _member_values(self, p: Tensor) -> Tensor:
+        """Unweighted penalty of each member, shape ``[M]`` (M = 1 when not stacked)."""
+        w = p if _stacked(self.lam) else p.unsqueeze(0)
+        if self.mode == "columns":
+            w = w.movedim(2, 1)
+        w = w.reshape(w.shape[0], w.shape[1], -1)
+        n = w.shape[1]
+        if n < 2:
+            return torch.zeros(w.shape[0], dtype=torch.float64, device=p.device)
+        acc = accumulation_dtype(p.dtype) or p.dtype
+        w = w.to(acc)
+        unit = w / torch.linalg.vector_norm(w, dim=2, keepdim=True).clamp_min(_KERAS_EPSILON)
+        gram = unit @ unit.transpose(1, 2)
+        off_diagonal = gram.abs().sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).abs().sum(1)
+        return off_diagonal.to(torch.float64) / (n * (n - 1))
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        total = torch.zeros((), dtype=torch.float64)
+        for p in params:
+            per_member = self._member_values(p)
+            lam = self.lam.to(per_member) if _stacked(self.lam) else self.lam
+            total = total + (lam * per_member).sum()
+        return total
+
+    def add_grad_(self, params, grads, *, value=False, scratch=None):
+        if is_zero(self.lam) and not value:
+            return None
+        with torch.enable_grad():
+            leaves = [p.detach().requires_grad_() for p in params]
+            total = self.value(leaves)
+            if leaves and total.requires_grad:
+                torch._foreach_add_(grads, torch.autograd.grad(total, leaves))
+        return total.detach() if value else None
+
+
+class Sum(Penalty):
+    """A sum of penalties: value and gradient add up; the proximal step exists when the sum is of
+    L2, L1 and group-lasso terms of one grouping (or is otherwise unavailable: ``has_prox``).
+
+    The prox of ``a·‖w‖₁ + GroupLasso(b) + L2(c)`` is exact for non-overlapping groups: soft-threshold
+    by ``t·a``, then group-shrink by ``t·b``, then divide by ``1 + t·c`` (sparse group lasso,
+    Friedman, Hastie & Tibshirani 2010; the L2 factor factors out of any positively homogeneous
+    penalty).
+
+    The terms are the very penalty objects that were added: changing a term's strength changes the
+    sum. Build sums with ``+``.
+    """
+
+    def __init__(self, *terms: Penalty) -> None:
+        flat: list[Penalty] = []
+        for term in terms:
+            if not isinstance(term, Penalty):
+                raise TypeError(f"Invalid penalty: {term!r} (expected a regtorch penalty)")
+            flat.extend(term.terms)
+        object.__setattr__(self, "_terms", tuple(flat))
+
+    @property
+    def terms(self) -> tuple[Penalty, ...]:
+        return self._terms
+
+    @property
+    def has_prox(self) -> bool:  # type: ignore[override]
+        if not all(isinstance(t, (L1, L2, GroupLasso)) for t in self.terms):
+            return False
+        return len({(t.groups, t.scale) for t in self.terms if isinstance(t, GroupLasso)}) <= 1
+
+    def strengths(self) -> dict[str, Strength]:
+        return {f"{i}.{name}": value for i, term in enumerate(self.terms)
+                for name, value in term.strengths().items()}
+
+    def load_strengths(self, strengths: dict[str, Strength]) -> None:
+        per_term: list[dict[str, Strength]] = [{} for _ in self.terms]
+        for key, value in strengths.items():
+            index, _, name = key.partition(".")
+            if not index.isdigit() or int(index) >= len(self.terms):
+                raise ValueError(f"Unknown strength {key!r} for {self!r}")
+            per_term[int(index)][name] = value
+        for term, values in zip(self.terms, per_term):
+            term.load_strengths(values)
+
+    def check(self, param: Tensor) -> None:
+        for term in self.terms:
+            term.check(param)
+
+    def value(self, params):
+        return sum((t.value(params) for t in self.terms), torch.zeros((), dtype=torch.float64))
+
+    def add_grad_(self, params, grads, *, value=False, scratch=None):
+        values = [t.add_grad_(params, grads, value=value, scratch=scratch) for t in self.terms]
+        return sum(values, torch.zeros((), dtype=torch.float64)) if value else None
+
+    def prox_(self, params, steps, *, scratch=None):
+        if not self.has_prox:
+            raise TypeError(f"{self!r} has no proximal step: only sums of L1, L2 and one kind of "
+                            f"GroupLasso have one")
+        l1 = _total(t.lam for t in self.terms if isinstance(t, L1))
+        l2 = _total(t.lam for t in self.terms if isinstance(t, L2))
+        groups = [t for t in self.terms if isinstance(t, GroupLasso)]
+        if not is_zero(l1):
+            _soft_threshold_(params, *_taus(l1, steps, params), scratch)
+        if groups:
+            merged = GroupLasso(_total(g.lam for g in groups), groups[0].groups, groups[0].scale)
+            merged.prox_(params, steps)
+        if not is_zero(l2):
+            _shrink_(params, *_taus(l2, steps, params))
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(t) for t in self.terms)
+
+
+def _total(strengths) -> Strength:
+    total: Strength = 0.0
+    for s in strengths:
+        total = total + s
+    return total
+
+
+class ElasticNet(Sum):
+    r"""Elastic net (Zou & Hastie, 2005): ``L1(l1) + L2(l2)``.
+
+    .. math::  R(w) = l_1 \sum_i |w_i| + \frac{l_2}{2} \sum_i w_i^2, \qquad
+               \mathrm{prox}_{tR}(w) = \frac{\mathrm{sign}(w)\max(|w| − t l_1, 0)}{1 + t l_2}
+
+    Keras ``L1L2(l1, l2)`` is ``ElasticNet(l1, 2·l2)``; scikit-learn ``ElasticNet(alpha,
+    l1_ratio=ρ)`` with an ``MSELoss`` is ``ElasticNet(2·alpha·ρ, 2·alpha·(1−ρ))``.
+
+    Args:
+        l1: L1 strength ≥ 0 (float or ``[K]`` tensor).
+        l2: L2 strength ≥ 0 (float or ``[K]`` tensor).
+
+    Example:
+        >>> L1(0.1) + L2(0.01)
+        ElasticNet(l1=0.1, l2=0.01)
+    """
+
+    def __init__(self, l1: Strength, l2: Strength) -> None:
+        super().__init__(L1(l1), L2(l2))
+
+    @classmethod
+    def _of(cls, l1: L1, l2: L2) -> ElasticNet:
+        net = cls.__new__(cls)
+        Sum.__init__(net, l1, l2)
+        return net
+
+    @property
+    def l1(self) -> Strength:
+        return self.terms[0].lam
+
+    @l1.setter
+    def l1(self, value: Strength) -> None:
+        self.terms[0].lam = value
+
+    @property
+    def l2(self) -> Strength:
+        return self.terms[1].lam
+
+    @l2.setter
+    def l2(self, value: Strength) -> None:
+        self.terms[1].lam = value
+
+    def strengths(self) -> dict[str, Strength]:
+        return {"l1": self.l1, "l2": self.l2}
+
+    def load_strengths(self, strengths: dict[str, Strength]) -> None:
+        unknown = set(strengths) - {"l1", "l2"}
+        if unknown:
+            raise ValueError(f"Unknown strength(s) {sorted(unknown)} for {self!r}; "
+                             f"expected ['l1', 'l2']")
+        for name, value in strengths.items():
+            setattr(self, name, value.clone() if isinstance(value, Tensor) else value)
+
+    def __repr__(self) -> str:
+        return f"ElasticNet(l1={_format_strength(self.l1)}, l2={_format_strength(self.l2)})"
+
+
+def _add(a: Penalty, b: Penalty) -> Penalty:
+    if type(a) is L1 and type(b) is L2:
+        return ElasticNet._of(a, b)
+    if type(a) is L2 and type(b) is L1:
+        return ElasticNet._of(b, a)
+    return Sum(a, b)

@@ -1,0 +1,274 @@
+"""The Regularizer: penalties bound to a model's parameters, applied three ways with one meaning.
+
+1. As a loss term (autograd, any optimizer; the printed loss includes the penalty)::
+
+       loss = criterion(model(x), y) + reg()
+
+2. As a fused gradient (fast): after ``loss.backward()``, ``reg.add_grad_()`` adds ∇R into ``.grad``
+   with ``torch._foreach_*`` kernels — the same gradients as (1) at a fraction of the cost —
+   and returns R's value when asked (``value=True``, an extra pass).
+
+3. As a proximal step (exact sparsity): after ``optimizer.step()``, ``reg.prox_(step)`` with the
+   optimizer's *effective* step size: ``lr`` for plain SGD, ``lr/(1−μ)`` for heavy-ball momentum μ,
+   ``lr/(√v̂+ε)`` per element for Adam. L1 and group lasso then give exact zeros.
+
+Selection happens once, at construction (see :mod:`regtorch.selection`). A parameter frozen later
+(``requires_grad=False``) is no longer penalized in any mode: it is left out of the value, gets no
+gradient and no proximal step.
+
+With mixed precision (``torch.amp.GradScaler``) the gradients are scaled until ``unscale_``: call
+``scaler.unscale_(optimizer)`` first, then ``reg.add_grad_()``, then ``scaler.step(optimizer)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from regtorch._strength import Strength
+from regtorch.penalties import Penalty, Scratch
+from regtorch.selection import WEIGHTS, Selector, assign, collect, parse_rules
+
+__all__ = ["Regularizer"]
+
+logger = logging.getLogger("regtorch")
+
+@dataclass
+class _Group:
+    """One rule's penalty and the parameters it claimed."""
+
+    label: str
+    selector: Selector
+    penalty: Penalty
+    names: list[str]
+    params: list[Tensor]
+    scratch: Scratch = field(default_factory=Scratch)
+
+    def trainable(self) -> list[Tensor]:
+        return [p for p in self.params if p.requires_grad]
+
+
+class Regularizer:
+    """Penalties bound to a model's parameters.
+
+    Args:
+        model: the model (wrappers from ``DistributedDataParallel`` and ``torch.compile`` are
+            looked through: names are those of the unwrapped model).
+        penalty_or_rules: a single penalty, applied to :data:`~regtorch.WEIGHTS`; or rules, a dict
+            or a list of ``(selector, penalty or None)`` pairs: every trainable parameter goes to
+            the first rule whose selector matches it; ``None`` leaves it unpenalized; parameters no
+            rule matches are not penalized; a rule left with no parameter is an error.
+        parameters: tensors to penalize *instead of* the model's own parameters, by name (the
+            model then only decides selection) — e.g. the stacked ``[K, ...]`` parameters of K
+            copies of the model from :func:`torch.func.stack_module_state`, used with ``[K]``
+            strengths.
+
+    Raises:
+        TypeError: for a rule whose value is not a penalty or ``None``, or a bad selector.
+        ValueError: for a rule matching no parameter, or a penalty that cannot act on a parameter
+            (the message names the parameter, its shape and the penalty).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 1))
+        >>> reg = Regularizer(model, L2(1e-4))
+        >>> [name for name, _ in reg.named_parameters()]
+        ['0.weight', '2.weight']
+        >>> reg = Regularizer(model, {"2.*": L1(1e-3), WEIGHTS: L2(1e-4)})
+        >>> print(reg)
+        Regularizer: 3 tensors (16 elements) penalized, 3 tensors (9 elements) not
+          parameter  shape   rule          penalty
+          2.weight   (1, 3)  named('2.*')  L1(0.001)
+          2.bias     (1,)    named('2.*')  L1(0.001)
+          0.weight   (3, 4)  WEIGHTS       L2(0.0001)
+          not penalized: 0.bias, 1.weight, 1.bias
+    """
+
+    def __init__(self, model: nn.Module, penalty_or_rules: Penalty | Any, *,
+                 parameters: Mapping[str, Tensor] | None = None) -> None:
+        if isinstance(penalty_or_rules, Penalty):
+            rules = [(WEIGHTS, penalty_or_rules)]
+        else:
+            rules = parse_rules(penalty_or_rules, lambda v: v is None or isinstance(v, Penalty),
+                                "a regtorch penalty or None")
+        infos = collect(model)
+        claimed = assign(infos, rules)
+        self._all = infos
+        self._groups: list[_Group] = []
+        labels = [repr(selector) for selector, _ in rules]
+        for index, ((selector, penalty), got) in enumerate(zip(rules, claimed)):
+            if penalty is None:
+                continue
+            label = labels[index] if labels.count(labels[index]) == 1 else f"{index}:{labels[index]}"
+            tensors = [_bound(info.name, info.param, parameters) for info in got]
+            for info, tensor in zip(got, tensors):
+                try:
+                    penalty.check(tensor)
+                except ValueError as error:
+                    raise ValueError(f"Rule {label} -> {penalty!r} cannot act on parameter "
+                                     f"{info.name!r} of shape {tuple(tensor.shape)}: {error}"
+                                     ) from None
+            self._groups.append(_Group(label, selector, penalty, [i.name for i in got], tensors))
+        dtypes = {p.dtype for group in self._groups for p in group.params}
+        self._dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+        logger.info("regtorch: %d tensors (%d elements) penalized, %d tensors (%d elements) not",
+                    *self._counts())
+
+    # -- the three modes ---------------------------------------------------------------------
+    def __call__(self) -> Tensor:
+        """The penalty R(w), a differentiable 0-d tensor to add to the loss (float64 when any
+        penalized parameter is float64, else float32)."""
+        total = torch.zeros((), dtype=torch.float64)
+        for group in self._groups:
+            total = total + group.penalty.value(group.trainable())
+        return total.to(self._dtype)
+
+    @torch.no_grad()
+    def add_grad_(self, *, value: bool = False) -> Tensor | None:
+        """Add ∇R(w) into each penalized parameter's ``.grad`` (call after ``backward()``).
+
+        Where ``.grad`` is ``None`` it is created, as autograd would for ``loss + reg()``. The
+        update uses fused ``torch._foreach_*`` kernels and reusable buffers.
+
+        Args:
+            value: also return R(w) (detached; costs an extra pass for L2 and L1).
+
+        Returns:
+            R(w) as a detached 0-d tensor when ``value`` is true, else ``None``.
+        """
+        total = torch.zeros((), dtype=torch.float64) if value else None
+        for group in self._groups:
+            params, grads = [], []
+            for p in group.params:
+                if p.requires_grad:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    params.append(p)
+                    grads.append(p.grad)
+            got = group.penalty.add_grad_(params, grads, value=value, scratch=group.scratch)
+            if value:
+                total = total + got
+        return total.to(self._dtype) if value else None
+
+    @torch.no_grad()
+    def prox_(self, step: float | Tensor | Sequence[float | Tensor]) -> None:
+        """Proximal step in place: ``w ← prox_{t·R}(w)``, per rule (call after the optimizer step).
+
+        Args:
+            step: the step size ``t``: a float for every parameter, or a sequence with one entry
+                per parameter of :meth:`parameters` (in that order), each a float or a tensor
+                broadcastable to the parameter (element-wise steps, e.g. Adam's ``lr/(√v̂+ε)``).
+
+        Raises:
+            TypeError: a penalty has no proximal step (e.g. :class:`~regtorch.Orthogonal`).
+            ValueError: ``step`` is negative or has the wrong length.
+        """
+        steps = self._steps(step)
+        start = 0
+        for group in self._groups:
+            mine = steps[start:start + len(group.params)]
+            start += len(group.params)
+            kept = [(p, s) for p, s in zip(group.params, mine) if p.requires_grad]
+            if kept:
+                group.penalty.prox_([p for p, _ in kept], [s for _, s in kept],
+                                    scratch=group.scratch)
+
+    def _steps(self, step: Any) -> list:
+        count = sum(len(g.params) for g in self._groups)
+        if isinstance(step, Tensor) and step.ndim == 0:
+            step = step.item()
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            if not step >= 0:
+                raise ValueError(f"Invalid step value: {step} (must be >= 0)")
+            return [float(step)] * count
+        if isinstance(step, Sequence) and not isinstance(step, str):
+            if len(step) != count:
+                raise ValueError(f"Invalid step: {len(step)} entries for {count} penalized "
+                                 f"parameters (one per reg.parameters(), in order)")
+            return list(step)
+        raise TypeError(f"Invalid step: {step!r} (expected a float or a sequence of floats or "
+                        f"tensors, one per penalized parameter)")
+
+    # -- inspection --------------------------------------------------------------------------
+    @torch.no_grad()
+    def value(self) -> Tensor:
+        """R(w), detached (reduced in chunks and added in float64: accurate on large models)."""
+        return self()
+
+    @torch.no_grad()
+    def breakdown(self) -> dict[str, Tensor]:
+        """R(w) per rule, detached, keyed by the rule's selector."""
+        return {g.label: g.penalty.value(g.trainable()).to(self._dtype) for g in self._groups}
+
+    def named_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        """(name, tensor) of every penalized parameter, once each, in rule order."""
+        for group in self._groups:
+            yield from zip(group.names, group.params)
+
+    def parameters(self) -> Iterator[Tensor]:
+        """The penalized tensors, in the order :meth:`prox_` takes per-parameter steps."""
+        for _, tensor in self.named_parameters():
+            yield tensor
+
+    @property
+    def rules(self) -> list[tuple[Selector, Penalty]]:
+        """(selector, penalty) of every rule with a penalty; change strengths through these."""
+        return [(g.selector, g.penalty) for g in self._groups]
+
+    # -- strengths ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The strengths of every rule's penalty (tensors cloned)."""
+        return {"strengths": [
+            {k: v.clone() if isinstance(v, Tensor) else v for k, v in g.penalty.strengths().items()}
+            for g in self._groups]}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore strengths saved by :meth:`state_dict` (same rules)."""
+        strengths: list[dict[str, Strength]] = list(state_dict.get("strengths", ()))
+        if len(strengths) != len(self._groups):
+            raise ValueError(f"Invalid state_dict: {len(strengths)} rules saved, this "
+                             f"regularizer has {len(self._groups)}")
+        for group, values in zip(self._groups, strengths):
+            group.penalty.load_strengths(values)
+
+    # -- printing ----------------------------------------------------------------------------
+    def _unpenalized(self) -> list[tuple[str, Tensor]]:
+        penalized = {name for g in self._groups for name in g.names}
+        return [(i.name, i.param) for i in self._all if i.name not in penalized]
+
+    def _counts(self) -> tuple[int, int, int, int]:
+        mine, rest = list(self.parameters()), [p for _, p in self._unpenalized()]
+        return (len(mine), sum(p.numel() for p in mine), len(rest), sum(p.numel() for p in rest))
+
+    def __str__(self) -> str:
+        n_pen, e_pen, n_rest, e_rest = self._counts()
+        rows = [("parameter", "shape", "rule", "penalty")]
+        for g in self._groups:
+            rows += [(n, str(tuple(p.shape)), g.label, repr(g.penalty))
+                     for n, p in zip(g.names, g.params)]
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        lines = [f"Regularizer: {n_pen} tensors ({e_pen} elements) penalized, "
+                 f"{n_rest} tensors ({e_rest} elements) not"]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        rest = [name for name, _ in self._unpenalized()]
+        if rest:
+            lines.append("  not penalized: " + ", ".join(rest))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        rules = ", ".join(f"{g.label}: {g.penalty!r}" for g in self._groups)
+        return f"Regularizer({{{rules}}})"
+
+
+def _bound(name: str, param: Tensor, parameters: Mapping[str, Tensor] | None) -> Tensor:
+    if parameters is None:
+        return param
+    for key in (name, "module." + name, "_orig_mod." + name):
+        if key in parameters:
+            return parameters[key]
+    raise ValueError(f"parameters= has no tensor for the penalized parameter {name!r} "
+                     f"(given: {', '.join(list(parameters)[:8])})")

@@ -1,0 +1,300 @@
+"""Parameter selection: which parameters of a model get which penalty.
+
+A :class:`Selector` is a predicate over the trainable parameters of a model. The default,
+:data:`WEIGHTS`, picks every trainable parameter with ``ndim >= 2`` that does not belong to a
+normalization layer and whose name does not end in ``bias``, minus what the model (or any submodule)
+declares in ``no_weight_decay()`` — the timm convention, done once for every mode of regtorch.
+
+Selectors come from specs: a name glob (``"encoder.*"``), a module type (``nn.Linear``), a module
+instance (``model.head``), a predicate ``f(name, param) -> bool``, :data:`WEIGHTS`, :data:`ALL`,
+and combine with ``&``, ``|`` and ``~`` (``WEIGHTS & "encoder.*"`` = the weights under ``encoder``).
+
+Names are those of the unwrapped model: wrapping in ``DistributedDataParallel``/``DataParallel``
+(``module.``) or ``torch.compile`` (``_orig_mod.``) does not change them. Frozen parameters
+(``requires_grad=False``) are never selected; a tensor shared by two modules (tied weights) counts
+once, under its first name.
+
+Parametrizations (``torch.nn.utils.parametrize``, e.g. ``weight_norm``, ``spectral_norm``): the
+largest ``original`` of a parametrized tensor stands for it (spectral_norm's ``original``,
+weight_norm's direction ``original1``) and is judged as that tensor (``layer.weight``); a smaller
+one (weight_norm's magnitude ``original0``, shape ``[out, 1]``) is a per-unit gain, excluded like a
+normalization layer's weight. (For L2, penalizing weight_norm's ``original0`` instead equals
+penalizing ‖W‖²_F exactly: select it by name, ``"*.original0"``.)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+__all__ = [
+    "ALL",
+    "NORM_LAYERS",
+    "WEIGHTS",
+    "ParamInfo",
+    "Selector",
+    "as_selector",
+    "assign",
+    "collect",
+    "inside",
+    "named",
+    "parse_rules",
+    "unwrap",
+    "where",
+]
+
+# Normalization layers whose weights are gains, not weights. ``nn.RMSNorm`` is recent: looked up
+# by name so that older torch versions import fine.
+NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(
+    cls for cls in (
+        nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+    ) if cls is not None
+)
+
+
+class ParamInfo(NamedTuple):
+    """One trainable parameter as selectors see it.
+
+    Attributes:
+        name: full name in the unwrapped model (``"encoder.0.weight"``).
+        param: the parameter.
+        module: the layer that owns it (for a parametrization's original: the parametrized layer).
+        tensor_name: the layer attribute it is, or stands for (``"weight"``, ``"bias"``).
+        ancestors: the modules from the root down to ``module``.
+        whole: False for a parametrization original smaller than a sibling original (a gain such
+            as weight_norm's magnitude).
+        declared_no_decay: listed by a ``no_weight_decay()`` of the model or of a submodule.
+    """
+
+    name: str
+    param: Tensor
+    module: nn.Module
+    tensor_name: str
+    ancestors: tuple[nn.Module, ...]
+    whole: bool
+    declared_no_decay: bool
+
+
+class Selector:
+    """A named predicate over :class:`ParamInfo`; combine with ``&``, ``|``, ``~``.
+
+    Example:
+        >>> WEIGHTS & "encoder.*"
+        (WEIGHTS & named('encoder.*'))
+    """
+
+    __slots__ = ("_description", "_predicate")
+
+    def __init__(self, predicate: Callable[[ParamInfo], bool], description: str) -> None:
+        self._predicate = predicate
+        self._description = description
+
+    def __call__(self, info: ParamInfo) -> bool:
+        return bool(self._predicate(info))
+
+    def __and__(self, other: Any) -> Selector:
+        other = as_selector(other)
+        return Selector(lambda i: self(i) and other(i), f"({self} & {other})")
+
+    def __rand__(self, other: Any) -> Selector:
+        return as_selector(other) & self
+
+    def __or__(self, other: Any) -> Selector:
+        other = as_selector(other)
+        return Selector(lambda i: self(i) or other(i), f"({self} | {other})")
+
+    def __ror__(self, other: Any) -> Selector:
+        return as_selector(other) | self
+
+    def __invert__(self) -> Selector:
+        return Selector(lambda i: not self(i), f"~{self}")
+
+    def __repr__(self) -> str:
+        return self._description
+
+
+def _is_weight(info: ParamInfo) -> bool:
+    return (
+        info.param.ndim >= 2
+        and info.whole
+        and not isinstance(info.module, NORM_LAYERS)
+        and not info.name.endswith("bias")
+        and not info.tensor_name.endswith("bias")
+        and not info.declared_no_decay
+    )
+
+
+WEIGHTS = Selector(_is_weight, "WEIGHTS")
+"""Trainable parameters with ``ndim >= 2``, not in a normalization layer, not named ``*bias``, not
+declared in ``no_weight_decay()``; see the module docstring for parametrizations."""
+
+ALL = Selector(lambda info: True, "ALL")
+"""Every trainable parameter (what ``torch.optim``'s ``weight_decay`` decays)."""
+
+
+def named(*patterns: str) -> Selector:
+    """Parameters whose unwrapped name matches any of the globs (``fnmatch``, case-sensitive)."""
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"Invalid name pattern: {pattern!r} (expected a glob string)")
+    return Selector(lambda i: any(fnmatch.fnmatchcase(i.name, p) for p in patterns),
+                    f"named({', '.join(map(repr, patterns))})")
+
+
+def inside(*targets: type[nn.Module] | nn.Module) -> Selector:
+    """Parameters of modules of the given types or of the given module instances, submodules
+    included (``inside(nn.LayerNorm)``, ``inside(model.encoder)``)."""
+    types = tuple(t for t in targets if isinstance(t, type))
+    instances = tuple(t for t in targets if isinstance(t, nn.Module))
+    bad = [t for t in targets if not (isinstance(t, nn.Module)
+                                      or (isinstance(t, type) and issubclass(t, nn.Module)))]
+    if bad:
+        raise TypeError(f"Invalid module selector: {bad[0]!r} (expected an nn.Module type or "
+                        f"instance)")
+
+    def predicate(info: ParamInfo) -> bool:
+        return any(isinstance(m, types) or any(m is t for t in instances)
+                   for m in info.ancestors)
+
+    names = [t.__name__ if isinstance(t, type) else type(t).__name__ + "(...)" for t in targets]
+    return Selector(predicate, f"inside({', '.join(names)})")
+
+
+def where(predicate: Callable[[str, Tensor], bool]) -> Selector:
+    """Parameters for which ``predicate(name, param)`` is true."""
+    if not callable(predicate):
+        raise TypeError(f"Invalid predicate: {predicate!r} (expected a callable)")
+    label = getattr(predicate, "__name__", type(predicate).__name__)
+    return Selector(lambda i: predicate(i.name, i.param), f"where({label})")
+
+
+def as_selector(spec: Any) -> Selector:
+    """Turn a selector spec into a :class:`Selector` (see the module docstring)."""
+    if isinstance(spec, Selector):
+        return spec
+    if isinstance(spec, str):
+        return named(spec)
+    if isinstance(spec, nn.Module) or (isinstance(spec, type) and issubclass(spec, nn.Module)):
+        return inside(spec)
+    if isinstance(spec, tuple) and spec:
+        selectors = [as_selector(s) for s in spec]
+        combined = selectors[0]
+        for s in selectors[1:]:
+            combined = combined | s
+        return combined
+    if callable(spec) and not isinstance(spec, type):
+        return where(spec)
+    raise TypeError(f"Invalid selector: {spec!r} (expected a name glob, an nn.Module type or "
+                    f"instance, a predicate (name, param) -> bool, or a regtorch Selector)")
+
+
+# --------------------------------------------------------------------------------------------
+# Collecting a model's parameters and assigning them to rules.
+# --------------------------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``DataParallel``/``DistributedDataParallel`` and ``torch.compile``."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _declared_no_decay(module: nn.Module, prefix: str) -> set[str]:
+    declared = getattr(module, "no_weight_decay", None)
+    if not callable(declared):
+        return set()
+    return {prefix + name for name in declared()}
+
+
+def _walk(module: nn.Module, prefix: str,
+          ancestors: tuple[nn.Module, ...]) -> Iterator[tuple[str, nn.Module, tuple]]:
+    ancestors = (*ancestors, module)
+    yield prefix, module, ancestors
+    for child_name, child in module.named_children():
+        yield from _walk(child, f"{prefix}{child_name}.", ancestors)
+
+
+def collect(model: nn.Module) -> list[ParamInfo]:
+    """Every trainable parameter of ``model`` once, in ``named_parameters()`` order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
+    root = unwrap(model)
+    walked = list(_walk(root, "", ()))
+    no_decay: set[str] = set()
+    for prefix, module, _ in walked:
+        no_decay |= _declared_no_decay(module, prefix)
+    infos: list[ParamInfo] = []
+    seen: set[int] = set()
+    for prefix, module, ancestors in walked:
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if not param.requires_grad:
+                continue
+            name = prefix + pname
+            owner, tensor_name, whole = module, pname, True
+            if isinstance(module, parametrize.ParametrizationList):
+                # ancestors: (..., layer, layer.parametrizations, layer.parametrizations.<tensor>)
+                # Without running the parametrization (spectral_norm's forward would update its
+                # power-iteration state): the largest original stands for the tensor.
+                owner, tensor_name = ancestors[-3], prefix.split(".")[-2]
+                whole = param.numel() >= max(p.numel() for p in module.parameters())
+            declared = any(fnmatch.fnmatchcase(name, pattern) for pattern in no_decay)
+            infos.append(ParamInfo(name, param, owner, tensor_name, ancestors, whole, declared))
+    return infos
+
+
+def parse_rules(rules: Any, accept: Callable[[Any], bool], what: str) -> list[tuple[Selector, Any]]:
+    """Normalize a dict or a list of ``(selector, value)`` pairs; every value must pass
+    ``accept`` (``what`` names what it should be, for the error)."""
+    if isinstance(rules, Mapping):
+        pairs = list(rules.items())
+    elif isinstance(rules, Sequence) and not isinstance(rules, str) and all(
+            isinstance(r, tuple) and len(r) == 2 for r in rules):
+        pairs = list(rules)
+    else:
+        raise TypeError(f"Invalid rules: {rules!r} (expected a dict or a list of "
+                        f"(selector, {what}) pairs)")
+    parsed = []
+    for spec, value in pairs:
+        if not accept(value):
+            raise TypeError(f"Invalid rule {spec!r}: {value!r} (expected {what})")
+        parsed.append((as_selector(spec), value))
+    return parsed
+
+
+def assign(infos: Sequence[ParamInfo],
+           rules: Sequence[tuple[Selector, Any]]) -> list[list[ParamInfo]]:
+    """Give every parameter to the first rule whose selector matches it.
+
+    Returns one list of parameters per rule. Raises ``ValueError`` for a rule left with none,
+    naming it and some available parameter names.
+    """
+    claimed: list[list[ParamInfo]] = [[] for _ in rules]
+    for info in infos:
+        for index, (selector, _) in enumerate(rules):
+            if selector(info):
+                claimed[index].append(info)
+                break
+    for (selector, value), got in zip(rules, claimed):
+        if not got:
+            sample = ", ".join(i.name for i in infos[:8]) or "none"
+            more = f", ... ({len(infos)} in all)" if len(infos) > 8 else ""
+            raise ValueError(f"Rule {selector!r} -> {value!r} matches no trainable parameter "
+                             f"(none, or only ones claimed by earlier rules); trainable "
+                             f"parameters: {sample}{more}")
+    return claimed
