@@ -2,9 +2,9 @@
 
 A float32 norm over a 4096×4096 tensor, as ``torch._foreach_norm`` computes it on CPU, is 1e-4 to
 1e-3 off in relative terms; upcasting the whole tensor to float64 is exact but ~20× slower. We
-split large tensors into chunks of ``CHUNK`` elements (a view each, no copy), take every chunk's norm
-in one fused ``_foreach_norm`` call, and add the partial results in float64: ~4e-7 relative error
-at the cost of the float32 pass. Half-precision tensors are reduced in float32.
+split large tensors into chunks of ``CHUNK`` elements (a view each, no copy), take every chunk's
+norm in one fused ``_foreach_norm`` call, and add the partial results in float64: ~4e-7 relative
+error at the cost of the float32 pass. Half-precision tensors are reduced in float32.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def sum_of_powers(tensors: Sequence[Tensor], p: int) -> Tensor:
 def member_sum_of_powers(t: Tensor, p: int) -> Tensor:
     """``Σ_i |t[k]_i|^p`` for each member ``k`` of a stacked ``[K, ...]`` tensor: shape ``[K]``,
     float64 (differentiable)."""
-    flat = t.reshape(t.shape[0], -1)
+    flat = t.flatten(1) if t.ndim > 1 else t.unsqueeze(1)
     norms = torch.linalg.vector_norm(flat, ord=p, dim=1, dtype=accumulation_dtype(t.dtype))
     norms = norms.to(torch.float64)
     return norms * norms if p == 2 else norms

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Union
 
 import torch
 from torch import Tensor
 
 __all__ = ["Strength", "as_tensor_like", "check_members", "is_zero", "validate_strength"]
 
-Strength = Union[float, Tensor]
+Strength = float | Tensor
 
 
 def validate_strength(value: object, name: str) -> Strength:

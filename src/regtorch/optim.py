@@ -30,7 +30,7 @@ def param_groups(model: nn.Module, weight_decay: float, rules: Any = None) -> li
             pairs), in which case exactly the parameters that Regularizer would penalize decay.
 
     Returns:
-        ``[{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}]``
+        ``[{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]``
         without the empty ones. Frozen parameters are left out; tied weights appear once.
 
     Example:

@@ -13,15 +13,15 @@ tensors, so one call covers every selected parameter with fused ``torch._foreach
 
 Conventions (``lam`` ≥ 0; the table in the README maps them to torch, Keras, Paddle, scikit-learn):
 
-=================================  ===========================  ======================  ================================================
-penalty                            value :math:`R(w)`           gradient                prox with step :math:`t`
-=================================  ===========================  ======================  ================================================
-``L2(lam)``                        :math:`λ/2 · Σ w²`           :math:`λw`              :math:`w / (1 + tλ)`
-``L1(lam)``                        :math:`λ · Σ |w|`            :math:`λ·sign(w)`       :math:`sign(w)·max(|w| − tλ, 0)` (exact zeros)
-``ElasticNet(l1, l2)``             sum of the two               sum                     soft-threshold by :math:`t·l1`, divide by :math:`1 + t·l2`
-``GroupLasso(lam, groups, scale)`` :math:`λ Σ_g c_g ‖w_g‖₂`     :math:`λc_g w_g/‖w_g‖`  :math:`w_g · max(1 − tλc_g/‖w_g‖, 0)` (zero groups)
-``Orthogonal(lam, mode)``          Keras ``OrthogonalRegularizer``  autograd           none
-=================================  ===========================  ======================  ================================================
+- ``L2(lam)``: :math:`R = λ/2·Σw²`, gradient :math:`λw`, prox :math:`w/(1 + tλ)`;
+- ``L1(lam)``: :math:`R = λ·Σ|w|`, gradient :math:`λ·sign(w)`, prox
+  :math:`sign(w)·max(|w| − tλ, 0)` (exact zeros);
+- ``ElasticNet(l1, l2)`` = ``L1(l1) + L2(l2)``: sums; prox soft-thresholds by :math:`t·l1`, then
+  divides by :math:`1 + t·l2`;
+- ``GroupLasso(lam, groups, scale)``: :math:`R = λ·Σ_g c_g‖w_g‖₂`, gradient
+  :math:`λc_g·w_g/‖w_g‖` (0 at :math:`w_g = 0`), prox :math:`w_g·max(1 − tλc_g/‖w_g‖, 0)` (whole
+  groups become exactly 0);
+- ``Orthogonal(lam, mode)``: Keras ``OrthogonalRegularizer``; gradient by autograd; no prox.
 
 Strengths are plain attributes (``penalty.lam = 1e-3`` during training works) validated on
 assignment. A strength may be a tensor of shape ``[K]``: the parameters are then taken as ``K``
@@ -39,7 +39,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from regtorch._reduce import accumulation_dtype, member_sum_of_powers, sum_of_powers
+from regtorch._reduce import CHUNK, accumulation_dtype, member_sum_of_powers, sum_of_powers
 from regtorch._strength import Strength, as_tensor_like, check_members, is_zero, validate_strength
 
 __all__ = ["L1", "L2", "ElasticNet", "GroupLasso", "Orthogonal", "Penalty", "Sum"]
@@ -372,22 +372,26 @@ class GroupLasso(Penalty):
             return 1.0
         return math.sqrt(math.prod(param.shape[d] for d in dims))
 
-    @staticmethod
-    def _group_norms(param: Tensor, dims: tuple[int, ...]) -> Tensor:
-        """‖w_g‖₂ with keepdim (broadcastable to ``param``); ``|w|`` when groups are elements."""
+    def _group_norms(self, param: Tensor, dims: tuple[int, ...]) -> Tensor:
+        """‖w_g‖₂ with keepdim (broadcastable to ``param``); ``|w|`` when groups are elements.
+
+        Accurate on large groups: a whole large tensor is reduced in chunks added in float64, a
+        group of more than ``CHUNK`` elements otherwise in float64; half types in float32.
+        """
         if not dims:
             return param.abs()
-        return torch.linalg.vector_norm(param, 2, dim=dims, keepdim=True)
+        if len(dims) == param.ndim and param.numel() > CHUNK:
+            return _safe_sqrt(sum_of_powers([param], 2)).reshape((1,) * param.ndim)
+        size = math.prod(param.shape[d] for d in dims)
+        dtype = accumulation_dtype(param.dtype)
+        if size > CHUNK and param.dtype == torch.float32:
+            dtype = torch.float64
+        return torch.linalg.vector_norm(param, 2, dim=dims, keepdim=True, dtype=dtype)
 
     def value(self, params: Sequence[Tensor]) -> Tensor:
         total = torch.zeros((), dtype=torch.float64)
         for p in params:
             dims = self._reduce_dims(p)
-            if self.groups == "tensor" and not _stacked(self.lam):
-                # One huge group: the chunked float64-accumulated sum keeps it accurate.
-                norm_sum = sum_of_powers([p], 2).sqrt()
-                total = total + self.lam * self._coefficient(p, dims) * norm_sum
-                continue
             norms = self._group_norms(p, dims).to(torch.float64)
             total = total + self._weighted_sum(norms, p, dims)
         return total
@@ -395,7 +399,7 @@ class GroupLasso(Penalty):
     def _weighted_sum(self, norms: Tensor, p: Tensor, dims: tuple[int, ...]) -> Tensor:
         c = self._coefficient(p, dims)
         if _stacked(self.lam):
-            per_member = norms.reshape(norms.shape[0], -1).sum(dim=1)
+            per_member = norms.flatten(1).sum(dim=1)
             return (self.lam.to(norms) * c * per_member).sum()
         return self.lam * c * norms.sum()
 
@@ -479,7 +483,7 @@ class Orthogonal(Penalty):
         w = p if _stacked(self.lam) else p.unsqueeze(0)
         if self.mode == "columns":
             w = w.movedim(2, 1)
-        w = w.reshape(w.shape[0], w.shape[1], -1)
+        w = w.reshape(w.shape[0], w.shape[1], math.prod(w.shape[2:]))
         n = w.shape[1]
         if n < 2:
             return torch.zeros(w.shape[0], dtype=torch.float64, device=p.device)
@@ -513,10 +517,10 @@ class Sum(Penalty):
     """A sum of penalties: value and gradient add up; the proximal step exists when the sum is of
     L2, L1 and group-lasso terms of one grouping (or is otherwise unavailable: ``has_prox``).
 
-    The prox of ``a·‖w‖₁ + GroupLasso(b) + L2(c)`` is exact for non-overlapping groups: soft-threshold
-    by ``t·a``, then group-shrink by ``t·b``, then divide by ``1 + t·c`` (sparse group lasso,
-    Friedman, Hastie & Tibshirani 2010; the L2 factor factors out of any positively homogeneous
-    penalty).
+    The prox of ``a·‖w‖₁ + GroupLasso(b) + L2(c)`` is exact for non-overlapping groups:
+    soft-threshold by ``t·a``, then group-shrink by ``t·b``, then divide by ``1 + t·c`` (sparse
+    group lasso, Friedman, Hastie & Tibshirani 2010; the L2 factor factors out of any positively
+    homogeneous penalty).
 
     The terms are the very penalty objects that were added: changing a term's strength changes the
     sum. Build sums with ``+``.
@@ -582,6 +586,12 @@ class Sum(Penalty):
 
     def __repr__(self) -> str:
         return " + ".join(repr(t) for t in self.terms)
+
+
+def _safe_sqrt(x: Tensor) -> Tensor:
+    """√x with gradient 0 (not NaN) at x = 0, like the gradient of ``vector_norm`` at 0."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, 1.0).sqrt(), 0.0)
 
 
 def _total(strengths) -> Strength:

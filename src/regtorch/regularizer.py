@@ -103,7 +103,9 @@ class Regularizer:
         for index, ((selector, penalty), got) in enumerate(zip(rules, claimed)):
             if penalty is None:
                 continue
-            label = labels[index] if labels.count(labels[index]) == 1 else f"{index}:{labels[index]}"
+            label = labels[index]
+            if labels.count(label) > 1:  # the same selector twice: tell the rules apart
+                label = f"{index}:{label}"
             tensors = [_bound(info.name, info.param, parameters) for info in got]
             for info, tensor in zip(got, tensors):
                 try:

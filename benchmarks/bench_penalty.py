@@ -1,0 +1,359 @@
+"""Step-time overhead of regularization: regtorch vs torch's built-in ``weight_decay`` vs the blog class.
+
+One training step = ``zero_grad`` + forward + loss + backward (+ ``reg.add_grad_()``) + optimizer step,
+on fixed random data (no download). Variants, each on its own copy of the same initial model with its
+own optimizer, so no state is shared:
+
+* ``none``      no regularization (the baseline);
+* ``builtin``   torch's ``weight_decay`` on the weight group only (``regtorch.param_groups``);
+* ``blog``      the popular blog class, inline: ``loss + λ·Σ torch.norm(W)`` (un-squared) over every
+                parameter whose name contains "weight", recollected from ``named_parameters()`` each step;
+* ``L2 reg()``  ``loss + reg()`` with ``Regularizer(model, L2(λ))`` (autograd);
+* ``P add_grad_()`` / ``P add_grad_(value=True)`` for P in L2, L1, ElasticNet, GroupLasso:
+                ``reg.add_grad_()`` between ``loss.backward()`` and ``optimizer.step()``.
+
+Method: fixed thread count, warm-up steps for every variant, then rounds; each round runs every
+variant (in a freshly shuffled order) for a few steps timed with ``time.perf_counter``. A variant's
+overhead is the median over rounds of the *paired* ratio (its time / ``none``'s time in the same
+round) minus 1; the IQR column is the 25th..75th percentile of those ratios, a measure of the noise.
+
+Optimizers: SGD(lr=1e-3, momentum=0.9) and Adam(lr=1e-3), torch's defaults otherwise (on CPU that is
+the per-tensor implementation, ``foreach=False``).
+
+Usage::
+
+    python benchmarks/bench_penalty.py [--models seed,deep,transformer,wide] [--optims sgd,adam]
+                                       [--rounds N] [--threads N] [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import gc
+import json
+import random
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import regtorch
+from regtorch import L1, L2, ElasticNet, GroupLasso, Regularizer
+
+SEED = 0
+LAM = 1e-4  # L2 / weight_decay / blog / group-lasso strength (the value does not change the cost)
+L1_LAM = 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# Workloads: a model and one fixed batch.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    description: str
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    criterion: Callable[[Tensor, Tensor], Tensor]
+    steps_per_round: int  # steps timed together (cheap models: several, to beat timer noise)
+    rounds: int  # default number of rounds
+    warmup: int  # warm-up steps per variant
+
+
+def _seed_mlp(scale: int) -> Workload:
+    model = nn.Sequential(nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 100), nn.ReLU(),
+                          nn.Linear(100, 10))
+    return Workload("seed MLP 784-200-100-10, batch 32, cross-entropy", model,
+                    torch.randn(32, 784), torch.randint(0, 10, (32,)), F.cross_entropy,
+                    steps_per_round=20, rounds=40, warmup=20)
+
+
+def _deep_mlp(scale: int) -> Workload:
+    layers: list[nn.Module] = []
+    for _ in range(64):
+        layers += [nn.Linear(256, 256), nn.LayerNorm(256), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(256, 10))
+    return Workload("deep MLP 64 × [Linear(256,256), LayerNorm, ReLU] + Linear(256,10), batch 64, "
+                    "cross-entropy", model, torch.randn(64, 256), torch.randint(0, 10, (64,)),
+                    F.cross_entropy, steps_per_round=2, rounds=30, warmup=3)
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(256, nhead=8, dim_feedforward=1024, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x).mean(dim=1))
+
+
+def _transformer(scale: int) -> Workload:
+    batch = max(16 // scale, 1)
+    return Workload(f"TransformerEncoder 6 × d256 nhead 8 ff1024 (dropout 0.1), seq 64, "
+                    f"batch {batch}, mean-pool + Linear(256,10), cross-entropy", _Encoder(),
+                    torch.randn(batch, 64, 256), torch.randint(0, 10, (batch,)), F.cross_entropy,
+                    steps_per_round=1, rounds=12, warmup=2)
+
+
+def _wide_mlp(scale: int) -> Workload:
+    layers: list[nn.Module] = []
+    for i in range(4):
+        layers.append(nn.Linear(2048, 2048))
+        if i < 3:
+            layers.append(nn.ReLU())
+    batch = 256 // scale
+    return Workload(f"wide MLP 4 × Linear(2048,2048) + ReLU, batch {batch}, MSE", nn.Sequential(*layers),
+                    torch.randn(batch, 2048), torch.randn(batch, 2048), F.mse_loss,
+                    steps_per_round=1, rounds=20, warmup=2)
+
+
+MODELS: dict[str, Callable[[int], Workload]] = {
+    "seed": _seed_mlp, "deep": _deep_mlp, "transformer": _transformer, "wide": _wide_mlp,
+}
+
+OPTIMIZERS: dict[str, tuple[str, Callable[..., torch.optim.Optimizer]]] = {
+    "sgd": ("SGD(lr=1e-3, momentum=0.9)",
+            functools.partial(torch.optim.SGD, lr=1e-3, momentum=0.9)),
+    "adam": ("Adam(lr=1e-3)", functools.partial(torch.optim.Adam, lr=1e-3)),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Variants: each returns a zero-argument training step bound to its own model and optimizer.
+# --------------------------------------------------------------------------------------------
+
+Step = Callable[[], None]
+StepFactory = Callable[[nn.Module, Callable[..., torch.optim.Optimizer], Callable[[], Tensor]],
+                       Step]
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, data_loss: Callable[[], Tensor], *,
+          penalty: Callable[[], Tensor] | None = None,
+          after_backward: Callable[[], object] | None = None) -> Step:
+    def step() -> None:
+        optimizer.zero_grad()
+        loss = data_loss()
+        if penalty is not None:
+            loss = loss + penalty()
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+
+    return step
+
+
+def _none(model, make_optimizer, data_loss):
+    return _step(model, make_optimizer(model.parameters()), data_loss)
+
+
+def _builtin(model, make_optimizer, data_loss):
+    return _step(model, make_optimizer(regtorch.param_groups(model, weight_decay=LAM)), data_loss)
+
+
+def _blog_penalty(model: nn.Module, lam: float) -> Tensor:
+    """The blog ``Regularization`` class's forward: λ · Σ ‖W‖₂ over params named like a weight."""
+    weights = [(name, w) for name, w in model.named_parameters() if "weight" in name]
+    reg_loss = 0
+    for _, w in weights:
+        reg_loss = reg_loss + torch.norm(w, p=2)
+    return lam * reg_loss
+
+
+def _blog(model, make_optimizer, data_loss):
+    return _step(model, make_optimizer(model.parameters()), data_loss,
+                 penalty=lambda: _blog_penalty(model, LAM))
+
+
+def _loss_term(penalty_factory):
+    def factory(model, make_optimizer, data_loss):
+        reg = Regularizer(model, penalty_factory())
+        return _step(model, make_optimizer(model.parameters()), data_loss, penalty=reg)
+
+    return factory
+
+
+def _fused(penalty_factory, value: bool):
+    def factory(model, make_optimizer, data_loss):
+        reg = Regularizer(model, penalty_factory())
+        add_grad = functools.partial(reg.add_grad_, value=value)
+        return _step(model, make_optimizer(model.parameters()), data_loss, after_backward=add_grad)
+
+    return factory
+
+
+PENALTIES: dict[str, Callable[[], regtorch.Penalty]] = {
+    "L2": lambda: L2(LAM),
+    "L1": lambda: L1(L1_LAM),
+    "ElasticNet": lambda: ElasticNet(L1_LAM, LAM),
+    "GroupLasso": lambda: GroupLasso(LAM),
+}
+
+VARIANTS: dict[str, StepFactory] = {
+    "none": _none,
+    "builtin": _builtin,
+    "blog": _blog,
+    "L2 reg()": _loss_term(PENALTIES["L2"]),
+}
+for _name, _penalty in PENALTIES.items():
+    VARIANTS[f"{_name} add_grad_()"] = _fused(_penalty, value=False)
+    VARIANTS[f"{_name} add_grad_(value=True)"] = _fused(_penalty, value=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement.
+# --------------------------------------------------------------------------------------------
+
+
+def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> dict[str, list]:
+    """Seconds per step of every variant, one entry per round (paired by index)."""
+    steps: dict[str, Step] = {}
+    for name, factory in VARIANTS.items():
+        model = copy.deepcopy(work.model)
+        steps[name] = factory(model, make_optimizer,
+                              functools.partial(_data_loss, model, work))
+    for step in steps.values():
+        for _ in range(work.warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            gc.collect()
+            rng.shuffle(names)
+            for name in names:
+                step = steps[name]
+                start = time.perf_counter()
+                for _ in range(work.steps_per_round):
+                    step()
+                times[name].append((time.perf_counter() - start) / work.steps_per_round)
+    finally:
+        gc.enable()
+    return times
+
+
+def _data_loss(model: nn.Module, work: Workload) -> Tensor:
+    return work.criterion(model(work.x), work.y)
+
+
+def overheads(times: dict[str, list[float]]) -> dict[str, tuple[float, float, float]]:
+    """Per variant: (median, 25th, 75th percentile) of ``time / none's time`` − 1, in percent."""
+    base = times["none"]
+    out = {}
+    for name, ts in times.items():
+        ratios = sorted(100.0 * (t / b - 1.0) for t, b in zip(ts, base))
+        if len(ratios) > 1:
+            q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        else:
+            q1 = q3 = ratios[0]
+        out[name] = (statistics.median(ratios), q1, q3)
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.1f}%"
+
+
+def print_table(title: str, times: dict[str, list[float]]) -> None:
+    stats = overheads(times)
+    base_ms = 1e3 * statistics.median(times["none"])
+    rounds = len(times["none"])
+    print(f"### {title}\n")
+    print(f"`none`: {base_ms:.2f} ms/step (median of {rounds} rounds)\n")
+    print("| variant | overhead vs none (median) | IQR of paired ratios | ms/step |")
+    print("|---|---:|---:|---:|")
+    for name, (median, q1, q3) in stats.items():
+        ms = 1e3 * statistics.median(times[name])
+        if name == "none":
+            print(f"| {name} | — | — | {ms:.2f} |")
+        else:
+            print(f"| {name} | {_pct(median)} | {_pct(q1)} … {_pct(q3)} | {ms:.2f} |")
+    print()
+
+
+def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
+    print("### Summary: median overhead vs none\n")
+    columns = list(results)
+    stats = {c: overheads(results[c]) for c in columns}
+    print("| variant | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name in VARIANTS:
+        if name == "none":
+            continue
+        cells = [_pct(stats[c][name][0]) for c in columns]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+
+
+def _choices(text: str, allowed, what: str) -> list[str]:
+    picked = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in picked if s not in allowed]
+    if bad or not picked:
+        raise argparse.ArgumentTypeError(f"invalid {what}: {bad[0] if bad else text!r} "
+                                         f"(choose from {', '.join(allowed)})")
+    return picked
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="seed,deep,transformer,wide",
+                        type=lambda s: _choices(s, MODELS, "model"),
+                        help="comma-separated subset of: " + ", ".join(MODELS))
+    parser.add_argument("--optims", default="sgd,adam",
+                        type=lambda s: _choices(s, OPTIMIZERS, "optimizer"),
+                        help="comma-separated subset of: " + ", ".join(OPTIMIZERS))
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds per (model, optimizer) (default: per model, ~8 min in all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run (< 1 min): 3 rounds, short warm-up, transformer and wide "
+                             "batches ÷ 4")
+    parser.add_argument("--json", metavar="PATH", help="also write the raw per-round times here")
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"invalid --rounds value: {args.rounds} (must be >= 1)")
+    if args.threads < 1:
+        parser.error(f"invalid --threads value: {args.threads} (must be >= 1)")
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    scale = 4 if args.quick else 1
+    print(f"torch {torch.__version__}, regtorch {regtorch.__version__}, {args.threads} threads"
+          f"{', --quick' if args.quick else ''}\n")
+    results: dict[str, dict[str, list[float]]] = {}
+    for model_name in args.models:
+        torch.manual_seed(SEED)
+        work = MODELS[model_name](scale)
+        if args.quick:
+            work.rounds, work.warmup = 3, 1
+            work.steps_per_round = min(work.steps_per_round, 5)
+        rounds = args.rounds or work.rounds
+        for optim_name in args.optims:
+            label, make_optimizer = OPTIMIZERS[optim_name]
+            torch.manual_seed(SEED)
+            times = measure(work, make_optimizer, rounds, random.Random(SEED))
+            results[f"{model_name}/{optim_name}"] = times
+            print_table(f"{work.description} · {label} · {rounds} rounds × "
+                        f"{work.steps_per_round} steps", times)
+    print_summary(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "quick": args.quick, "times": results}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
