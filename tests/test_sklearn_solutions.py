@@ -30,7 +30,7 @@ N_SAMPLES, N_FEATURES = 60, 20
 # scikit-learn stops at a duality gap of 1e-12 (relative to ‖y‖²/n) and our iterations converge
 # linearly to machine precision: both land within ~1e-12 of the optimum (measured ≤ 5e-12).
 SOLUTION_ATOL = 1e-8
-ITERATIONS = 1500  # ~0.4 s; the iterates stop moving after ~500 on this problem
+ITERATIONS = 1000  # ~0.3 s a fit; every fit is within 5e-12 of the optimum after ~500
 MOMENTUM = 0.9
 L1_RATIO = 0.5
 
@@ -114,9 +114,12 @@ def assert_same_solution(model: nn.Linear, estimator, *, zeros: bool) -> None:
 
 
 def assert_sparse_but_not_empty(estimator) -> None:
-    """The problem must exercise both sides of the zero pattern."""
-    nonzeros = np.count_nonzero(estimator.coef_)
-    assert 3 <= nonzeros <= N_FEATURES - 3, f"alpha gives {nonzeros} non-zeros: choose another"
+    """The problem must exercise both sides of the zero pattern, and the non-zeros must be far
+    from 0 compared with SOLUTION_ATOL. (The zeros are robust too: with the chosen alphas every
+    zero coefficient has a KKT slack of more than 10% of the L1 strength.)"""
+    nonzeros = estimator.coef_[estimator.coef_ != 0.0]
+    assert 3 <= nonzeros.size <= N_FEATURES - 3, f"alpha gives {nonzeros.size} non-zeros"
+    assert np.abs(nonzeros).min() > 1e3 * SOLUTION_ATOL
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ MAPPINGS = [
 # condition of loss + R; with t = lr it is that of loss + (1−μ)·R (see the pitfall test below).
 OPTIMIZERS = [
     pytest.param(0.0, lambda lr: lr, id="SGD-prox(lr)"),
-    pytest.param(MOMENTUM, lambda lr: lr / (1 - MOMENTUM), id="momentum0.9-prox(lr÷(1−μ))"),
+    pytest.param(MOMENTUM, lambda lr: lr / (1 - MOMENTUM), id="momentum0.9-prox(lr/(1-mu))"),
 ]
 
 
