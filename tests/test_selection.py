@@ -24,7 +24,7 @@ from regtorch.selection import as_selector, collect
 
 
 def selected(model: nn.Module, spec: object = WEIGHTS) -> list[str]:
-    """Names of the trainable parameters of ``model`` that selector ``spec`` picks, in model order."""
+    """Names of the trainable parameters of ``model`` that ``spec`` picks, in model order."""
     selector = as_selector(spec)
     return [info.name for info in collect(model) if selector(info)]
 
@@ -69,7 +69,7 @@ E1W, E1B = "encoder.1.weight", "encoder.1.bias"  # LayerNorm(8): (8,), (8,)
 E2W, E2B = "encoder.2.weight", "encoder.2.bias"  # Linear(8, 8): (8, 8), (8,)
 D0W, D0B = "decoder.0.weight", "decoder.0.bias"  # Linear(8, 8): (8, 8), (8,)
 D1W, D1B = "decoder.1.weight", "decoder.1.bias"  # BatchNorm1d(8): (8,), (8,)
-HW, HB = "head.weight", "head.bias"              # Linear(8, 2): (2, 8), (2,)
+HW, HB = "head.weight", "head.bias"  # Linear(8, 2): (2, 8), (2,)
 NET_ALL = [E0W, E0B, E1W, E1B, E2W, E2B, D0W, D0B, D1W, D1B, HW, HB]
 NET_WEIGHTS = [E0W, E2W, D0W, HW]
 NET_NOT_WEIGHTS = [E0B, E1W, E1B, E2B, D0B, D1W, D1B, HB]
@@ -101,27 +101,41 @@ LAYER_CASES = [
     pytest.param(lambda: nn.Bilinear(2, 3, 4), ["weight", "bias"], ["weight"], id="Bilinear"),
     pytest.param(lambda: nn.Conv1d(3, 4, 3), ["weight", "bias"], ["weight"], id="Conv1d"),
     pytest.param(lambda: nn.Conv2d(3, 4, 3), ["weight", "bias"], ["weight"], id="Conv2d"),
-    pytest.param(lambda: nn.ConvTranspose2d(3, 4, 3), ["weight", "bias"], ["weight"],
-                 id="ConvTranspose2d"),
+    pytest.param(
+        lambda: nn.ConvTranspose2d(3, 4, 3), ["weight", "bias"], ["weight"], id="ConvTranspose2d"
+    ),
     pytest.param(lambda: nn.Embedding(10, 4), ["weight"], ["weight"], id="Embedding"),
     pytest.param(lambda: nn.BatchNorm1d(4), ["weight", "bias"], [], id="BatchNorm1d"),
     pytest.param(lambda: nn.BatchNorm2d(4), ["weight", "bias"], [], id="BatchNorm2d"),
-    pytest.param(lambda: nn.InstanceNorm2d(4, affine=True), ["weight", "bias"], [],
-                 id="InstanceNorm2d-affine"),
+    pytest.param(
+        lambda: nn.InstanceNorm2d(4, affine=True),
+        ["weight", "bias"],
+        [],
+        id="InstanceNorm2d-affine",
+    ),
     pytest.param(lambda: nn.LayerNorm(4), ["weight", "bias"], [], id="LayerNorm-1d"),
     pytest.param(lambda: nn.LayerNorm((3, 4)), ["weight", "bias"], [], id="LayerNorm-2d"),
     pytest.param(lambda: nn.GroupNorm(2, 4), ["weight", "bias"], [], id="GroupNorm"),
     pytest.param(lambda: nn.RMSNorm(4), ["weight"], [], id="RMSNorm-1d"),
     pytest.param(lambda: nn.RMSNorm((3, 4)), ["weight"], [], id="RMSNorm-2d"),
-    pytest.param(lambda: nn.LSTM(3, 4),
-                 ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"],
-                 ["weight_ih_l0", "weight_hh_l0"], id="LSTM"),
-    pytest.param(lambda: nn.MultiheadAttention(4, 2),
-                 ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"],
-                 ["in_proj_weight", "out_proj.weight"], id="MultiheadAttention"),
-    pytest.param(CustomParams,
-                 ["pos_bias", "relative_position_bias_table", "kernel", "gains", "temperature"],
-                 ["relative_position_bias_table", "kernel"], id="custom-pos_bias"),
+    pytest.param(
+        lambda: nn.LSTM(3, 4),
+        ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"],
+        ["weight_ih_l0", "weight_hh_l0"],
+        id="LSTM",
+    ),
+    pytest.param(
+        lambda: nn.MultiheadAttention(4, 2),
+        ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"],
+        ["in_proj_weight", "out_proj.weight"],
+        id="MultiheadAttention",
+    ),
+    pytest.param(
+        CustomParams,
+        ["pos_bias", "relative_position_bias_table", "kernel", "gains", "temperature"],
+        ["relative_position_bias_table", "kernel"],
+        id="custom-pos_bias",
+    ),
 ]
 
 
@@ -132,8 +146,9 @@ def test_weights_default(make, trainable, weights):
     assert selected(layer) == weights
 
 
-@pytest.mark.parametrize("norm", [nn.LayerNorm((3, 4)), nn.RMSNorm((3, 4))],
-                         ids=["LayerNorm", "RMSNorm"])
+@pytest.mark.parametrize(
+    "norm", [nn.LayerNorm((3, 4)), nn.RMSNorm((3, 4))], ids=["LayerNorm", "RMSNorm"]
+)
 def test_two_dimensional_norm_weight_is_still_a_gain(norm):
     """ndim >= 2 alone does not make a weight: the layer is a normalization layer."""
     assert norm.weight.ndim == 2
@@ -194,9 +209,11 @@ class TiedLM(nn.Module):
         self.out.weight = self.embed.weight
 
 
-@pytest.mark.parametrize(("embed_first", "tied_name"),
-                         [(True, "embed.weight"), (False, "out.weight")],
-                         ids=["embedding-first", "output-first"])
+@pytest.mark.parametrize(
+    ("embed_first", "tied_name"),
+    [(True, "embed.weight"), (False, "out.weight")],
+    ids=["embedding-first", "output-first"],
+)
 def test_tied_weight_appears_once_under_its_first_name(embed_first, tied_name):
     model = TiedLM(embed_first)
     assert model.out.weight is model.embed.weight
@@ -251,29 +268,73 @@ class ViTLike(nn.Module):
         return self._no_decay
 
 
-VIT_ALL = ["cls_token", "pos_embed",
-           "blocks.0.rel_pos", "blocks.0.proj.weight", "blocks.0.proj.bias",
-           "blocks.1.rel_pos", "blocks.1.proj.weight", "blocks.1.proj.bias",
-           "head.weight", "head.bias"]
+VIT_ALL = [
+    "cls_token",
+    "pos_embed",
+    "blocks.0.rel_pos",
+    "blocks.0.proj.weight",
+    "blocks.0.proj.bias",
+    "blocks.1.rel_pos",
+    "blocks.1.proj.weight",
+    "blocks.1.proj.bias",
+    "head.weight",
+    "head.bias",
+]
 
 
-@pytest.mark.parametrize(("no_decay", "weights"), [
-    pytest.param((), ["cls_token", "pos_embed", "blocks.0.proj.weight", "blocks.1.proj.weight",
-                      "head.weight"], id="nothing"),
-    pytest.param(("cls_token",), ["pos_embed", "blocks.0.proj.weight", "blocks.1.proj.weight",
-                                  "head.weight"], id="cls_token"),
-    pytest.param(("cls_token", "pos_embed"), ["blocks.0.proj.weight", "blocks.1.proj.weight",
-                                              "head.weight"], id="cls_token+pos_embed"),
-    pytest.param(("*_token", "pos_*"), ["blocks.0.proj.weight", "blocks.1.proj.weight",
-                                        "head.weight"], id="glob-suffix-prefix"),
-    pytest.param(("blocks.*.proj.weight",), ["cls_token", "pos_embed", "head.weight"],
-                 id="glob-into-submodules"),
-    pytest.param(("blocks.1.*",), ["cls_token", "pos_embed", "blocks.0.proj.weight",
-                                   "head.weight"], id="glob-one-block"),
-    pytest.param(("not_a_parameter",), ["cls_token", "pos_embed", "blocks.0.proj.weight",
-                                        "blocks.1.proj.weight", "head.weight"], id="unknown-name"),
-    pytest.param(("*",), [], id="glob-everything"),
-])
+@pytest.mark.parametrize(
+    ("no_decay", "weights"),
+    [
+        pytest.param(
+            (),
+            [
+                "cls_token",
+                "pos_embed",
+                "blocks.0.proj.weight",
+                "blocks.1.proj.weight",
+                "head.weight",
+            ],
+            id="nothing",
+        ),
+        pytest.param(
+            ("cls_token",),
+            ["pos_embed", "blocks.0.proj.weight", "blocks.1.proj.weight", "head.weight"],
+            id="cls_token",
+        ),
+        pytest.param(
+            ("cls_token", "pos_embed"),
+            ["blocks.0.proj.weight", "blocks.1.proj.weight", "head.weight"],
+            id="cls_token+pos_embed",
+        ),
+        pytest.param(
+            ("*_token", "pos_*"),
+            ["blocks.0.proj.weight", "blocks.1.proj.weight", "head.weight"],
+            id="glob-suffix-prefix",
+        ),
+        pytest.param(
+            ("blocks.*.proj.weight",),
+            ["cls_token", "pos_embed", "head.weight"],
+            id="glob-into-submodules",
+        ),
+        pytest.param(
+            ("blocks.1.*",),
+            ["cls_token", "pos_embed", "blocks.0.proj.weight", "head.weight"],
+            id="glob-one-block",
+        ),
+        pytest.param(
+            ("not_a_parameter",),
+            [
+                "cls_token",
+                "pos_embed",
+                "blocks.0.proj.weight",
+                "blocks.1.proj.weight",
+                "head.weight",
+            ],
+            id="unknown-name",
+        ),
+        pytest.param(("*",), [], id="glob-everything"),
+    ],
+)
 def test_no_weight_decay_declarations(no_decay, weights):
     model = ViTLike(no_decay)
     assert selected(model, ALL) == VIT_ALL
@@ -293,8 +354,13 @@ def test_submodule_declares_no_weight_decay_relative_to_itself():
 def test_no_weight_decay_only_narrows_weights_not_explicit_rules():
     model = ViTLike(("cls_token",))
     reg = Regularizer(model, {"cls_token": L1(0.1), WEIGHTS: L2(0.1)})
-    assert penalized(reg) == ["cls_token", "pos_embed", "blocks.0.proj.weight",
-                              "blocks.1.proj.weight", "head.weight"]
+    assert penalized(reg) == [
+        "cls_token",
+        "pos_embed",
+        "blocks.0.proj.weight",
+        "blocks.1.proj.weight",
+        "head.weight",
+    ]
 
 
 # -- wrappers ----------------------------------------------------------------------------------
@@ -302,12 +368,17 @@ def test_no_weight_decay_only_narrows_weights_not_explicit_rules():
 # torch.compile's first call imports torch._dynamo, which warns about torch's own use of
 # torch.jit.script_method: not ours to fix.
 TORCH_COMPILE_IMPORT = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)
 WRAPPERS = [
     pytest.param(nn.DataParallel, "module.", id="DataParallel"),
     pytest.param(torch.compile, "_orig_mod.", id="torch.compile", marks=TORCH_COMPILE_IMPORT),
-    pytest.param(lambda m: torch.compile(nn.DataParallel(m)), "_orig_mod.module.",
-                 id="compile(DataParallel)", marks=TORCH_COMPILE_IMPORT),
+    pytest.param(
+        lambda m: torch.compile(nn.DataParallel(m)),
+        "_orig_mod.module.",
+        id="compile(DataParallel)",
+        marks=TORCH_COMPILE_IMPORT,
+    ),
 ]
 
 
@@ -322,45 +393,65 @@ def test_wrapped_model_has_the_unwrapped_names(wrap, prefix):
     assert selected(wrapped) == NET_WEIGHTS
 
     seen = []
-    reg = Regularizer(wrapped, {
-        inside(model.decoder): None,
-        where(lambda name, p: seen.append(name) or name.startswith("head.")): L1(0.1),
-        "encoder.*" & WEIGHTS: L2(0.1),
-    })
+
+    def in_head(name: str, param: torch.Tensor) -> bool:
+        seen.append(name)
+        return name.startswith("head.")
+
+    reg = Regularizer(
+        wrapped,
+        {inside(model.decoder): None, where(in_head): L1(0.1), "encoder.*" & WEIGHTS: L2(0.1)},
+    )
     assert penalized(reg) == [HW, HB, E0W, E2W]
     assert [id(p) for p in reg.parameters()] == [
-        id(model.head.weight), id(model.head.bias), id(model.encoder[0].weight),
-        id(model.encoder[2].weight)]
-    assert not [name for name in seen if name.startswith(("module.", "_orig_mod."))]
+        id(model.head.weight),
+        id(model.head.bias),
+        id(model.encoder[0].weight),
+        id(model.encoder[2].weight),
+    ]
+    # The predicate sees unwrapped names, and only the parameters earlier rules left over.
+    assert seen == [E0W, E0B, E1W, E1B, E2W, E2B, HW, HB]
 
     assert group_names(model, param_groups(wrapped, 0.1)) == [
-        (NET_WEIGHTS, 0.1), (NET_NOT_WEIGHTS, 0.0)]
+        (NET_WEIGHTS, 0.1),
+        (NET_NOT_WEIGHTS, 0.0),
+    ]
 
 
 @pytest.mark.parametrize(("wrap", "prefix"), WRAPPERS)
 def test_wrapped_model_keeps_its_no_weight_decay(wrap, prefix):
     assert selected(wrap(ViTLike(("cls_token",)))) == [
-        "pos_embed", "blocks.0.proj.weight", "blocks.1.proj.weight", "head.weight"]
+        "pos_embed",
+        "blocks.0.proj.weight",
+        "blocks.1.proj.weight",
+        "head.weight",
+    ]
 
 
 # -- parametrizations --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("make", "shape"), [
-    pytest.param(lambda: nn.Linear(3, 5), (5, 3), id="Linear"),
-    pytest.param(lambda: nn.Conv2d(3, 4, 2), (4, 3, 2, 2), id="Conv2d"),
-])
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        pytest.param(lambda: nn.Linear(3, 5), (5, 3), id="Linear"),
+        pytest.param(lambda: nn.Conv2d(3, 4, 2), (4, 3, 2, 2), id="Conv2d"),
+    ],
+)
 def test_weight_norm_selects_direction_not_magnitude(make, shape):
     model = nn.Sequential(weight_norm(make()))
-    trainable = ["0.bias", "0.parametrizations.weight.original0",
-                 "0.parametrizations.weight.original1"]
+    trainable = [
+        "0.bias",
+        "0.parametrizations.weight.original0",
+        "0.parametrizations.weight.original1",
+    ]
     assert selected(model, ALL) == trainable
     assert selected(model) == ["0.parametrizations.weight.original1"]
     direction = model[0].parametrizations.weight.original1
     magnitude = model[0].parametrizations.weight.original0
     assert tuple(direction.shape) == shape
     assert tuple(magnitude.shape) == (shape[0],) + (1,) * (len(shape) - 1)
-    assert [p for p in Regularizer(model, L2(0.1)).parameters()] == [direction]
+    assert [id(p) for p in Regularizer(model, L2(0.1)).parameters()] == [id(direction)]
 
 
 def test_weight_norm_over_the_whole_tensor_selects_direction():
@@ -368,19 +459,26 @@ def test_weight_norm_over_the_whole_tensor_selects_direction():
     assert selected(model) == ["0.parametrizations.weight.original1"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with one input feature the magnitude original0 (shape [out, 1]) has as many elements "
-    "as the direction original1, so both count as 'the largest original' and WEIGHTS selects "
-    "the per-unit gain too (selection.collect: numel >= max numel)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: with one input feature the magnitude original0 (shape [out, 1]) has as many elements "
+        "as the direction original1, so both count as 'the largest original' and WEIGHTS selects "
+        "the per-unit gain too (selection.collect: numel >= max numel)"
+    ),
+)
 def test_weight_norm_magnitude_excluded_when_shapes_coincide():
     model = nn.Sequential(weight_norm(nn.Linear(1, 5)))
     assert selected(model) == ["0.parametrizations.weight.original1"]
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda: nn.Linear(3, 4), id="Linear"),
-    pytest.param(lambda: nn.Conv2d(3, 4, 2), id="Conv2d"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: nn.Linear(3, 4), id="Linear"),
+        pytest.param(lambda: nn.Conv2d(3, 4, 2), id="Conv2d"),
+    ],
+)
 def test_spectral_norm_selects_its_original(make):
     model = nn.Sequential(spectral_norm(make()))
     assert selected(model, ALL) == ["0.bias", "0.parametrizations.weight.original"]
@@ -395,8 +493,9 @@ def test_selection_does_not_run_spectral_norm_power_iteration():
     with torch.no_grad():
         # singular values 3, 2, 1; a _u far from the top singular vector, so that one power
         # iteration certainly moves it
-        layer.parametrizations.weight.original.copy_(torch.tensor(
-            [[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+        layer.parametrizations.weight.original.copy_(
+            torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        )
         sn._u.copy_(torch.full((4,), 0.5))
     u0, v0 = sn._u.clone(), sn._v.clone()
 
@@ -433,9 +532,11 @@ def test_parametrized_two_dimensional_bias_is_judged_as_a_bias():
     assert selected(module) == ["weight"]
     for tensor_name in ("weight", "bias", "pos_bias"):
         parametrize.register_parametrization(module, tensor_name, Double())
-    assert selected(module, ALL) == ["parametrizations.weight.original",
-                                     "parametrizations.bias.original",
-                                     "parametrizations.pos_bias.original"]
+    assert selected(module, ALL) == [
+        "parametrizations.weight.original",
+        "parametrizations.bias.original",
+        "parametrizations.pos_bias.original",
+    ]
     assert selected(module) == ["parametrizations.weight.original"]
 
 
@@ -448,15 +549,22 @@ def test_parametrized_norm_weight_is_judged_as_a_norm_weight():
 
 def test_module_type_selector_reaches_parametrized_layers():
     model = nn.Sequential(weight_norm(nn.Linear(3, 4)), nn.LayerNorm(4))
-    assert selected(model, nn.Linear) == ["0.bias", "0.parametrizations.weight.original0",
-                                          "0.parametrizations.weight.original1"]
+    assert selected(model, nn.Linear) == [
+        "0.bias",
+        "0.parametrizations.weight.original0",
+        "0.parametrizations.weight.original1",
+    ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (docstring vs code): selection's docstring says a parametrization's original 'is judged "
-    "as that tensor (layer.weight)', but no_weight_decay() names are matched against the "
-    "original's own name only, so declaring 'head.weight' does not exclude a spectral_norm'd "
-    "head"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG (docstring vs code): selection's docstring says a parametrization's original "
+        "'is judged as that tensor (layer.weight)', but no_weight_decay() names are matched "
+        "against the original's own name only, so declaring 'head.weight' does not exclude a "
+        "spectral_norm'd head"
+    ),
+)
 def test_no_weight_decay_names_the_parametrized_tensor():
     class Model(nn.Module):
         def __init__(self) -> None:
@@ -481,8 +589,7 @@ SELECTOR_CASES = [
     ("named-several", lambda m: named("*.bias", "head.*"), [E0B, E1B, E2B, D0B, D1B, HW, HB]),
     ("type", lambda m: nn.Linear, [E0W, E0B, E2W, E2B, D0W, D0B, HW, HB]),
     ("type-tuple", lambda m: (nn.LayerNorm, nn.BatchNorm1d), [E1W, E1B, D1W, D1B]),
-    ("type-container", lambda m: nn.Sequential, [E0W, E0B, E1W, E1B, E2W, E2B,
-                                                 D0W, D0B, D1W, D1B]),
+    ("type-container", lambda m: nn.Sequential, [E0W, E0B, E1W, E1B, E2W, E2B, D0W, D0B, D1W, D1B]),
     ("instance", lambda m: m.decoder, [D0W, D0B, D1W, D1B]),
     ("instance-leaf", lambda m: m.encoder[1], [E1W, E1B]),
     ("inside-type-and-instance", lambda m: inside(nn.LayerNorm, m.head), [E1W, E1B, HW, HB]),
@@ -500,13 +607,18 @@ SELECTOR_CASES = [
     ("type&~WEIGHTS", lambda m: nn.Linear & ~WEIGHTS, [E0B, E2B, D0B, HB]),
     ("ALL&~glob", lambda m: ALL & ~named("decoder.*"), [E0W, E0B, E1W, E1B, E2W, E2B, HW, HB]),
     ("tuple-mixed", lambda m: ("decoder.*", nn.LayerNorm), [E1W, E1B, D0W, D0B, D1W, D1B]),
-    ("where&type", lambda m: where(lambda name, p: p.shape[0] == 8) & nn.Linear,
-     [E0W, E0B, E2W, E2B, D0W, D0B]),
+    (
+        "where&type",
+        lambda m: where(lambda name, p: p.shape[0] == 8) & nn.Linear,
+        [E0W, E0B, E2W, E2B, D0W, D0B],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("make_spec", "expected"), [
-    pytest.param(make, expected, id=case_id) for case_id, make, expected in SELECTOR_CASES])
+@pytest.mark.parametrize(
+    ("make_spec", "expected"),
+    [pytest.param(make, expected, id=case_id) for case_id, make, expected in SELECTOR_CASES],
+)
 def test_selector(make_spec, expected):
     model = Net()
     spec = make_spec(model)
@@ -544,12 +656,14 @@ def test_dict_and_list_rules_agree():
 
 def test_none_claims_parameters_and_leaves_them_unpenalized():
     model = Net()
-    reg = Regularizer(model, {"head.*": None, inside(nn.LayerNorm, nn.BatchNorm1d): None,
-                              ALL: L2(0.1)})
+    reg = Regularizer(
+        model, {"head.*": None, inside(nn.LayerNorm, nn.BatchNorm1d): None, ALL: L2(0.1)}
+    )
     assert penalized(reg) == [E0W, E0B, E2W, E2B, D0W, D0B]
     assert str(reg).splitlines()[-1] == (
         "  not penalized: encoder.1.weight, encoder.1.bias, decoder.1.weight, decoder.1.bias, "
-        "head.weight, head.bias")
+        "head.weight, head.bias"
+    )
 
 
 def test_rules_property():
@@ -575,45 +689,59 @@ def test_named_parameters_and_parameters():
 
 def test_str_lists_the_table():
     reg = Regularizer(Net(), {"head.*": None, "encoder.*": L1(0.01), WEIGHTS: L2(0.001)})
-    assert str(reg) == "\n".join([
-        "Regularizer: 7 tensors (192 elements) penalized, 5 tensors (42 elements) not",
-        "  parameter         shape   rule                penalty",
-        "  encoder.0.weight  (8, 4)  named('encoder.*')  L1(0.01)",
-        "  encoder.0.bias    (8,)    named('encoder.*')  L1(0.01)",
-        "  encoder.1.weight  (8,)    named('encoder.*')  L1(0.01)",
-        "  encoder.1.bias    (8,)    named('encoder.*')  L1(0.01)",
-        "  encoder.2.weight  (8, 8)  named('encoder.*')  L1(0.01)",
-        "  encoder.2.bias    (8,)    named('encoder.*')  L1(0.01)",
-        "  decoder.0.weight  (8, 8)  WEIGHTS             L2(0.001)",
-        "  not penalized: decoder.0.bias, decoder.1.weight, decoder.1.bias, head.weight, "
-        "head.bias",
-    ])
+    assert str(reg) == "\n".join(
+        [
+            "Regularizer: 7 tensors (192 elements) penalized, 5 tensors (42 elements) not",
+            "  parameter         shape   rule                penalty",
+            "  encoder.0.weight  (8, 4)  named('encoder.*')  L1(0.01)",
+            "  encoder.0.bias    (8,)    named('encoder.*')  L1(0.01)",
+            "  encoder.1.weight  (8,)    named('encoder.*')  L1(0.01)",
+            "  encoder.1.bias    (8,)    named('encoder.*')  L1(0.01)",
+            "  encoder.2.weight  (8, 8)  named('encoder.*')  L1(0.01)",
+            "  encoder.2.bias    (8,)    named('encoder.*')  L1(0.01)",
+            "  decoder.0.weight  (8, 8)  WEIGHTS             L2(0.001)",
+            "  not penalized: decoder.0.bias, decoder.1.weight, decoder.1.bias, head.weight, "
+            "head.bias",
+        ]
+    )
 
 
 def test_str_without_unpenalized_parameters_has_no_such_line():
     reg = Regularizer(nn.Linear(3, 2), {ALL: L2(0.5)})
-    assert str(reg) == "\n".join([
-        "Regularizer: 2 tensors (8 elements) penalized, 0 tensors (0 elements) not",
-        "  parameter  shape   rule  penalty",
-        "  weight     (2, 3)  ALL   L2(0.5)",
-        "  bias       (2,)    ALL   L2(0.5)",
-    ])
+    assert str(reg) == "\n".join(
+        [
+            "Regularizer: 2 tensors (8 elements) penalized, 0 tensors (0 elements) not",
+            "  parameter  shape   rule  penalty",
+            "  weight     (2, 3)  ALL   L2(0.5)",
+            "  bias       (2,)    ALL   L2(0.5)",
+        ]
+    )
 
 
 # -- rule errors -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("make_rules", "rule"), [
-    pytest.param(lambda m: {"nothing.*": L2(0.1)}, "named('nothing.*')", id="glob-no-match"),
-    pytest.param(lambda m: {"nothing.*": None, ALL: L2(0.1)}, "named('nothing.*')",
-                 id="None-rule-no-match"),
-    pytest.param(lambda m: {nn.Conv2d: L2(0.1)}, "inside(Conv2d)", id="type-not-in-model"),
-    pytest.param(lambda m: {nn.Linear(8, 8): L2(0.1)}, "inside(Linear(...))",
-                 id="instance-not-in-model"),
-    pytest.param(lambda m: {"encoder.*": L1(0.1), "encoder.0.*": L2(0.1)},
-                 "named('encoder.0.*')", id="only-already-claimed"),
-    pytest.param(lambda m: {ALL: None, WEIGHTS: L2(0.1)}, "WEIGHTS", id="after-ALL"),
-])
+@pytest.mark.parametrize(
+    ("make_rules", "rule"),
+    [
+        pytest.param(lambda m: {"nothing.*": L2(0.1)}, "named('nothing.*')", id="glob-no-match"),
+        pytest.param(
+            lambda m: {"nothing.*": None, ALL: L2(0.1)},
+            "named('nothing.*')",
+            id="None-rule-no-match",
+        ),
+        pytest.param(lambda m: {nn.Conv2d: L2(0.1)}, "inside(Conv2d)", id="type-not-in-model"),
+        pytest.param(
+            lambda m: {nn.Linear(8, 8): L2(0.1)}, "inside(Linear(...))", id="instance-not-in-model"
+        ),
+        pytest.param(
+            lambda m: {"encoder.*": L1(0.1), "encoder.0.*": L2(0.1)},
+            "named('encoder.0.*')",
+            id="only-already-claimed",
+        ),
+        pytest.param(lambda m: {ALL: None, WEIGHTS: L2(0.1)}, "WEIGHTS", id="after-ALL"),
+    ],
+)
 def test_rule_with_no_parameter_raises_listing_available_names(make_rules, rule):
     model = Net()
     with pytest.raises(ValueError, match=re.escape(rule)) as error:
@@ -627,8 +755,11 @@ def test_single_penalty_on_a_model_without_weights_raises():
         Regularizer(nn.Sequential(nn.LayerNorm(4), nn.BatchNorm1d(4)), L2(0.1))
 
 
-@pytest.mark.parametrize("spec", [3, 2.5, None, ["encoder.*"], int, ()],
-                         ids=["int", "float", "None", "list", "non-module-type", "empty-tuple"])
+@pytest.mark.parametrize(
+    "spec",
+    [3, 2.5, None, ["encoder.*"], int, ()],
+    ids=["int", "float", "None", "list", "non-module-type", "empty-tuple"],
+)
 def test_bad_selector_raises_type_error_naming_it(spec):
     with pytest.raises(TypeError, match=re.escape(repr(spec))):
         as_selector(spec)
@@ -638,19 +769,23 @@ def test_bad_selector_raises_type_error_naming_it(spec):
         WEIGHTS & spec
 
 
-@pytest.mark.parametrize(("call", "bad"), [
-    pytest.param(lambda: named("encoder.*", 3), "3", id="named"),
-    pytest.param(lambda: inside(nn.Linear, 3), "3", id="inside-int"),
-    pytest.param(lambda: inside(int), repr(int), id="inside-non-module-type"),
-    pytest.param(lambda: where(3), "3", id="where"),
-])
+@pytest.mark.parametrize(
+    ("call", "bad"),
+    [
+        pytest.param(lambda: named("encoder.*", 3), "3", id="named"),
+        pytest.param(lambda: inside(nn.Linear, 3), "3", id="inside-int"),
+        pytest.param(lambda: inside(int), repr(int), id="inside-non-module-type"),
+        pytest.param(lambda: where(3), "3", id="where"),
+    ],
+)
 def test_bad_selector_arguments_raise_type_error_naming_them(call, bad):
     with pytest.raises(TypeError, match=re.escape(bad)):
         call()
 
 
-@pytest.mark.parametrize("value", ["l2", 0.1, L2, True],
-                         ids=["string", "float", "penalty-class", "bool"])
+@pytest.mark.parametrize(
+    "value", ["l2", 0.1, L2, True], ids=["string", "float", "penalty-class", "bool"]
+)
 def test_bad_rule_value_raises_type_error_naming_it(value):
     with pytest.raises(TypeError, match=re.escape(repr(value))):
         Regularizer(Net(), {WEIGHTS: value})
@@ -658,10 +793,13 @@ def test_bad_rule_value_raises_type_error_naming_it(value):
         Regularizer(Net(), [("encoder.*", L1(0.1)), (WEIGHTS, value)])
 
 
-@pytest.mark.parametrize("rules", ["l2", 0.1, [("encoder.*",)], [["encoder.*", L2(0.1)]]],
-                         ids=["string", "float", "1-tuple", "list-pair"])
+@pytest.mark.parametrize(
+    "rules",
+    ["l2", 0.1, [("encoder.*",)], [["encoder.*", L2(0.1)]]],
+    ids=["string", "float", "1-tuple", "list-pair"],
+)
 def test_bad_rules_container_raises_type_error_naming_it(rules):
-    with pytest.raises(TypeError, match=re.escape(repr(rules)[:20])):
+    with pytest.raises(TypeError, match=re.escape(repr(rules))):
         Regularizer(Net(), rules)
 
 
@@ -686,16 +824,23 @@ PARAM_GROUP_RULES = [
     pytest.param(lambda m: nn.Linear, [E0W, E0B, E2W, E2B, D0W, D0B, HW, HB], id="type"),
     pytest.param(lambda m: m.head, [HW, HB], id="instance"),
     pytest.param(lambda m: WEIGHTS & "encoder.*", [E0W, E2W], id="combined"),
-    pytest.param(lambda m: lambda name, p: name.startswith("decoder."), [D0W, D0B, D1W, D1B],
-                 id="predicate"),
-    pytest.param(lambda m: (nn.LayerNorm, nn.BatchNorm1d), [E1W, E1B, D1W, D1B],
-                 id="type-tuple"),
-    pytest.param(lambda m: {"head.*": None, "encoder.*": L1(0.01), WEIGHTS: L2(0.001)},
-                 [E0W, E0B, E1W, E1B, E2W, E2B, D0W], id="rules-dict"),
-    pytest.param(lambda m: [("head.*", None), (WEIGHTS, L2(0.1))], [E0W, E2W, D0W],
-                 id="rules-list"),
-    pytest.param(lambda m: {inside(nn.LayerNorm): None, ALL: L2(0.1)},
-                 [E0W, E0B, E2W, E2B, D0W, D0B, D1W, D1B, HW, HB], id="rules-None-then-ALL"),
+    pytest.param(
+        lambda m: lambda name, p: name.startswith("decoder."), [D0W, D0B, D1W, D1B], id="predicate"
+    ),
+    pytest.param(lambda m: (nn.LayerNorm, nn.BatchNorm1d), [E1W, E1B, D1W, D1B], id="type-tuple"),
+    pytest.param(
+        lambda m: {"head.*": None, "encoder.*": L1(0.01), WEIGHTS: L2(0.001)},
+        [E0W, E0B, E1W, E1B, E2W, E2B, D0W],
+        id="rules-dict",
+    ),
+    pytest.param(
+        lambda m: [("head.*", None), (WEIGHTS, L2(0.1))], [E0W, E2W, D0W], id="rules-list"
+    ),
+    pytest.param(
+        lambda m: {inside(nn.LayerNorm): None, ALL: L2(0.1)},
+        [E0W, E0B, E2W, E2B, D0W, D0B, D1W, D1B, HW, HB],
+        id="rules-None-then-ALL",
+    ),
 ]
 
 
@@ -707,8 +852,10 @@ def test_param_groups_rules(make_rules, decay):
     assert group_names(model, param_groups(model, 0.1, rules)) == [(decay, 0.1), (rest, 0.0)]
 
 
-@pytest.mark.parametrize(("make_rules", "decay"), [
-    p for p in PARAM_GROUP_RULES if p.id.startswith("rules-") or p.id == "default"])
+@pytest.mark.parametrize(
+    ("make_rules", "decay"),
+    [p for p in PARAM_GROUP_RULES if p.id.startswith("rules-") or p.id == "default"],
+)
 def test_param_groups_match_the_regularizer(make_rules, decay):
     """Decay exactly what a Regularizer with the same rules penalizes, nothing else."""
     model = Net()
@@ -717,7 +864,8 @@ def test_param_groups_match_the_regularizer(make_rules, decay):
     groups = param_groups(model, 0.1, rules)
     assert sorted(names_of(model, groups[0]["params"])) == sorted(penalized(reg)) == sorted(decay)
     assert {id(p) for p in groups[1]["params"]} == (
-        {id(p) for p in model.parameters()} - {id(p) for p in reg.parameters()})
+        {id(p) for p in model.parameters()} - {id(p) for p in reg.parameters()}
+    )
 
 
 def test_param_groups_drop_an_empty_no_decay_group():
@@ -740,14 +888,21 @@ def bitfit_net() -> Net:
     return model
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: param_groups with the default rules raises ValueError ('Rule WEIGHTS -> True matches "
-    "no trainable parameter') instead of dropping the empty decay group, e.g. for BitFit "
-    "(only biases trainable) or a norm-only model"))
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda: nn.Sequential(nn.LayerNorm(4), nn.BatchNorm1d(4)), id="norm-only"),
-    pytest.param(bitfit_net, id="bitfit"),
-])
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: param_groups with the default rules raises ValueError ('Rule WEIGHTS -> True matches "
+        "no trainable parameter') instead of dropping the empty decay group, e.g. for BitFit "
+        "(only biases trainable) or a norm-only model"
+    ),
+)
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: nn.Sequential(nn.LayerNorm(4), nn.BatchNorm1d(4)), id="norm-only"),
+        pytest.param(bitfit_net, id="bitfit"),
+    ],
+)
 def test_param_groups_drop_an_empty_decay_group_by_default(make):
     groups = param_groups(make(), 0.1)
     assert len(groups) == 1
@@ -759,14 +914,19 @@ def test_param_groups_leave_frozen_parameters_out():
     model.encoder.requires_grad_(False)
     model.head.bias.requires_grad_(False)
     assert group_names(model, param_groups(model, 0.1)) == [
-        ([D0W, HW], 0.1), ([D0B, D1W, D1B], 0.0)]
+        ([D0W, HW], 0.1),
+        ([D0B, D1W, D1B], 0.0),
+    ]
 
 
-@pytest.mark.parametrize(("weight_decay", "shown"), [
-    pytest.param(-0.1, "-0.1", id="negative"),
-    pytest.param(float("nan"), "nan", id="nan"),
-    pytest.param(float("inf"), "inf", id="inf"),
-])
+@pytest.mark.parametrize(
+    ("weight_decay", "shown"),
+    [
+        pytest.param(-0.1, "-0.1", id="negative"),
+        pytest.param(float("nan"), "nan", id="nan"),
+        pytest.param(float("inf"), "inf", id="inf"),
+    ],
+)
 def test_param_groups_invalid_weight_decay_raises_value_error_naming_it(weight_decay, shown):
     with pytest.raises(ValueError, match=rf"weight_decay.*{re.escape(shown)}"):
         param_groups(Net(), weight_decay)
@@ -805,20 +965,37 @@ def test_public_names_import():
     exec("from regtorch import *", namespace)  # a star import is only legal at module level
     missing = [name for name in regtorch.__all__ if name not in namespace]
     assert not missing
-    for name in ("WEIGHTS", "ALL", "Regularizer", "Selector", "inside", "named", "where",
-                 "param_groups", "NORM_LAYERS"):
+    for name in (
+        "WEIGHTS",
+        "ALL",
+        "Regularizer",
+        "Selector",
+        "inside",
+        "named",
+        "where",
+        "param_groups",
+        "NORM_LAYERS",
+    ):
         assert name in regtorch.__all__
 
 
-@pytest.mark.parametrize("module", ["regtorch.selection", "regtorch.regularizer",
-                                    "regtorch.optim"])
+@pytest.mark.parametrize("module", ["regtorch.selection", "regtorch.regularizer", "regtorch.optim"])
 def test_submodule_public_names_exist(module):
     imported = __import__(module, fromlist=["__all__"])
     assert [name for name in imported.__all__ if not hasattr(imported, name)] == []
 
 
 def test_norm_layers_cover_the_torch_normalizations():
-    for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-                nn.InstanceNorm1d, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm):
+    for cls in (
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.SyncBatchNorm,
+        nn.InstanceNorm1d,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        nn.RMSNorm,
+    ):
         assert issubclass(cls, regtorch.NORM_LAYERS), cls
     assert not issubclass(nn.Linear, regtorch.NORM_LAYERS)

@@ -128,7 +128,7 @@ def assert_sparse_but_not_empty(estimator) -> None:
 
 
 @dataclass(frozen=True)
-class Mapping:
+class SklearnEquivalent:
     """A scikit-learn estimator and the regtorch penalty DESIGN says is the same problem."""
 
     alpha: float
@@ -137,9 +137,9 @@ class Mapping:
 
 
 MAPPINGS = [
-    pytest.param(Mapping(0.1, lambda a: Lasso(alpha=a, **sklearn_options()),
+    pytest.param(SklearnEquivalent(0.1, lambda a: Lasso(alpha=a, **sklearn_options()),
                          lambda a: L1(2 * a)), id="Lasso"),
-    pytest.param(Mapping(0.2, lambda a: SklearnElasticNet(alpha=a, l1_ratio=L1_RATIO,
+    pytest.param(SklearnEquivalent(0.2, lambda a: SklearnElasticNet(alpha=a, l1_ratio=L1_RATIO,
                                                           **sklearn_options()),
                          lambda a: ElasticNet(l1=2 * a * L1_RATIO, l2=2 * a * (1 - L1_RATIO))),
                  id="ElasticNet"),
@@ -158,7 +158,7 @@ OPTIMIZERS = [
 @pytest.mark.parametrize(("momentum", "prox_step"), OPTIMIZERS)
 @pytest.mark.parametrize("mapping", MAPPINGS)
 def test_proximal_sgd_converges_to_sklearn_with_the_same_zeros(
-        problem: Problem, mapping: Mapping, momentum: float,
+        problem: Problem, mapping: SklearnEquivalent, momentum: float,
         prox_step: Callable[[float], float]) -> None:
     estimator = mapping.estimator(mapping.alpha).fit(problem.x_numpy, problem.y_numpy)
     assert_sparse_but_not_empty(estimator)
@@ -174,7 +174,7 @@ PITFALL_GAP = 0.05
 
 @pytest.mark.parametrize("mapping", MAPPINGS)
 def test_momentum_with_prox_at_lr_solves_the_problem_for_a_weaker_penalty(
-        problem: Problem, mapping: Mapping) -> None:
+        problem: Problem, mapping: SklearnEquivalent) -> None:
     """prox_(lr) under momentum μ converges to the solution for strength (1−μ)·alpha: documented
     as the reason regtorch asks for the effective step lr/(1−μ)."""
     intended = mapping.estimator(mapping.alpha).fit(problem.x_numpy, problem.y_numpy)
