@@ -459,14 +459,6 @@ def test_weight_norm_over_the_whole_tensor_selects_direction():
     assert selected(model) == ["0.parametrizations.weight.original1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: with one input feature the magnitude original0 (shape [out, 1]) has as many elements "
-        "as the direction original1, so both count as 'the largest original' and WEIGHTS selects "
-        "the per-unit gain too (selection.collect: numel >= max numel)"
-    ),
-)
 def test_weight_norm_magnitude_excluded_when_shapes_coincide():
     model = nn.Sequential(weight_norm(nn.Linear(1, 5)))
     assert selected(model) == ["0.parametrizations.weight.original1"]
@@ -556,15 +548,6 @@ def test_module_type_selector_reaches_parametrized_layers():
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (docstring vs code): selection's docstring says a parametrization's original "
-        "'is judged as that tensor (layer.weight)', but no_weight_decay() names are matched "
-        "against the original's own name only, so declaring 'head.weight' does not exclude a "
-        "spectral_norm'd head"
-    ),
-)
 def test_no_weight_decay_names_the_parametrized_tensor():
     class Model(nn.Module):
         def __init__(self) -> None:
@@ -888,14 +871,6 @@ def bitfit_net() -> Net:
     return model
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: param_groups with the default rules raises ValueError ('Rule WEIGHTS -> True matches "
-        "no trainable parameter') instead of dropping the empty decay group, e.g. for BitFit "
-        "(only biases trainable) or a norm-only model"
-    ),
-)
 @pytest.mark.parametrize(
     "make",
     [
@@ -999,3 +974,19 @@ def test_norm_layers_cover_the_torch_normalizations():
     ):
         assert issubclass(cls, regtorch.NORM_LAYERS), cls
     assert not issubclass(nn.Linear, regtorch.NORM_LAYERS)
+
+
+def test_parametrized_tensor_answers_to_its_layer_name():
+    """A glob naming the tensor ("head.weight") reaches the originals that stand for it."""
+    model = nn.Sequential(nn.Linear(3, 3), spectral_norm(nn.Linear(3, 2)))
+    reg = Regularizer(model, {"1.weight": L1(0.1)})
+    assert [name for name, _ in reg.named_parameters()] == ["1.parametrizations.weight.original"]
+
+
+def test_rules_as_tuple_or_empty_mean_the_same_in_param_groups_and_regularizer():
+    model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    as_tuple = regtorch.param_groups(model, 0.1, rules=(("0.weight", L2(1.0)),))
+    assert [len(g["params"]) for g in as_tuple] == [1, 3]
+    assert as_tuple[0]["params"][0] is model[0].weight
+    nothing = regtorch.param_groups(model, 0.1, rules=[])
+    assert [(len(g["params"]), g["weight_decay"]) for g in nothing] == [(4, 0.0)]

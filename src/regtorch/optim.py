@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from regtorch._strength import validate_strength
-from regtorch.selection import WEIGHTS, as_selector, assign, collect, parse_rules
+from regtorch.selection import WEIGHTS, as_selector, assign, collect, is_rules, parse_rules
 
 __all__ = ["param_groups"]
 
@@ -43,15 +43,17 @@ def param_groups(model: nn.Module, weight_decay: float, rules: Any = None) -> li
     weight_decay = validate_strength(weight_decay, "weight_decay")
     if not isinstance(weight_decay, float):
         raise TypeError(f"Invalid weight_decay value: {weight_decay!r} (expected a float)")
-    if rules is None:
+    default = rules is None
+    if default:
         rules = [(WEIGHTS, True)]
-    elif isinstance(rules, dict) or (isinstance(rules, list) and rules and all(
-            isinstance(r, tuple) and len(r) == 2 for r in rules)):
+    elif is_rules(rules):
         rules = [(s, v is not None) for s, v in parse_rules(rules, lambda v: True, "a penalty")]
     else:
         rules = [(as_selector(rules), True)]
     infos = collect(model)
-    claimed = assign(infos, rules)
+    # The default finds nothing to decay in e.g. a norm-only or bias-only (BitFit) model: that is
+    # an empty group, not an error; a rule the caller wrote that matches nothing is.
+    claimed = assign(infos, rules, require_match=not default)
     chosen = {id(i.param) for (_, decays), got in zip(rules, claimed) if decays for i in got}
     decay = [i.param for i in infos if id(i.param) in chosen]
     rest = [i.param for i in infos if id(i.param) not in chosen]

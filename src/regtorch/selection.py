@@ -15,10 +15,11 @@ Names are those of the unwrapped model: wrapping in ``DistributedDataParallel``/
 once, under its first name.
 
 Parametrizations (``torch.nn.utils.parametrize``, e.g. ``weight_norm``, ``spectral_norm``): the
-largest ``original`` of a parametrized tensor stands for it (spectral_norm's ``original``,
-weight_norm's direction ``original1``) and is judged as that tensor (``layer.weight``); a smaller
-one (weight_norm's magnitude ``original0``, shape ``[out, 1]``) is a per-unit gain, excluded like a
-normalization layer's weight. (For L2, penalizing weight_norm's ``original0`` instead equals
+largest ``original`` of a parametrized tensor (the last one on a tie) stands for it
+(spectral_norm's ``original``, weight_norm's direction ``original1``) and is judged as that tensor:
+by its name too, so ``no_weight_decay()`` and name globs may say ``"head.weight"``; any other
+original (weight_norm's magnitude ``original0``, shape ``[out, 1]``) is a per-unit gain, excluded
+like a normalization layer's weight. (For L2, penalizing weight_norm's ``original0`` instead equals
 penalizing ‖W‖²_F exactly: select it by name, ``"*.original0"``.)
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "assign",
     "collect",
     "inside",
+    "is_rules",
     "named",
     "parse_rules",
     "unwrap",
@@ -65,16 +67,19 @@ class ParamInfo(NamedTuple):
 
     Attributes:
         name: full name in the unwrapped model (``"encoder.0.weight"``).
+        alias: the name of the tensor it stands for (``"head.weight"`` for
+            ``"head.parametrizations.weight.original"``); ``name`` for an ordinary parameter.
         param: the parameter.
         module: the layer that owns it (for a parametrization's original: the parametrized layer).
         tensor_name: the layer attribute it is, or stands for (``"weight"``, ``"bias"``).
         ancestors: the modules from the root down to ``module``.
-        whole: False for a parametrization original smaller than a sibling original (a gain such
-            as weight_norm's magnitude).
+        whole: False for a parametrization original that does not stand for the tensor (a gain
+            such as weight_norm's magnitude).
         declared_no_decay: listed by a ``no_weight_decay()`` of the model or of a submodule.
     """
 
     name: str
+    alias: str
     param: Tensor
     module: nn.Module
     tensor_name: str
@@ -141,11 +146,13 @@ ALL = Selector(lambda info: True, "ALL")
 
 
 def named(*patterns: str) -> Selector:
-    """Parameters whose unwrapped name matches any of the globs (``fnmatch``, case-sensitive)."""
+    """Parameters whose unwrapped name matches any of the globs (``fnmatch``, case-sensitive);
+    a parametrization's original also answers to the name of the tensor it stands for."""
     for pattern in patterns:
         if not isinstance(pattern, str):
             raise TypeError(f"Invalid name pattern: {pattern!r} (expected a glob string)")
-    return Selector(lambda i: any(fnmatch.fnmatchcase(i.name, p) for p in patterns),
+    return Selector(lambda i: any(fnmatch.fnmatchcase(i.name, p) or fnmatch.fnmatchcase(i.alias, p)
+                                  for p in patterns),
                     f"named({', '.join(map(repr, patterns))})")
 
 
@@ -227,6 +234,14 @@ def _walk(module: nn.Module, prefix: str,
         yield from _walk(child, f"{prefix}{child_name}.", ancestors)
 
 
+def _stand_in(originals: nn.Module) -> Tensor:
+    """The original that stands for a parametrized tensor: the largest, the last on a tie
+    (weight_norm's direction ``original1``). Decided without running the parametrization:
+    spectral_norm's forward would advance its power iteration."""
+    tensors = list(originals.parameters(recurse=False))
+    return max(reversed(tensors), key=lambda t: t.numel())
+
+
 def collect(model: nn.Module) -> list[ParamInfo]:
     """Every trainable parameter of ``model`` once, in ``named_parameters()`` order."""
     if not isinstance(model, nn.Module):
@@ -246,15 +261,17 @@ def collect(model: nn.Module) -> list[ParamInfo]:
             if not param.requires_grad:
                 continue
             name = prefix + pname
-            owner, tensor_name, whole = module, pname, True
+            owner, tensor_name, alias, whole = module, pname, name, True
             if isinstance(module, parametrize.ParametrizationList):
-                # ancestors: (..., layer, layer.parametrizations, layer.parametrizations.<tensor>)
-                # Without running the parametrization (spectral_norm's forward would update its
-                # power-iteration state): the largest original stands for the tensor.
+                # prefix = "<owner>.parametrizations.<tensor>.", ancestors end with
+                # (owner, owner.parametrizations, the ParametrizationList).
                 owner, tensor_name = ancestors[-3], prefix.split(".")[-2]
-                whole = param.numel() >= max(p.numel() for p in module.parameters())
-            declared = any(fnmatch.fnmatchcase(name, pattern) for pattern in no_decay)
-            infos.append(ParamInfo(name, param, owner, tensor_name, ancestors, whole, declared))
+                alias = ".".join([*prefix.split(".")[:-3], tensor_name])
+                whole = param is _stand_in(module)
+            declared = any(fnmatch.fnmatchcase(n, pattern) for n in {name, alias}
+                           for pattern in no_decay)
+            infos.append(ParamInfo(name, alias, param, owner, tensor_name, ancestors, whole,
+                                   declared))
     return infos
 
 
@@ -263,8 +280,7 @@ def parse_rules(rules: Any, accept: Callable[[Any], bool], what: str) -> list[tu
     ``accept`` (``what`` names what it should be, for the error)."""
     if isinstance(rules, Mapping):
         pairs = list(rules.items())
-    elif isinstance(rules, Sequence) and not isinstance(rules, str) and all(
-            isinstance(r, tuple) and len(r) == 2 for r in rules):
+    elif is_rules(rules):
         pairs = list(rules)
     else:
         raise TypeError(f"Invalid rules: {rules!r} (expected a dict or a list of "
@@ -277,12 +293,19 @@ def parse_rules(rules: Any, accept: Callable[[Any], bool], what: str) -> list[tu
     return parsed
 
 
-def assign(infos: Sequence[ParamInfo],
-           rules: Sequence[tuple[Selector, Any]]) -> list[list[ParamInfo]]:
+def is_rules(obj: Any) -> bool:
+    """Whether ``obj`` is rules (a dict, or a list/tuple of ``(selector, value)`` pairs) rather
+    than a single selector spec."""
+    return isinstance(obj, Mapping) or (isinstance(obj, (list, tuple)) and all(
+        isinstance(r, tuple) and len(r) == 2 for r in obj))
+
+
+def assign(infos: Sequence[ParamInfo], rules: Sequence[tuple[Selector, Any]], *,
+           require_match: bool = True) -> list[list[ParamInfo]]:
     """Give every parameter to the first rule whose selector matches it.
 
-    Returns one list of parameters per rule. Raises ``ValueError`` for a rule left with none,
-    naming it and some available parameter names.
+    Returns one list of parameters per rule. Unless ``require_match`` is false, raises
+    ``ValueError`` for a rule left with none, naming it and some available parameter names.
     """
     claimed: list[list[ParamInfo]] = [[] for _ in rules]
     for info in infos:
@@ -291,7 +314,7 @@ def assign(infos: Sequence[ParamInfo],
                 claimed[index].append(info)
                 break
     for (selector, value), got in zip(rules, claimed):
-        if not got:
+        if not got and require_match:
             sample = ", ".join(i.name for i in infos[:8]) or "none"
             more = f", ... ({len(infos)} in all)" if len(infos) > 8 else ""
             raise ValueError(f"Rule {selector!r} -> {value!r} matches no trainable parameter "
