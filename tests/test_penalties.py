@@ -188,10 +188,12 @@ def test_vector_rows_groups_are_elements_and_columns_raise():
     w = t(VECTOR)
     np.testing.assert_allclose(GroupLasso(0.3).value([w]).item(),
                                0.3 * np.abs(VECTOR).sum(), rtol=RTOL)
-    with pytest.raises(ValueError, match="columns"):
-        GroupLasso(0.3, groups="columns").check(w)
-    with pytest.raises(ValueError, match="matrix"):
-        Orthogonal(0.3).check(w)
+    for method in ("check", "value"):  # the functional API checks too, not only Regularizer
+        arg = w if method == "check" else [w]
+        with pytest.raises(ValueError, match="columns"):
+            getattr(GroupLasso(0.3, groups="columns"), method)(arg)
+        with pytest.raises(ValueError, match="matrix"):
+            getattr(Orthogonal(0.3), method)(arg)
 
 
 @pytest.mark.parametrize("shape", [(1, 5), (5, 1)], ids=["one-row", "one-column"])

@@ -8,6 +8,8 @@ library is only ever asked the question, never used to compute the answer.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -990,3 +992,17 @@ def test_rules_as_tuple_or_empty_mean_the_same_in_param_groups_and_regularizer()
     assert as_tuple[0]["params"][0] is model[0].weight
     nothing = regtorch.param_groups(model, 0.1, rules=[])
     assert [(len(g["params"]), g["weight_decay"]) for g in nothing] == [(4, 0.0)]
+
+
+def test_import_without_rmsnorm():
+    """A torch without nn.RMSNorm (added in 2.4) still imports regtorch and selects as usual."""
+    code = (
+        "import torch.nn as nn\n"
+        "del nn.RMSNorm\n"
+        "import regtorch\n"
+        "assert all(t is not None for t in regtorch.NORM_LAYERS)\n"
+        "model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))\n"
+        "print([n for n, _ in regtorch.Regularizer(model, regtorch.L2(1.0)).named_parameters()])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['0.weight']"

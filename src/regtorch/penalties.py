@@ -352,15 +352,15 @@ class GroupLasso(Penalty):
 
     def check(self, param: Tensor) -> None:
         super().check(param)
-        ndim = param.ndim - _stacked(self.lam)
-        if self.groups == "columns" and ndim < 2:
-            raise ValueError(f"GroupLasso(groups='columns') needs tensors with >= 2 dims, "
-                             f"got shape {tuple(param.shape)}")
+        self._reduce_dims(param)
 
     def _reduce_dims(self, param: Tensor) -> tuple[int, ...]:
         """Dims summed over within one group (member dim excluded)."""
         m = int(_stacked(self.lam))
         ndim = param.ndim - m
+        if self.groups == "columns" and ndim < 2:
+            raise ValueError(f"GroupLasso(groups='columns') needs tensors with >= 2 dims, "
+                             f"got shape {tuple(param.shape)}")
         if self.groups == "rows":
             return tuple(range(m + 1, m + ndim))
         if self.groups == "columns":
@@ -480,6 +480,7 @@ class Orthogonal(Penalty):
 
     def _member_values(self, p: Tensor) -> Tensor:
         """Unweighted penalty of each member, shape ``[M]`` (M = 1 when not stacked)."""
+        self.check(p)
         w = p if _stacked(self.lam) else p.unsqueeze(0)
         if self.mode == "columns":
             w = w.movedim(2, 1)
