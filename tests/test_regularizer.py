@@ -41,10 +41,14 @@ def test_value_modes_agree_and_match_reference():
     assert reg.add_grad_() is None
 
 
-def test_float32_model_gives_float32_value():
+def test_loss_term_keeps_the_model_dtype_and_reported_values_are_float64():
     model = mlp(torch.float32)
     reg = Regularizer(model, L1(0.1))
-    assert reg().dtype == torch.float32 and reg.value().dtype == torch.float32
+    assert reg().dtype == torch.float32  # loss + reg() stays float32
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    for reported in (reg.value(), reg.add_grad_(value=True), *reg.breakdown().values()):
+        assert reported.dtype == torch.float64 and not reported.requires_grad
 
 
 def test_half_model_value_does_not_overflow():

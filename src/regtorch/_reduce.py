@@ -41,15 +41,15 @@ def sum_of_powers(tensors: Sequence[Tensor], p: int) -> Tensor:
     chunks = _chunks(tensors)
     if not chunks:
         return torch.zeros((), dtype=torch.float64)
-    half = [c for c in chunks if c.dtype in _HALF]
-    full = [c for c in chunks if c.dtype not in _HALF] if half else chunks
-    parts: list[Tensor] = []
-    if full:
-        parts.extend(torch._foreach_norm(full, ord=p))
-    if half:
-        parts.extend(torch._foreach_norm(half, ord=p, dtype=torch.float32))
+    if any(c.dtype in _HALF for c in chunks):
+        half = [c for c in chunks if c.dtype in _HALF]
+        full = [c for c in chunks if c.dtype not in _HALF]
+        parts = [*torch._foreach_norm(half, ord=p, dtype=torch.float32),
+                 *(torch._foreach_norm(full, ord=p) if full else ())]
+    else:
+        parts = torch._foreach_norm(chunks, ord=p)
     norms = torch.stack(parts).to(torch.float64)
-    return (norms * norms).sum() if p == 2 else norms.sum()
+    return torch.dot(norms, norms) if p == 2 else norms.sum()
 
 
 def member_sum_of_powers(t: Tensor, p: int) -> Tensor:

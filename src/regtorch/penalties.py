@@ -32,6 +32,7 @@ terms are the very objects that were added (changing ``a.lam`` changes the sum).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar
@@ -404,27 +405,31 @@ class GroupLasso(Penalty):
         return self.lam * c * norms.sum()
 
     def add_grad_(self, params, grads, *, value=False, scratch=None):
-        if is_zero(self.lam) and not value:
-            return None
+        if not params or (is_zero(self.lam) and not value):
+            return torch.zeros((), dtype=torch.float64) if value else None
         dims = [self._reduce_dims(p) for p in params]
         norms = [self._group_norms(p, d) for p, d in zip(params, dims)]
-        total = None
-        if value:
-            total = sum((self._weighted_sum(n.to(torch.float64), p, d)
-                         for n, p, d in zip(norms, params, dims)),
-                        torch.zeros((), dtype=torch.float64))
-        if not norms or is_zero(self.lam):
-            return total
-        floors = [torch.finfo(p.dtype).tiny ** 0.5 for p in params]
-        torch._foreach_clamp_min_(norms, floors)
-        torch._foreach_reciprocal_(norms)
         coefficients = [self._coefficient(p, d) for p, d in zip(params, dims)]
+        total = None
+        if value:  # from the norms the gradient needs anyway
+            if _stacked(self.lam):
+                total = sum(self._weighted_sum(n.to(torch.float64), p, d)
+                            for n, p, d in zip(norms, params, dims))
+            else:
+                per_tensor = torch.stack(torch._foreach_norm(norms, ord=1)).to(torch.float64)
+                weights = torch.tensor(coefficients, dtype=torch.float64)
+                total = self.lam * torch.dot(per_tensor, weights.to(per_tensor.device))
+        if is_zero(self.lam):
+            return total
+        # w_g / max(‖w_g‖, √tiny): exactly 0 for a zero group, finite for a tiny one.
+        torch._foreach_clamp_min_(norms, [_norm_floor(p.dtype) for p in params])
         if _stacked(self.lam):
+            torch._foreach_reciprocal_(norms)
             torch._foreach_mul_(norms, _per_param(self.lam, params))
             torch._foreach_mul_(norms, coefficients)
+            torch._foreach_addcmul_(grads, params, norms)
         else:
-            torch._foreach_mul_(norms, [self.lam * c for c in coefficients])
-        torch._foreach_addcmul_(grads, params, norms)
+            torch._foreach_addcdiv_(grads, params, norms, [self.lam * c for c in coefficients])
         return total
 
     def prox_(self, params, steps, *, scratch=None):
@@ -433,7 +438,7 @@ class GroupLasso(Penalty):
             dims = self._reduce_dims(p)
             if isinstance(tau, Tensor) and dims:
                 tau = tau.expand_as(p).mean(dim=dims, keepdim=True)  # one step per group
-            norms = self._group_norms(p, dims).clamp_min_(torch.finfo(p.dtype).tiny ** 0.5)
+            norms = self._group_norms(p, dims).clamp_min_(_norm_floor(p.dtype))
             factor = (1.0 - tau * self._coefficient(p, dims) / norms).clamp_min_(0.0)
             p.mul_(factor)
 
@@ -587,6 +592,13 @@ class Sum(Penalty):
 
     def __repr__(self) -> str:
         return " + ".join(repr(t) for t in self.terms)
+
+
+@functools.cache
+def _norm_floor(dtype: torch.dtype) -> float:
+    """Smallest norm a group-lasso gradient divides by: √tiny (1e-19 in float32), so that
+    ``lam · c / norm`` cannot overflow to inf and turn a zero group's ``0 · inf`` into NaN."""
+    return torch.finfo(dtype).tiny ** 0.5
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:

@@ -123,11 +123,11 @@ class Regularizer:
     # -- the three modes ---------------------------------------------------------------------
     def __call__(self) -> Tensor:
         """The penalty R(w), a differentiable 0-d tensor to add to the loss (float64 when any
-        penalized parameter is float64, else float32)."""
-        total = torch.zeros((), dtype=torch.float64)
-        for group in self._groups:
-            total = total + group.penalty.value(group.trainable())
-        return total.to(self._dtype)
+        penalized parameter is float64, else float32: adding it keeps the loss's dtype)."""
+        return self._value().to(self._dtype)
+
+    def _value(self) -> Tensor:
+        return _sum([g.penalty.value(g.trainable()) for g in self._groups])
 
     @torch.no_grad()
     def add_grad_(self, *, value: bool = False) -> Tensor | None:
@@ -140,9 +140,9 @@ class Regularizer:
             value: also return R(w) (detached; costs an extra pass for L2 and L1).
 
         Returns:
-            R(w) as a detached 0-d tensor when ``value`` is true, else ``None``.
+            R(w) as a detached 0-d float64 tensor when ``value`` is true, else ``None``.
         """
-        total = torch.zeros((), dtype=torch.float64) if value else None
+        values = []
         for group in self._groups:
             params, grads = [], []
             for p in group.params:
@@ -151,10 +151,9 @@ class Regularizer:
                         p.grad = torch.zeros_like(p)
                     params.append(p)
                     grads.append(p.grad)
-            got = group.penalty.add_grad_(params, grads, value=value, scratch=group.scratch)
-            if value:
-                total = total + got
-        return total.to(self._dtype) if value else None
+            values.append(group.penalty.add_grad_(params, grads, value=value,
+                                                  scratch=group.scratch))
+        return _sum(values) if value else None
 
     @torch.no_grad()
     def prox_(self, step: float | Tensor | Sequence[float | Tensor]) -> None:
@@ -198,13 +197,14 @@ class Regularizer:
     # -- inspection --------------------------------------------------------------------------
     @torch.no_grad()
     def value(self) -> Tensor:
-        """R(w), detached (reduced in chunks and added in float64: accurate on large models)."""
-        return self()
+        """R(w), detached, as a 0-d float64 tensor (reduced in chunks and added in float64:
+        accurate on large float32 models)."""
+        return self._value()
 
     @torch.no_grad()
     def breakdown(self) -> dict[str, Tensor]:
-        """R(w) per rule, detached, keyed by the rule's selector."""
-        return {g.label: g.penalty.value(g.trainable()).to(self._dtype) for g in self._groups}
+        """R(w) per rule, detached (0-d float64 tensors), keyed by the rule's selector."""
+        return {g.label: g.penalty.value(g.trainable()) for g in self._groups}
 
     def named_parameters(self) -> Iterator[tuple[str, Tensor]]:
         """(name, tensor) of every penalized parameter, once each, in rule order."""
@@ -264,6 +264,15 @@ class Regularizer:
     def __repr__(self) -> str:
         rules = ", ".join(f"{g.label}: {g.penalty!r}" for g in self._groups)
         return f"Regularizer({{{rules}}})"
+
+
+def _sum(values: list[Tensor]) -> Tensor:
+    """Sum of 0-d float64 tensors, with no extra op for the usual single rule."""
+    if len(values) == 1:
+        return values[0]
+    if not values:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack(values).sum()
 
 
 def _bound(name: str, param: Tensor, parameters: Mapping[str, Tensor] | None) -> Tensor:
