@@ -1,21 +1,26 @@
-"""Step-time overhead of regularization: regtorch vs torch's built-in ``weight_decay`` vs the blog class.
+"""Step-time overhead of regularization: regtorch vs torch's ``weight_decay`` vs the blog class.
 
-One training step = ``zero_grad`` + forward + loss + backward (+ ``reg.add_grad_()``) + optimizer step,
-on fixed random data (no download). Variants, each on its own copy of the same initial model with its
-own optimizer, so no state is shared:
+One training step = ``zero_grad`` + forward + loss + backward (+ ``reg.add_grad_()``) + optimizer
+step, on fixed random data (no download). Variants, each on its own copy of the same initial model
+with its own optimizer, so no state is shared:
 
-* ``none``      no regularization (the baseline);
+* ``none``      no regularization (the baseline); ``none (2nd copy)`` is the same step on another
+                copy, an A/A control: its "overhead" is the noise floor of every comparison;
 * ``builtin``   torch's ``weight_decay`` on the weight group only (``regtorch.param_groups``);
-* ``blog``      the popular blog class, inline: ``loss + λ·Σ torch.norm(W)`` (un-squared) over every
-                parameter whose name contains "weight", recollected from ``named_parameters()`` each step;
+* ``blog``      the popular blog class, inline: ``loss + λ·Σ torch.norm(W)`` (un-squared) over
+                every parameter whose name contains "weight", recollected each step;
 * ``L2 reg()``  ``loss + reg()`` with ``Regularizer(model, L2(λ))`` (autograd);
 * ``P add_grad_()`` / ``P add_grad_(value=True)`` for P in L2, L1, ElasticNet, GroupLasso:
                 ``reg.add_grad_()`` between ``loss.backward()`` and ``optimizer.step()``.
 
 Method: fixed thread count, warm-up steps for every variant, then rounds; each round runs every
-variant (in a freshly shuffled order) for a few steps timed with ``time.perf_counter``. A variant's
-overhead is the median over rounds of the *paired* ratio (its time / ``none``'s time in the same
-round) minus 1; the IQR column is the 25th..75th percentile of those ratios, a measure of the noise.
+variant (in a freshly shuffled order) for a few steps, each timed with ``time.perf_counter``; the
+variant's time in the round is its fastest step (load from other processes only slows steps down).
+A variant's overhead is the median over rounds of the *paired* ratio (its time / ``none``'s time in
+the same round) minus 1; the IQR column is the 25th..75th percentile of those ratios, a measure of
+the noise. The load average before and after each table tells whether the machine was busy.
+glibc's malloc is told to keep freed memory (see :func:`keep_freed_memory`; ``--system-malloc``
+leaves it alone).
 
 Optimizers: SGD(lr=1e-3, momentum=0.9) and Adam(lr=1e-3), torch's defaults otherwise (on CPU that is
 the per-tensor implementation, ``foreach=False``).
@@ -23,23 +28,30 @@ the per-tensor implementation, ``foreach=False``).
 Usage::
 
     python benchmarks/bench_penalty.py [--models seed,deep,transformer,wide] [--optims sgd,adam]
-                                       [--rounds N] [--threads N] [--quick] [--json PATH]
+                                       [--rounds N] [--threads N] [--quick] [--system-malloc]
+                                       [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import ctypes.util
 import functools
 import gc
 import json
+import math
+import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,27 +77,32 @@ class Workload:
     x: Tensor
     y: Tensor
     criterion: Callable[[Tensor, Tensor], Tensor]
-    steps_per_round: int  # steps timed together (cheap models: several, to beat timer noise)
+    steps_per_round: int  # steps per variant per round; the fastest one counts
     rounds: int  # default number of rounds
     warmup: int  # warm-up steps per variant
 
 
-def _seed_mlp(scale: int) -> Workload:
+# The defaults keep the full run near 8 minutes on 2 idle cores; --quick (a smoke run, < 1 minute)
+# takes 3 rounds, and quarter-size batches for the two heavy models.
+
+
+def _seed_mlp(quick: bool) -> Workload:
     model = nn.Sequential(nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 100), nn.ReLU(),
                           nn.Linear(100, 10))
     return Workload("seed MLP 784-200-100-10, batch 32, cross-entropy", model,
                     torch.randn(32, 784), torch.randint(0, 10, (32,)), F.cross_entropy,
-                    steps_per_round=20, rounds=40, warmup=20)
+                    steps_per_round=10, rounds=3 if quick else 60, warmup=10)
 
 
-def _deep_mlp(scale: int) -> Workload:
+def _deep_mlp(quick: bool) -> Workload:
     layers: list[nn.Module] = []
     for _ in range(64):
         layers += [nn.Linear(256, 256), nn.LayerNorm(256), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(256, 10))
     return Workload("deep MLP 64 × [Linear(256,256), LayerNorm, ReLU] + Linear(256,10), batch 64, "
                     "cross-entropy", model, torch.randn(64, 256), torch.randint(0, 10, (64,)),
-                    F.cross_entropy, steps_per_round=2, rounds=30, warmup=3)
+                    F.cross_entropy, steps_per_round=1 if quick else 3,
+                    rounds=3 if quick else 25, warmup=1 if quick else 3)
 
 
 class _Encoder(nn.Module):
@@ -99,27 +116,29 @@ class _Encoder(nn.Module):
         return self.head(self.encoder(x).mean(dim=1))
 
 
-def _transformer(scale: int) -> Workload:
-    batch = max(16 // scale, 1)
+def _transformer(quick: bool) -> Workload:
+    batch = 4 if quick else 16
     return Workload(f"TransformerEncoder 6 × d256 nhead 8 ff1024 (dropout 0.1), seq 64, "
                     f"batch {batch}, mean-pool + Linear(256,10), cross-entropy", _Encoder(),
                     torch.randn(batch, 64, 256), torch.randint(0, 10, (batch,)), F.cross_entropy,
-                    steps_per_round=1, rounds=12, warmup=2)
+                    steps_per_round=1 if quick else 2, rounds=3 if quick else 8,
+                    warmup=1 if quick else 2)
 
 
-def _wide_mlp(scale: int) -> Workload:
+def _wide_mlp(quick: bool) -> Workload:
     layers: list[nn.Module] = []
     for i in range(4):
         layers.append(nn.Linear(2048, 2048))
         if i < 3:
             layers.append(nn.ReLU())
-    batch = 256 // scale
-    return Workload(f"wide MLP 4 × Linear(2048,2048) + ReLU, batch {batch}, MSE", nn.Sequential(*layers),
-                    torch.randn(batch, 2048), torch.randn(batch, 2048), F.mse_loss,
-                    steps_per_round=1, rounds=20, warmup=2)
+    batch = 64 if quick else 256
+    return Workload(f"wide MLP 4 × Linear(2048,2048) + ReLU, batch {batch}, MSE",
+                    nn.Sequential(*layers), torch.randn(batch, 2048), torch.randn(batch, 2048),
+                    F.mse_loss, steps_per_round=1 if quick else 2, rounds=3 if quick else 10,
+                    warmup=1 if quick else 2)
 
 
-MODELS: dict[str, Callable[[int], Workload]] = {
+MODELS: dict[str, Callable[[bool], Workload]] = {
     "seed": _seed_mlp, "deep": _deep_mlp, "transformer": _transformer, "wide": _wide_mlp,
 }
 
@@ -203,6 +222,7 @@ PENALTIES: dict[str, Callable[[], regtorch.Penalty]] = {
 
 VARIANTS: dict[str, StepFactory] = {
     "none": _none,
+    "none (2nd copy)": _none,  # an A/A control: how far apart two identical variants measure
     "builtin": _builtin,
     "blog": _blog,
     "L2 reg()": _loss_term(PENALTIES["L2"]),
@@ -216,9 +236,28 @@ for _name, _penalty in PENALTIES.items():
 # Measurement.
 # --------------------------------------------------------------------------------------------
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks in the process; return whether it agreed.
+
+    By default glibc unmaps (or trims) freed blocks of a few MB, and the next step page-faults them
+    back; which variant pays those faults depends on how the allocations of a dozen interleaved
+    models happen to line up, ±10% of noise on the big models (a 2048×2048 float tensor is 4096
+    faults). PyTorch's GPU caching allocator keeps memory the same way. Not glibc: no-op.
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum on 64-bit
+                and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
 
 def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> dict[str, list]:
-    """Seconds per step of every variant, one entry per round (paired by index)."""
+    """Seconds per step of every variant, one entry per round (paired by index): the fastest of
+    the variant's steps in that round, since load from other processes only ever slows a step."""
     steps: dict[str, Step] = {}
     for name, factory in VARIANTS.items():
         model = copy.deepcopy(work.model)
@@ -236,10 +275,12 @@ def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> 
             rng.shuffle(names)
             for name in names:
                 step = steps[name]
-                start = time.perf_counter()
+                fastest = math.inf
                 for _ in range(work.steps_per_round):
+                    start = time.perf_counter()
                     step()
-                times[name].append((time.perf_counter() - start) / work.steps_per_round)
+                    fastest = min(fastest, time.perf_counter() - start)
+                times[name].append(fastest)
     finally:
         gc.enable()
     return times
@@ -254,7 +295,7 @@ def overheads(times: dict[str, list[float]]) -> dict[str, tuple[float, float, fl
     base = times["none"]
     out = {}
     for name, ts in times.items():
-        ratios = sorted(100.0 * (t / b - 1.0) for t, b in zip(ts, base))
+        ratios = sorted(100.0 * (t / b - 1.0) for t, b in zip(ts, base, strict=True))
         if len(ratios) > 1:
             q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
         else:
@@ -263,16 +304,33 @@ def overheads(times: dict[str, list[float]]) -> dict[str, tuple[float, float, fl
     return out
 
 
+def source_revision() -> str:
+    """The git commit of the regtorch being measured, "+" when its files differ from it; "" when
+    it is not a git checkout (e.g. installed from a wheel)."""
+    where = str(Path(regtorch.__file__).parent)
+    try:
+        head = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if head.returncode != 0:
+        return ""
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
 def _pct(x: float) -> str:
     return f"{x:+.1f}%"
 
 
-def print_table(title: str, times: dict[str, list[float]]) -> None:
+def print_table(title: str, times: dict[str, list[float]], load: tuple[float, float]) -> None:
     stats = overheads(times)
     base_ms = 1e3 * statistics.median(times["none"])
     rounds = len(times["none"])
     print(f"### {title}\n")
-    print(f"`none`: {base_ms:.2f} ms/step (median of {rounds} rounds)\n")
+    print(f"`none`: {base_ms:.2f} ms/step (median of {rounds} rounds); 1-min load average "
+          f"{load[0]:.1f} before, {load[1]:.1f} after\n")
     print("| variant | overhead vs none (median) | IQR of paired ratios | ms/step |")
     print("|---|---:|---:|---:|")
     for name, (median, q1, q3) in stats.items():
@@ -321,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run (< 1 min): 3 rounds, short warm-up, transformer and wide "
                              "batches ÷ 4")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's malloc at its defaults (freed blocks go back to the "
+                             "OS: page faults add noise)")
     parser.add_argument("--json", metavar="PATH", help="also write the raw per-round times here")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
@@ -330,24 +391,25 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    scale = 4 if args.quick else 1
-    print(f"torch {torch.__version__}, regtorch {regtorch.__version__}, {args.threads} threads"
+    kept = not args.system_malloc and keep_freed_memory()
+    revision = source_revision()
+    print(f"torch {torch.__version__}, regtorch {regtorch.__version__}"
+          f"{f' ({revision})' if revision else ''}, {args.threads} threads, "
+          f"malloc {'keeps freed memory' if kept else 'defaults'}"
           f"{', --quick' if args.quick else ''}\n")
     results: dict[str, dict[str, list[float]]] = {}
     for model_name in args.models:
         torch.manual_seed(SEED)
-        work = MODELS[model_name](scale)
-        if args.quick:
-            work.rounds, work.warmup = 3, 1
-            work.steps_per_round = min(work.steps_per_round, 5)
+        work = MODELS[model_name](args.quick)
         rounds = args.rounds or work.rounds
         for optim_name in args.optims:
             label, make_optimizer = OPTIMIZERS[optim_name]
             torch.manual_seed(SEED)
+            load_before = os.getloadavg()[0]
             times = measure(work, make_optimizer, rounds, random.Random(SEED))
             results[f"{model_name}/{optim_name}"] = times
             print_table(f"{work.description} · {label} · {rounds} rounds × "
-                        f"{work.steps_per_round} steps", times)
+                        f"{work.steps_per_round} steps", times, (load_before, os.getloadavg()[0]))
     print_summary(results)
     if args.json:
         with open(args.json, "w") as f:

@@ -220,3 +220,23 @@ def test_value_of_large_float32_model_matches_float64(penalty):
         expected = 1e-4 * sum(np.sqrt(w.size) * np.linalg.norm(w) for w in weights)
     for got in (reg.value(), reg(), reg.add_grad_(value=True)):
         assert got.item() == pytest.approx(expected, rel=LARGE_RTOL)
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["single", "stacked"])
+@pytest.mark.parametrize("make", [L2, L1, GroupLasso, Orthogonal, lambda lam: L1(lam) + L2(lam)],
+                         ids=["L2", "L1", "GroupLasso", "Orthogonal", "ElasticNet"])
+def test_everything_frozen_later_gives_zero(make, stacked):
+    models = [mlp(seed=k) for k in range(2)]
+    if stacked:
+        params, _ = stack_module_state(models)
+        reg = Regularizer(models[0], make(torch.tensor([0.1, 0.2], dtype=torch.float64)),
+                          parameters=params)
+        tensors = list(params.values())
+    else:
+        reg = Regularizer(models[0], make(0.1))
+        tensors = list(models[0].parameters())
+    for t in tensors:
+        t.requires_grad_(False)
+    assert reg().item() == 0.0 and reg.value().item() == 0.0
+    assert reg.add_grad_(value=True).item() == 0.0
+    assert all(t.grad is None for t in tensors)
