@@ -2,11 +2,11 @@
 
 A float32 reduction over a 4096×4096 tensor that accumulates in float32 lanes is 1e-4 to 1e-3 off
 in relative terms (``torch._foreach_norm`` and ``torch.dot`` on CPU both are); upcasting the whole
-tensor to float64 is exact but ~20× slower. Two cheap ways keep the error near 1e-7:
+tensor to float64 is exact but ~20× slower. Two cheap ways keep the error below 1e-6:
 
 * sums of squares: ``torch.dot`` over pieces of at most ``CHUNK`` = 2¹⁸ elements (views, no
-  copy; under 1e-6 relative per piece, measured), the per-piece results added in float64. ``dot`` is the fastest
-  float32 reduction on CPU (BLAS), faster than ``_foreach_norm``.
+  copy; under 1e-6 relative per piece, measured), the per-piece results added in float64.
+  ``dot`` is the fastest float32 reduction on CPU (BLAS), faster than ``_foreach_norm``.
 * plain sums (of ``|w|``): ``torch.sum``, whose CPU kernel sums in cascades (~1e-8 relative on
   16M elements), one call per tensor, results added in float64.
 
