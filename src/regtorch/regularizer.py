@@ -267,12 +267,11 @@ class Regularizer:
 
 
 def _sum(values: list[Tensor]) -> Tensor:
-    """Sum of 0-d float64 tensors, with no extra op for the usual single rule."""
-    if len(values) == 1:
-        return values[0]
+    """Sum of 0-d float64 tensors, with no extra op for the usual single rule (a plain ``+``
+    chain: an empty rule's CPU zero may meet values on another device)."""
     if not values:
         return torch.zeros((), dtype=torch.float64)
-    return torch.stack(values).sum()
+    return sum(values[1:], values[0])
 
 
 def _bound(name: str, param: Tensor, parameters: Mapping[str, Tensor] | None) -> Tensor:
