@@ -1,7 +1,9 @@
 r"""Penalties: what a regularization term is — its value, its gradient, its proximal step.
 
 Each penalty is a small configuration object (its strengths) whose methods act on a *list* of
-tensors, so one call covers every selected parameter with fused ``torch._foreach_*`` kernels:
+tensors, so one call covers every selected parameter; updates of gradients and weights are fused
+``torch._foreach_*`` kernels, and per-tensor work (a sign into a reused buffer, group norms) is a
+single pass per tensor with no Python work per element:
 
 * ``value(params)`` — :math:`R(w)`, a differentiable 0-d float64 tensor (float32 and half
   parameters are reduced in chunks and added in float64, so the value stays accurate on large
