@@ -428,3 +428,13 @@ def test_half_precision_value_accumulates_in_float32():
     w = torch.ones(70_000, dtype=torch.float16)
     assert L2(2.0).value([w]).item() == pytest.approx(70_000.0, rel=HALF_RTOL)
     assert L1(1.0).value([w.to(torch.bfloat16)]).item() == pytest.approx(70_000.0, rel=HALF_RTOL)
+
+
+def test_elastic_net_strengths_load_by_name():
+    net = ElasticNet(0.0, 0.0)
+    net.load_strengths(ElasticNet(0.2, 0.5).strengths())
+    assert (net.l1, net.l2) == (0.2, 0.5) and net.terms[0].lam == 0.2
+    with pytest.raises(ValueError, match="expected \\['l1', 'l2'\\]"):
+        net.load_strengths({"lam": 1.0})
+    with pytest.raises(ValueError, match="-1"):
+        net.load_strengths({"l2": -1.0})

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK", "accumulation_dtype", "member_sum_of_powers", "sum_nonnegative",
+__all__ = ["CHUNK", "accumulation_dtype", "float64_zero", "member_sum_of_powers", "sum_nonnegative",
            "sum_of_abs", "sum_of_squares"]
 
 CHUNK = 1 << 18
@@ -33,12 +33,13 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype | None:
     return torch.float32 if dtype in _HALF else None
 
 
-def _zero() -> Tensor:
+def float64_zero() -> Tensor:
+    """A 0-d float64 zero: the value of an empty list of tensors."""
     return torch.zeros((), dtype=torch.float64)
 
 
 def _total(parts: list[Tensor]) -> Tensor:
-    return torch.stack(parts).sum(dtype=torch.float64) if parts else _zero()
+    return torch.stack(parts).sum(dtype=torch.float64) if parts else float64_zero()
 
 
 def _squares(piece: Tensor) -> Tensor:

@@ -45,6 +45,7 @@ from torch import Tensor
 from regtorch._reduce import (
     CHUNK,
     accumulation_dtype,
+    float64_zero,
     member_sum_of_powers,
     sum_nonnegative,
     sum_of_abs,
@@ -204,10 +205,11 @@ class Penalty:
 
     def load_strengths(self, strengths: dict[str, Strength]) -> None:
         """Set strengths from :meth:`strengths`' output (validated)."""
-        unknown = set(strengths) - set(self._strength_names)
+        expected = list(self.strengths())
+        unknown = set(strengths) - set(expected)
         if unknown:
             raise ValueError(f"Unknown strength(s) {sorted(unknown)} for {self!r}; "
-                             f"expected {list(self._strength_names)}")
+                             f"expected {expected}")
         for name, value in strengths.items():
             if isinstance(value, Tensor):
                 value = value.clone()
@@ -246,10 +248,6 @@ def _format_strength(value: Strength) -> str:
     return f"{value:g}"
 
 
-def _zero() -> Tensor:
-    return torch.zeros((), dtype=torch.float64)
-
-
 def _stacked(lam: Strength) -> bool:
     return isinstance(lam, Tensor)
 
@@ -282,12 +280,12 @@ class L2(Penalty):
     def value(self, params: Sequence[Tensor]) -> Tensor:
         if _stacked(self.lam):
             return sum(((0.5 * lam.reshape(-1) * member_sum_of_powers(p, 2)).sum()
-                        for p, lam in zip(params, _per_param(self.lam, params))), _zero())
+                        for p, lam in zip(params, _per_param(self.lam, params))), float64_zero())
         return 0.5 * self.lam * sum_of_squares(params)
 
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         if not params:
-            return _zero() if value else None
+            return float64_zero() if value else None
         if _stacked(self.lam):
             torch._foreach_addcmul_(grads, params, _per_param(self.lam, params))
         elif not is_zero(self.lam):  # a zero constant adds nothing: skip the pass
@@ -326,12 +324,12 @@ class L1(Penalty):
     def value(self, params: Sequence[Tensor]) -> Tensor:
         if _stacked(self.lam):
             return sum(((lam.reshape(-1) * member_sum_of_powers(p, 1)).sum()
-                        for p, lam in zip(params, _per_param(self.lam, params))), _zero())
+                        for p, lam in zip(params, _per_param(self.lam, params))), float64_zero())
         return self.lam * sum_of_abs(params)
 
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         if not params:
-            return _zero() if value else None
+            return float64_zero() if value else None
         buffers = _buffers(params, scratch)
         total = None
         if value and not _stacked(self.lam):
@@ -444,7 +442,7 @@ class GroupLasso(Penalty):
         return torch.linalg.vector_norm(param, 2, dim=dims, keepdim=True, dtype=dtype)
 
     def value(self, params: Sequence[Tensor]) -> Tensor:
-        total = _zero()
+        total = float64_zero()
         for p in params:
             dims = self._reduce_dims(p)
             norms = self._group_norms(p, dims).to(torch.float64)
@@ -466,7 +464,7 @@ class GroupLasso(Penalty):
 
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         if not params or (is_zero(self.lam) and not value):
-            return _zero() if value else None
+            return float64_zero() if value else None
         layout = (scratch.memo((self, self.groups, self.scale, _stacked(self.lam)), params,
                                lambda: self._layout(params))
                   if scratch is not None else self._layout(params))
@@ -563,7 +561,7 @@ class Orthogonal(Penalty):
         return off_diagonal.to(torch.float64) / (n * (n - 1))
 
     def value(self, params: Sequence[Tensor]) -> Tensor:
-        total = _zero()
+        total = float64_zero()
         for p in params:
             per_member = self._member_values(p)
             lam = self.lam.to(per_member) if _stacked(self.lam) else self.lam
@@ -631,23 +629,24 @@ class Sum(Penalty):
             term.check(param)
 
     def value(self, params):
-        return sum((t.value(params) for t in self.terms), _zero())
+        return sum((t.value(params) for t in self.terms), float64_zero())
 
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         values = [t.add_grad_(params, grads, value=value, scratch=scratch) for t in self.terms]
-        return sum(values, _zero()) if value else None
+        return sum(values, float64_zero()) if value else None
 
     def prox_(self, params, steps, *, scratch=None):
         if not self.has_prox:
             raise TypeError(f"{self!r} has no proximal step: only sums of L1, L2 and one kind of "
                             f"GroupLasso have one")
-        l1 = _total(t.lam for t in self.terms if isinstance(t, L1))
-        l2 = _total(t.lam for t in self.terms if isinstance(t, L2))
+        l1 = _sum_strengths(t.lam for t in self.terms if isinstance(t, L1))
+        l2 = _sum_strengths(t.lam for t in self.terms if isinstance(t, L2))
         groups = [t for t in self.terms if isinstance(t, GroupLasso)]
         if not is_zero(l1):
             _soft_threshold_(params, *_taus(l1, steps, params), scratch)
         if groups:
-            merged = GroupLasso(_total(g.lam for g in groups), groups[0].groups, groups[0].scale)
+            merged = GroupLasso(_sum_strengths(g.lam for g in groups), groups[0].groups,
+                                groups[0].scale)
             merged.prox_(params, steps)
         if not is_zero(l2):
             _shrink_(params, *_taus(l2, steps, params))
@@ -669,7 +668,7 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.where(positive, x, 1.0).sqrt(), 0.0)
 
 
-def _total(strengths) -> Strength:
+def _sum_strengths(strengths) -> Strength:
     total: Strength = 0.0
     for s in strengths:
         total = total + s
@@ -723,12 +722,7 @@ class ElasticNet(Sum):
         return {"l1": self.l1, "l2": self.l2}
 
     def load_strengths(self, strengths: dict[str, Strength]) -> None:
-        unknown = set(strengths) - {"l1", "l2"}
-        if unknown:
-            raise ValueError(f"Unknown strength(s) {sorted(unknown)} for {self!r}; "
-                             f"expected ['l1', 'l2']")
-        for name, value in strengths.items():
-            setattr(self, name, value.clone() if isinstance(value, Tensor) else value)
+        Penalty.load_strengths(self, strengths)  # by name, through the l1/l2 properties
 
     def __repr__(self) -> str:
         return f"ElasticNet(l1={_format_strength(self.l1)}, l2={_format_strength(self.l2)})"
