@@ -6,7 +6,11 @@ gradient (``reg.add_grad_()``) or a proximal step (``reg.prox_(step)``); :func:`
 torch's built-in ``weight_decay`` the same selection.
 """
 
-from regtorch.optim import param_groups
+from regtorch.activity import ActivityRegularizer
+from regtorch.callbacks import EarlyStopping
+from regtorch.constraints import Constraint, Constraints, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
+from regtorch.dropout import dropout_modules, set_dropout
+from regtorch.optim import Proximal, exponential_decay, param_groups
 from regtorch.penalties import L1, L2, ElasticNet, GroupLasso, Orthogonal, Penalty, Sum
 from regtorch.regularizer import Regularizer
 from regtorch.selection import ALL, NORM_LAYERS, WEIGHTS, Selector, inside, named, where
@@ -19,15 +23,27 @@ __all__ = [
     "L2",
     "NORM_LAYERS",
     "WEIGHTS",
+    "ActivityRegularizer",
+    "Constraint",
+    "Constraints",
+    "EarlyStopping",
     "ElasticNet",
     "GroupLasso",
+    "MaxNorm",
+    "MinMaxNorm",
+    "NonNeg",
     "Orthogonal",
     "Penalty",
+    "Proximal",
     "Regularizer",
     "Selector",
     "Sum",
+    "UnitNorm",
+    "dropout_modules",
+    "exponential_decay",
     "inside",
     "named",
     "param_groups",
+    "set_dropout",
     "where",
 ]

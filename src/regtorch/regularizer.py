@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from regtorch._strength import Strength
+from regtorch._table import Row, binding_summary, binding_table
 from regtorch.penalties import Penalty, Scratch
-from regtorch.selection import WEIGHTS, Selector, assign, collect, parse_rules
+from regtorch.selection import Selector, bind
 
 __all__ = ["Regularizer"]
 
@@ -90,22 +91,9 @@ class Regularizer:
 
     def __init__(self, model: nn.Module, penalty_or_rules: Penalty | Any, *,
                  parameters: Mapping[str, Tensor] | None = None) -> None:
-        if isinstance(penalty_or_rules, Penalty):
-            rules = [(WEIGHTS, penalty_or_rules)]
-        else:
-            rules = parse_rules(penalty_or_rules, lambda v: v is None or isinstance(v, Penalty),
-                                "a regtorch penalty or None")
-        infos = collect(model)
-        claimed = assign(infos, rules)
-        self._all = infos
+        self._all, bound = bind(model, penalty_or_rules, Penalty, "a regtorch penalty or None")
         self._groups: list[_Group] = []
-        labels = [repr(selector) for selector, _ in rules]
-        for index, ((selector, penalty), got) in enumerate(zip(rules, claimed)):
-            if penalty is None:
-                continue
-            label = labels[index]
-            if labels.count(label) > 1:  # the same selector twice: tell the rules apart
-                label = f"{index}:{label}"
+        for label, selector, penalty, got in bound:
             tensors = [_bound(info.name, info.param, parameters) for info in got]
             for info, tensor in zip(got, tensors):
                 try:
@@ -117,8 +105,9 @@ class Regularizer:
             self._groups.append(_Group(label, selector, penalty, [i.name for i in got], tensors))
         dtypes = {p.dtype for group in self._groups for p in group.params}
         self._dtype = torch.float64 if torch.float64 in dtypes else torch.float32
-        logger.info("regtorch: %d tensors (%d elements) penalized, %d tensors (%d elements) not",
-                    *self._counts())
+        logger.info("regtorch: %s", binding_summary(self._rows(),
+                                                    [(i.name, i.param) for i in self._all],
+                                                    "penalized"))
 
     # -- the three modes ---------------------------------------------------------------------
     def __call__(self) -> Tensor:
@@ -238,28 +227,13 @@ class Regularizer:
             group.penalty.load_strengths(values)
 
     # -- printing ----------------------------------------------------------------------------
-    def _unpenalized(self) -> list[tuple[str, Tensor]]:
-        penalized = {name for g in self._groups for name in g.names}
-        return [(i.name, i.param) for i in self._all if i.name not in penalized]
-
-    def _counts(self) -> tuple[int, int, int, int]:
-        mine, rest = list(self.parameters()), [p for _, p in self._unpenalized()]
-        return (len(mine), sum(p.numel() for p in mine), len(rest), sum(p.numel() for p in rest))
+    def _rows(self) -> list[Row]:
+        return [(name, p, g.label, g.penalty) for g in self._groups
+                for name, p in zip(g.names, g.params)]
 
     def __str__(self) -> str:
-        n_pen, e_pen, n_rest, e_rest = self._counts()
-        rows = [("parameter", "shape", "rule", "penalty")]
-        for g in self._groups:
-            rows += [(n, str(tuple(p.shape)), g.label, repr(g.penalty))
-                     for n, p in zip(g.names, g.params)]
-        widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        lines = [f"Regularizer: {n_pen} tensors ({e_pen} elements) penalized, "
-                 f"{n_rest} tensors ({e_rest} elements) not"]
-        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        rest = [name for name, _ in self._unpenalized()]
-        if rest:
-            lines.append("  not penalized: " + ", ".join(rest))
-        return "\n".join(lines)
+        return binding_table("Regularizer", "penalized", "penalty", self._rows(),
+                             [(i.name, i.param) for i in self._all])
 
     def __repr__(self) -> str:
         rules = ", ".join(f"{g.label}: {g.penalty!r}" for g in self._groups)

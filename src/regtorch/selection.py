@@ -9,6 +9,11 @@ Selectors come from specs: a name glob (``"encoder.*"``), a module type (``nn.Li
 instance (``model.head``), a predicate ``f(name, param) -> bool``, :data:`WEIGHTS`, :data:`ALL`,
 and combine with ``&``, ``|`` and ``~`` (``WEIGHTS & "encoder.*"`` = the weights under ``encoder``).
 
+The same selectors pick *modules* (for activity regularization, :mod:`regtorch.activity`) from
+:func:`collect_modules`: a name glob matches module names, a type or ``inside(...)`` a module of
+that type or that very module (not its submodules), a predicate gets ``(name, module)``;
+:data:`WEIGHTS` matches no module.
+
 Names are those of the unwrapped model: wrapping in ``DistributedDataParallel``/``DataParallel``
 (``module.``) or ``torch.compile`` (``_orig_mod.``) does not change them. Frozen parameters
 (``requires_grad=False``) are never selected; a tensor shared by two modules (tied weights) counts
@@ -40,11 +45,14 @@ __all__ = [
     "Selector",
     "as_selector",
     "assign",
+    "bind",
     "collect",
+    "collect_modules",
     "inside",
     "is_rules",
     "named",
     "parse_rules",
+    "rule_labels",
     "unwrap",
     "where",
 ]
@@ -63,13 +71,13 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(
 
 
 class ParamInfo(NamedTuple):
-    """One trainable parameter as selectors see it.
+    """One trainable parameter as selectors see it (or one module: see :func:`collect_modules`).
 
     Attributes:
         name: full name in the unwrapped model (``"encoder.0.weight"``).
         alias: the name of the tensor it stands for (``"head.weight"`` for
             ``"head.parametrizations.weight.original"``); ``name`` for an ordinary parameter.
-        param: the parameter.
+        param: the parameter (for module selection: the module).
         module: the layer that owns it (for a parametrization's original: the parametrized layer).
         tensor_name: the layer attribute it is, or stands for (``"weight"``, ``"bias"``).
         ancestors: the modules from the root down to ``module``.
@@ -128,7 +136,8 @@ class Selector:
 
 def _is_weight(info: ParamInfo) -> bool:
     return (
-        info.param.ndim >= 2
+        isinstance(info.param, Tensor)  # a module (activity selection) is never a weight
+        and info.param.ndim >= 2
         and info.whole
         and not isinstance(info.module, NORM_LAYERS)
         and not info.name.endswith("bias")
@@ -139,7 +148,8 @@ def _is_weight(info: ParamInfo) -> bool:
 
 WEIGHTS = Selector(_is_weight, "WEIGHTS")
 """Trainable parameters with ``ndim >= 2``, not in a normalization layer, not named ``*bias``, not
-declared in ``no_weight_decay()``; see the module docstring for parametrizations."""
+declared in ``no_weight_decay()``; see the module docstring for parametrizations. Matches no
+module."""
 
 ALL = Selector(lambda info: True, "ALL")
 """Every trainable parameter (what ``torch.optim``'s ``weight_decay`` decays)."""
@@ -158,7 +168,8 @@ def named(*patterns: str) -> Selector:
 
 def inside(*targets: type[nn.Module] | nn.Module) -> Selector:
     """Parameters of modules of the given types or of the given module instances, submodules
-    included (``inside(nn.LayerNorm)``, ``inside(model.encoder)``)."""
+    included (``inside(nn.LayerNorm)``, ``inside(model.encoder)``); in module selection, the
+    modules of those types or those instances themselves."""
     types = tuple(t for t in targets if isinstance(t, type))
     instances = tuple(t for t in targets if isinstance(t, nn.Module))
     bad = [t for t in targets if not (isinstance(t, nn.Module)
@@ -176,7 +187,8 @@ def inside(*targets: type[nn.Module] | nn.Module) -> Selector:
 
 
 def where(predicate: Callable[[str, Tensor], bool]) -> Selector:
-    """Parameters for which ``predicate(name, param)`` is true."""
+    """Parameters for which ``predicate(name, param)`` is true; in module selection,
+    ``predicate(name, module)`` gets the module."""
     if not callable(predicate):
         raise TypeError(f"Invalid predicate: {predicate!r} (expected a callable)")
     label = getattr(predicate, "__name__", type(predicate).__name__)
@@ -275,6 +287,28 @@ def collect(model: nn.Module) -> list[ParamInfo]:
     return infos
 
 
+def collect_modules(model: nn.Module) -> list[ParamInfo]:
+    """Every module of ``model`` once, as records the selectors accept, in ``named_modules()``
+    order: the unwrapped root first (name ``""``), a module shared by two parents once, under
+    its first name.
+
+    Each record has ``name = alias =`` the module's name, ``param = module =`` the module,
+    ``tensor_name = ""``, ``ancestors = (module,)`` (so a type or instance selector matches that
+    module only, not its submodules), ``whole = True``, ``declared_no_decay = False``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+        >>> [(i.name, type(i.module).__name__) for i in collect_modules(model)]
+        [('', 'Sequential'), ('0', 'Linear'), ('1', 'ReLU')]
+        >>> [i.name for i in collect_modules(model) if as_selector(nn.ReLU)(i)]
+        ['1']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
+    return [ParamInfo(name, name, module, module, "", (module,), True, False)
+            for name, module in unwrap(model).named_modules()]
+
+
 def parse_rules(rules: Any, accept: Callable[[Any], bool], what: str) -> list[tuple[Selector, Any]]:
     """Normalize a dict or a list of ``(selector, value)`` pairs; every value must pass
     ``accept`` (``what`` names what it should be, for the error)."""
@@ -293,6 +327,44 @@ def parse_rules(rules: Any, accept: Callable[[Any], bool], what: str) -> list[tu
     return parsed
 
 
+class Binding(NamedTuple):
+    """A rule whose value is not ``None``, with its label and the parameters it claimed."""
+
+    label: str
+    selector: Selector
+    value: Any
+    infos: list[ParamInfo]
+
+
+def bind(model: nn.Module, spec: Any, kind: type, what: str) -> tuple[list[ParamInfo],
+                                                                    list[Binding]]:
+    """Collect ``model``'s trainable parameters and give them to rules, first match wins.
+
+    ``spec`` is a single ``kind`` object (applied to :data:`WEIGHTS`) or rules whose values are
+    ``kind`` objects or ``None`` (``what`` names them in errors). Returns every trainable
+    parameter and the rules with a value, in order; raises as :func:`assign` for a rule that
+    matches nothing.
+    """
+    if isinstance(spec, kind):
+        rules = [(WEIGHTS, spec)]
+    else:
+        rules = parse_rules(spec, lambda v: v is None or isinstance(v, kind), what)
+    infos = collect(model)
+    claimed = assign(infos, rules)
+    bound = [Binding(label, selector, value, got)
+             for (selector, value), got, label in zip(rules, claimed, rule_labels(rules))
+             if value is not None]
+    return infos, bound
+
+
+def rule_labels(rules: Sequence[tuple[Selector, Any]]) -> list[str]:
+    """How tables and errors name each rule: its selector's ``repr``, prefixed with the rule's
+    index when two rules have the same selector."""
+    labels = [repr(selector) for selector, _ in rules]
+    return [f"{index}:{label}" if labels.count(label) > 1 else label
+            for index, label in enumerate(labels)]
+
+
 def is_rules(obj: Any) -> bool:
     """Whether ``obj`` is rules (a dict, or a list/tuple of ``(selector, value)`` pairs) rather
     than a single selector spec."""
@@ -301,11 +373,12 @@ def is_rules(obj: Any) -> bool:
 
 
 def assign(infos: Sequence[ParamInfo], rules: Sequence[tuple[Selector, Any]], *,
-           require_match: bool = True) -> list[list[ParamInfo]]:
-    """Give every parameter to the first rule whose selector matches it.
+           require_match: bool = True, what: str = "trainable parameter") -> list[list[ParamInfo]]:
+    """Give every parameter (or module) to the first rule whose selector matches it.
 
     Returns one list of parameters per rule. Unless ``require_match`` is false, raises
-    ``ValueError`` for a rule left with none, naming it and some available parameter names.
+    ``ValueError`` for a rule left with none, naming it and some available names (``what``
+    says what the records are, for that message: ``"module"`` for :func:`collect_modules`).
     """
     claimed: list[list[ParamInfo]] = [[] for _ in rules]
     for info in infos:
@@ -315,9 +388,10 @@ def assign(infos: Sequence[ParamInfo], rules: Sequence[tuple[Selector, Any]], *,
                 break
     for (selector, value), got in zip(rules, claimed):
         if not got and require_match:
-            sample = ", ".join(i.name for i in infos[:8]) or "none"
+            # The root module's name is "": show it as ''.
+            sample = ", ".join(i.name or repr(i.name) for i in infos[:8]) or "none"
             more = f", ... ({len(infos)} in all)" if len(infos) > 8 else ""
-            raise ValueError(f"Rule {selector!r} -> {value!r} matches no trainable parameter "
-                             f"(none, or only ones claimed by earlier rules); trainable "
-                             f"parameters: {sample}{more}")
+            raise ValueError(f"Rule {selector!r} -> {value!r} matches no {what} "
+                             f"(none, or only ones claimed by earlier rules); "
+                             f"{what}s: {sample}{more}")
     return claimed

@@ -1,4 +1,4 @@
-"""Optimizer helpers: parameter groups for torch's built-in ``weight_decay``.
+"""Parameter groups for torch's built-in ``weight_decay``.
 
 ``torch.optim``'s ``weight_decay`` decays every parameter it is given, biases and normalization
 gains included. :func:`param_groups` splits a model's trainable parameters the way a
