@@ -1,4 +1,4 @@
-"""Train one small model four ways and print data loss, penalty and sparsity.
+"""Train one small model five ways and print data loss, penalty and sparsity.
 
 Data: y depends on 5 of 40 inputs (generated here, nothing is downloaded). Model: 40-32-1 MLP.
 Each way uses the same init, data order and SGD (lr 0.01, momentum 0.9):
@@ -7,7 +7,8 @@ Each way uses the same init, data order and SGD (lr 0.01, momentum 0.9):
 * loss term    — ``loss = mse + reg()``: the printed loss includes the penalty;
 * fused grad   — ``loss.backward(); reg.add_grad_()``: same gradients, cheaper; identical to the
                  loss-term run;
-* proximal     — ``opt.step(); reg.prox_(lr / (1 - momentum))``: exact zeros;
+* proximal     — ``regtorch.Proximal(opt, reg).step()``: the optimizer step, then the proximal
+                 step at its effective step size ``lr / (1 - momentum)``: exact zeros;
 * group prox   — the same with a column group lasso on the first layer: whole inputs switched off.
 
 All use ``L1(0.01)`` on the weights (not the biases), except the last.
@@ -43,6 +44,8 @@ def train(mode: str, data) -> dict[str, float]:
     else:
         reg = regtorch.Regularizer(model, regtorch.L1(1e-2))
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    if mode in ("proximal", "group prox"):
+        opt = regtorch.Proximal(opt, reg)  # step(): SGD's step, then reg.prox_(lr / (1 - μ))
     order = torch.Generator().manual_seed(1)
     mse = nn.MSELoss()
     for _ in range(EPOCHS):
@@ -55,8 +58,6 @@ def train(mode: str, data) -> dict[str, float]:
             if mode == "fused grad":
                 reg.add_grad_()
             opt.step()
-            if mode in ("proximal", "group prox"):
-                reg.prox_(LR / (1 - MOMENTUM))  # the effective step of heavy-ball momentum
     with torch.no_grad():
         first = model[0].weight
         return {

@@ -956,7 +956,12 @@ def test_public_names_import():
         assert name in regtorch.__all__
 
 
-@pytest.mark.parametrize("module", ["regtorch.selection", "regtorch.regularizer", "regtorch.optim"])
+@pytest.mark.parametrize("module", [
+    "regtorch", "regtorch.selection", "regtorch.regularizer", "regtorch.penalties",
+    "regtorch.optim", "regtorch.optim.groups", "regtorch.optim.proximal",
+    "regtorch.optim.schedule", "regtorch.callbacks", "regtorch.activity", "regtorch.constraints",
+    "regtorch.dropout",
+])
 def test_submodule_public_names_exist(module):
     imported = __import__(module, fromlist=["__all__"])
     assert [name for name in imported.__all__ if not hasattr(imported, name)] == []

@@ -2,8 +2,12 @@
 
 Penalties (:class:`L1`, :class:`L2`, :class:`ElasticNet`, :class:`GroupLasso`, :class:`Orthogonal`)
 bound to a model's parameters by a :class:`Regularizer`, applied as a loss term (``reg()``), a fused
-gradient (``reg.add_grad_()``) or a proximal step (``reg.prox_(step)``); :func:`param_groups` gives
-torch's built-in ``weight_decay`` the same selection.
+gradient (``reg.add_grad_()``) or a proximal step (``reg.prox_(step)``, or :class:`Proximal`
+around the optimizer); :func:`param_groups` gives torch's built-in ``weight_decay`` the same
+selection. Training companions: :func:`exponential_decay`, :class:`EarlyStopping`,
+:class:`ActivityRegularizer`, the constraints (:class:`MaxNorm`, :class:`UnitNorm`,
+:class:`MinMaxNorm`, :class:`NonNeg`, :class:`Constraints`) and the dropout helpers
+(:func:`set_dropout`, :func:`dropout_modules`).
 """
 
 from regtorch.activity import ActivityRegularizer
