@@ -356,7 +356,7 @@ def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
     print()
 
 
-def _choices(text: str, allowed, what: str) -> list[str]:
+def parse_choices(text: str, allowed, what: str) -> list[str]:
     picked = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in picked if s not in allowed]
     if bad or not picked:
@@ -365,20 +365,20 @@ def _choices(text: str, allowed, what: str) -> list[str]:
     return picked
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="seed,deep,transformer,wide",
-                        type=lambda s: _choices(s, MODELS, "model"),
-                        help="comma-separated subset of: " + ", ".join(MODELS))
+def parse_arguments(argv: list[str] | None, description: str, models: dict, default_models: str,
+                    full_run: str, quick_help: str) -> argparse.Namespace:
+    """The command line shared by the benchmarks in this folder."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", default=default_models,
+                        type=lambda s: parse_choices(s, models, "model"),
+                        help="comma-separated subset of: " + ", ".join(models))
     parser.add_argument("--optims", default="sgd,adam",
-                        type=lambda s: _choices(s, OPTIMIZERS, "optimizer"),
+                        type=lambda s: parse_choices(s, OPTIMIZERS, "optimizer"),
                         help="comma-separated subset of: " + ", ".join(OPTIMIZERS))
     parser.add_argument("--rounds", type=int, default=None,
-                        help="rounds per (model, optimizer) (default: per model, ~8 min in all)")
+                        help=f"rounds per (model, optimizer) (default: per model, {full_run})")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run (< 1 min): 3 rounds, short warm-up, transformer and wide "
-                             "batches ÷ 4")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's malloc at its defaults (freed blocks go back to the "
                              "OS: page faults add noise)")
@@ -388,8 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"invalid --rounds value: {args.rounds} (must be >= 1)")
     if args.threads < 1:
         parser.error(f"invalid --threads value: {args.threads} (must be >= 1)")
+    return args
 
-    warnings.filterwarnings("ignore")
+
+def set_up(args: argparse.Namespace) -> None:
+    """Fix the thread count and malloc behaviour, and print what the numbers were measured on."""
     torch.set_num_threads(args.threads)
     kept = not args.system_malloc and keep_freed_memory()
     revision = source_revision()
@@ -397,6 +400,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{f' ({revision})' if revision else ''}, {args.threads} threads, "
           f"malloc {'keeps freed memory' if kept else 'defaults'}"
           f"{', --quick' if args.quick else ''}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv, __doc__.split("\n\n")[0], MODELS, "seed,deep,transformer,wide",
+                           "~8 min in all", "smoke run (< 1 min): 3 rounds, short warm-up, "
+                           "transformer and wide batches ÷ 4")
+    warnings.filterwarnings("ignore")
+    set_up(args)
     results: dict[str, dict[str, list[float]]] = {}
     for model_name in args.models:
         torch.manual_seed(SEED)
