@@ -279,6 +279,21 @@ def test_parameter_without_gradient_gets_no_proximal_step():
         assert optimizer.effective_steps()[-1] == 0.0
 
 
+def test_layer_frozen_after_the_regularizer_may_be_left_out_of_the_optimizer():
+    x, y = batch()
+    model = mlp()
+    reg = Regularizer(model, L1(1.0))
+    model[0].requires_grad_(False)
+    before = model[0].weight.detach().clone()
+    optimizer = Proximal(torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                                         lr=0.1), reg)
+    backward(model, x, y)
+    optimizer.step()
+    assert torch.equal(model[0].weight, before)
+    assert optimizer.effective_steps() == [0.0, 0.1]
+    assert bool((model[2].weight == 0).any())
+
+
 # --------------------------------------------------------------------------------------------
 # Schedules, scalers, torch integration, delegation
 # --------------------------------------------------------------------------------------------

@@ -193,23 +193,29 @@ class Proximal(Optimizer):
     def effective_steps(self) -> list[Step]:
         """The step size of each penalized parameter (``regularizer.parameters()`` order) at the
         current learning rates and optimizer state: a float, or a tensor of the parameter's
-        shape for element-wise steps; 0 for a parameter without a gradient."""
+        shape for element-wise steps; 0 for a parameter the optimizer does not update at this
+        step (no gradient, or frozen and left out of the optimizer)."""
         if len(self._group_of) != sum(len(g["params"]) for g in self.param_groups):
             self._group_of = self._locate()
         steps: list[Step | _Elementwise] = []
         for p in self.regularizer.parameters():
-            group = self.param_groups[self._group_of[id(p)]]
+            index = self._group_of.get(id(p))
+            if index is None or p.grad is None:  # not updated by the optimizer at this step
+                steps.append(0.0)
+                continue
+            group = self.param_groups[index]
             if group.get("maximize", False):
                 raise ValueError("Invalid maximize value: True (the proximal step minimizes)")
-            steps.append(0.0 if p.grad is None else self._effective_step(group, p))
+            steps.append(self._effective_step(group, p))
         return _evaluate(steps)
 
     def _locate(self) -> dict[int, int]:
-        """Map each optimized tensor to its param group; every penalized one must be there."""
+        """Map each optimized tensor to its param group; every penalized tensor that is still
+        trainable must be there (a frozen one may have been left out of the optimizer)."""
         group_of = {id(p): index for index, group in enumerate(self.param_groups)
                     for p in group["params"]}
         missing = [name for name, p in self.regularizer.named_parameters()
-                   if id(p) not in group_of]
+                   if p.requires_grad and id(p) not in group_of]
         if missing:
             raise ValueError(f"Penalized parameters not updated by the optimizer: "
                              f"{', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''} "
