@@ -1011,3 +1011,15 @@ def test_import_without_rmsnorm():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['0.weight']"
+
+
+def test_rule_labels_tell_a_repeated_selector_apart():
+    from regtorch.selection import rule_labels
+
+    rules = [(named("0.*"), L1(0.1)), (WEIGHTS, L2(0.1)), (named("0.*"), None)]
+    assert rule_labels(rules) == ["0:named('0.*')", "WEIGHTS", "2:named('0.*')"]
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    # Two predicates are both "where(<lambda>)": the table tells them apart by index.
+    table = str(Regularizer(model, [(where(lambda n, p: n.startswith("0.")), L1(0.1)),
+                                    (where(lambda n, p: n.startswith("1.")), L2(0.1))]))
+    assert "0:where(<lambda>)" in table and "1:where(<lambda>)" in table

@@ -41,6 +41,7 @@ __all__ = [
     "ALL",
     "NORM_LAYERS",
     "WEIGHTS",
+    "Binding",
     "ParamInfo",
     "Selector",
     "as_selector",
