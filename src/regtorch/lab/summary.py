@@ -1,0 +1,335 @@
+"""From records to answers: final-epoch means over seeds, λ chosen on validation, verdicts.
+
+* **Per variant** (final epoch, over the seeds that did not diverge): mean and standard deviation
+  (``ddof=1``) of the train / validation / test data losses, the means of the penalty, ‖w‖₂,
+  sparsity and accuracies, the test/train ratio of the mean losses, and how many members diverged.
+* **λ on validation.** A variant with several strengths keeps the one with the lowest mean final
+  validation loss; the test set never chooses. The candidates are listed with their losses.
+* **Verdicts** compare each variant with the baseline (the study's first variant) seed by seed —
+  members with the same seed share init and batch order, so the differences are paired: a test
+  loss "improved" when the mean paired difference is below zero by more than two standard errors
+  (and by more than 1%), "worse" when above by as much, else "no clear change". The gap shrank when
+  the test/train ratio is lower than the baseline's. They also say when training had not converged
+  (train loss still falling more than 5% over the last tenth of the epochs, or, for a linear model
+  with a closed-form optimum, parameters more than 1% away from it), when every penalized weight is
+  exactly 0, when accuracy is at chance, and when members diverged.
+* **Notes** say which variants produced the same numbers (``wd-3`` and ``l2-3``), and for linear
+  models with known true weights how well the support was recovered.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from regtorch.lab.engine import StudyResult
+from regtorch.lab.study import Study, Variant
+
+__all__ = ["summarize", "table_rows"]
+
+IMPROVEMENT_SES = 2.0      # a change counts when it exceeds two standard errors of the paired mean
+MIN_RELATIVE_CHANGE = 0.01  # ... and 1% of the baseline
+NOT_CONVERGED_DROP = 0.05   # train loss still falling by more than 5% over the last tenth
+OPTIMUM_TOLERANCE = 0.01    # linear models: ‖θ − θ*‖ ≤ 1% of ‖θ*‖ counts as converged
+SAME_RTOL = 1e-5            # two variants "equal" when every final loss agrees to this
+_LOSSES = ("train_loss", "val_loss", "test_loss")
+
+
+def summarize(result: StudyResult) -> dict[str, Any]:
+    """The summary of a finished study (what ``summary.json`` holds; see the module docstring)."""
+    study = result.study
+    epochs = study.train.epochs
+    finals: dict[tuple[str, float | None], list[dict]] = defaultdict(list)
+    history: dict[tuple[str, float | None, int], dict[int, dict]] = defaultdict(dict)
+    for row in result.records:
+        history[(row["variant"], row["strength"], row["seed"])][row["epoch"]] = row
+        if row["epoch"] == epochs:
+            finals[(row["variant"], row["strength"])].append(row)
+
+    variants: dict[str, dict[str, Any]] = {}
+    chosen_rows: dict[str, list[dict]] = {}
+    for variant in study.variants:
+        strengths = [s if variant.penalty else None for s in variant.strengths]
+        candidates = [_stats(finals[(variant.name, s)], study) for s in strengths]
+        best = _choose(candidates)
+        entry = dict(candidates[best])
+        entry["strength"] = strengths[best]
+        if variant.tuned:
+            entry["candidates"] = [
+                {"strength": s, "val_loss": c["val_loss"], "val_loss_std": c["val_loss_std"],
+                 "test_loss": c["test_loss"], "diverged": c["diverged"]}
+                for s, c in zip(strengths, candidates)]
+        rows = finals[(variant.name, strengths[best])]
+        chosen_rows[variant.name] = rows
+        entry.update(_linear_extras(result, variant, strengths[best], rows))
+        entry["not_converged"] = _still_falling(history, variant.name, strengths[best], epochs)
+        variants[variant.name] = entry
+
+    baseline = study.variants[0].name
+    for variant in study.variants:
+        variants[variant.name]["verdict"] = _verdict(study, variant, variants, chosen_rows,
+                                                     baseline)
+    return {"study": study.name, "seeds": study.seeds, "epochs": epochs, "baseline": baseline,
+            "variants": variants, "notes": _notes(study, variants, chosen_rows)}
+
+
+# -- statistics --------------------------------------------------------------------------------
+def _stats(rows: list[dict], study: Study) -> dict[str, Any]:
+    alive = [r for r in rows if not r["diverged"]]
+    out: dict[str, Any] = {}
+    for key in _LOSSES:
+        out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
+    for key in ("penalty", "weight_norm", "sparsity"):
+        out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
+    if study.classification:
+        for key in ("train_acc", "val_acc", "test_acc"):
+            out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
+    train, test = out["train_loss"], out["test_loss"]
+    out["test_train_ratio"] = (test / train if train and test is not None and train > 0
+                               else None)
+    out["diverged"] = len(rows) - len(alive)
+    return out
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), std
+
+
+def _choose(candidates: list[dict[str, Any]]) -> int:
+    """Index of the lowest mean validation loss (a candidate whose members all diverged loses)."""
+    scored = [(c["val_loss"], i) for i, c in enumerate(candidates) if c["val_loss"] is not None]
+    return min(scored)[1] if scored else 0
+
+
+def _still_falling(history, name: str, strength, epochs: int) -> bool:
+    """Mean train loss fell by more than 5% over the last tenth of the epochs."""
+    back = max(1, epochs // 10)
+    drops = []
+    for (variant, lam, _seed), rows in history.items():
+        if variant != name or lam != strength:
+            continue
+        last, before = rows.get(epochs, {}), rows.get(epochs - back, {})
+        if last.get("train_loss") is not None and before.get("train_loss"):
+            drops.append(1 - last["train_loss"] / before["train_loss"])
+    return bool(drops) and statistics.fmean(drops) > NOT_CONVERGED_DROP
+
+
+# -- linear models: closed forms ---------------------------------------------------------------
+def _linear_extras(result: StudyResult, variant: Variant, strength: float | None,
+                   rows: list[dict]) -> dict[str, Any]:
+    study = result.study
+    if study.model.kind != "linear" or not rows:
+        return {}
+    thetas = [result.finals[(variant.name, strength if strength is not None else
+                             variant.strengths[0], r["seed"])] for r in rows
+              if not r["diverged"]]
+    if not thetas:
+        return {}
+    weights = torch.stack([t["0.weight"].reshape(-1).double() for t in thetas])
+    biases = torch.stack([t["0.bias"].reshape(-1).double() for t in thetas])
+    out: dict[str, Any] = {}
+    if weights.shape[1] == 1:
+        out["slope"] = float(weights.mean())
+        out["intercept"] = float(biases.mean())
+    x, y = (t.double() for t in result.data.split("train"))
+    scale = 1.0 if study.train.loss == "half-mse" else 2.0  # d/dŷ of the loss is scale·(ŷ − y)
+    if variant.penalty == "l1" or (variant.penalty == "elasticnet" and variant.l1_ratio > 0):
+        lam = (strength or 0.0) * (variant.l1_ratio if variant.penalty == "elasticnet" else 1.0)
+        centered = y.reshape(-1) - y.mean()
+        out["lambda_max"] = float((scale / x.shape[0]) * (x.T @ centered).abs().max())
+        out["at_or_above_lambda_max"] = lam >= out["lambda_max"]
+    optimum = _ridge_optimum(x, y, scale, variant, strength or 0.0)
+    if optimum is not None:
+        theta = torch.cat([weights, biases], dim=1)
+        distance = (theta - optimum).norm(dim=1) / optimum.norm()
+        out["optimum_distance"] = float(distance.mean())
+        if weights.shape[1] == 1:
+            out["optimum_slope"], out["optimum_intercept"] = float(optimum[0]), float(optimum[1])
+    true_w = result.data.true_weights
+    if study.data.nonzeros is not None and true_w is not None:
+        truth = true_w.reshape(-1) != 0
+        found = weights != 0
+        hits = (found & truth).sum(1).double()
+        out["support_precision"] = float((hits / found.sum(1).clamp(min=1)).mean())
+        out["support_recall"] = float((hits / truth.sum()).mean())
+        out["exact_zeros"] = float((~found).sum(1).double().mean())
+    return out
+
+
+def _ridge_optimum(x, y, scale: float, variant: Variant, strength: float):
+    """argmin of loss + ½Σ λ_j θ_j² over θ = (w, b) for a linear model, when it is unique.
+
+    ``scale/(2n)·‖Xθ − y‖²`` is the mean (half-)squared loss; λ_j is the variant's L2 strength
+    and weight decay on the parameters it selects (weights, or weights and bias).
+    """
+    if variant.penalty not in (None, "l2"):
+        return None
+    n, d = x.shape
+    lam = torch.zeros(d + 1, dtype=torch.float64)
+    for value, params in ((strength if variant.penalty == "l2" else 0.0, variant.params),
+                          (variant.weight_decay, variant.params)):
+        if value:
+            if params == "all":
+                lam += value
+            elif params == "weights":
+                lam[:d] += value
+            else:
+                return None
+    design = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    gram = (scale / n) * design.T @ design + torch.diag(lam)
+    if torch.linalg.matrix_rank(gram) < d + 1:
+        return None  # not unique (n < d without a penalty on every weight)
+    return torch.linalg.solve(gram, (scale / n) * design.T @ y.reshape(-1))
+
+
+# -- words -------------------------------------------------------------------------------------
+def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: dict[str, list],
+             baseline: str) -> str:
+    me = variants[variant.name]
+    parts: list[str] = []
+    if variant.tuned:
+        lams = ", ".join(f"{s:g}" for s in variant.strengths)
+        parts.append(f"λ = {me['strength']:g} chosen on validation from [{lams}]")
+    if me["train_loss"] is None:
+        return "; ".join([*parts, f"all {me['diverged']} members diverged"]) + "."
+    if variant.name == baseline:
+        ratio = me["test_train_ratio"]
+        parts.append("baseline" + (f": test/train = {ratio:.3g}" if ratio is not None else ""))
+    else:
+        base = variants[baseline]
+        parts.append(_gap_words(me, base))
+        parts.append(_test_words(chosen[variant.name], chosen[baseline], base))
+    if me["diverged"]:
+        parts.append(f"{me['diverged']} of {study.seeds} members diverged")
+    if me.get("sparsity") == 1.0:
+        words = "every penalized weight is exactly 0: the model predicts a constant"
+        if me.get("at_or_above_lambda_max"):
+            words += (f" (λ = {me['strength']:g} ≥ λ_max = {me['lambda_max']:.3g}, where the "
+                      f"exact solution is w = 0)")
+        parts.append(words)
+    elif me.get("sparsity"):
+        parts.append(f"{me['sparsity']:.0%} of the weights are exactly 0")
+    if study.classification and me.get("test_acc") is not None:
+        classes = 10 if study.data.kind == "digits" else 2
+        if me["test_acc"] <= 1.5 / classes:
+            parts.append(f"test accuracy {me['test_acc']:.2f}: chance level (1/{classes})")
+    parts.append(_convergence_words(me, study))
+    return "; ".join(p for p in parts if p) + "."
+
+
+def _gap_words(me: dict, base: dict) -> str:
+    mine, theirs = me["test_train_ratio"], base["test_train_ratio"]
+    if mine is None or theirs is None:
+        return ""
+    if abs(mine / theirs - 1) <= MIN_RELATIVE_CHANGE:
+        return f"about the same generalization gap (test/train {mine:.3g} vs {theirs:.3g})"
+    if mine < theirs:
+        return f"shrank the generalization gap (test/train {mine:.3g} vs {theirs:.3g})"
+    return f"did not shrink the generalization gap (test/train {mine:.3g} vs {theirs:.3g})"
+
+
+def _test_words(mine: list[dict], theirs: list[dict], base: dict) -> str:
+    by_seed = {r["seed"]: r["test_loss"] for r in theirs if r["test_loss"] is not None}
+    diffs = [r["test_loss"] - by_seed[r["seed"]] for r in mine
+             if r["test_loss"] is not None and r["seed"] in by_seed]
+    if not diffs or base["test_loss"] is None:
+        return ""
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    relative = mean / base["test_loss"] if base["test_loss"] else 0.0
+    if abs(relative) > MIN_RELATIVE_CHANGE and abs(mean) > IMPROVEMENT_SES * se:
+        word = "improved" if mean < 0 else "worsened"
+        mine_mean = statistics.fmean(r["test_loss"] for r in mine if r["test_loss"] is not None)
+        return (f"{word} test loss: {mine_mean:.4g} vs {base['test_loss']:.4g} "
+                f"({relative:+.0%}, paired over {len(diffs)} seeds)")
+    return f"no clear change in test loss ({relative:+.1%}, within the seeds' noise)"
+
+
+def _convergence_words(me: dict, study: Study) -> str:
+    words = []
+    if "slope" in me:
+        words.append(f"slope {me['slope']:.3f}, intercept {me['intercept']:.3f}")
+        if "optimum_slope" in me:
+            words[-1] += (f" (optimum {me['optimum_slope']:.3f}, "
+                          f"{me['optimum_intercept']:.3f})")
+    distance = me.get("optimum_distance")
+    if distance is not None:
+        if distance > OPTIMUM_TOLERANCE:
+            words.append(f"not converged: {distance:.1%} from the closed-form optimum after "
+                         f"{study.train.epochs} epochs")
+        else:
+            words.append("converged to the closed-form optimum")
+    elif me.get("not_converged"):
+        words.append("not converged: train loss still falling at the last epoch")
+    return "; ".join(words)
+
+
+def _notes(study: Study, variants: dict[str, dict], chosen: dict[str, list]) -> list[str]:
+    notes = []
+    names = [v.name for v in study.variants]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            gap = _max_relative_difference(chosen[a], chosen[b])
+            if gap is not None and gap <= SAME_RTOL:
+                notes.append(f"{b} and {a} give the same losses on every seed (largest relative "
+                             f"difference {gap:.1e}).")
+    for name, entry in variants.items():
+        if "support_recall" in entry:
+            notes.append(f"{name}: support precision {entry['support_precision']:.2f}, recall "
+                         f"{entry['support_recall']:.2f}, {entry['exact_zeros']:.0f} exact zeros "
+                         f"of {study.data.features} weights ({study.data.nonzeros} truly "
+                         f"non-zero).")
+    return notes
+
+
+def _max_relative_difference(a: list[dict], b: list[dict]) -> float | None:
+    theirs = {r["seed"]: r for r in b}
+    worst = 0.0
+    pairs = 0
+    for row in a:
+        other = theirs.get(row["seed"])
+        if other is None:
+            return None
+        for key in _LOSSES:
+            x, y = row[key], other[key]
+            if x is None or y is None:
+                return None
+            worst = max(worst, abs(x - y) / max(abs(x), abs(y), 1e-300))
+            pairs += 1
+    return worst if pairs else None
+
+
+# -- the console table ---------------------------------------------------------------------------
+def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the comparison table (mean ± std over seeds, final epoch)."""
+    variants = summary["variants"]
+    accuracy = any("test_acc" in v for v in variants.values())
+    headers = ["variant", "λ", "train loss", "val loss", "test loss", "test/train"]
+    headers += ["test acc"] if accuracy else []
+    headers += ["‖w‖", "sparsity", "diverged"]
+    rows = []
+    for name, v in variants.items():
+        row = [name, "" if v.get("strength") is None else f"{v['strength']:g}"]
+        row += [_pm(v[k], v[f"{k}_std"]) for k in _LOSSES]
+        row.append("" if v["test_train_ratio"] is None else f"{v['test_train_ratio']:.3g}")
+        if accuracy:
+            row.append(_pm(v.get("test_acc"), v.get("test_acc_std")))
+        row += [_pm(v["weight_norm"], v.get("weight_norm_std")),
+                "" if v["sparsity"] is None else f"{v['sparsity']:.1%}",
+                f"{v['diverged']}/{summary['seeds']}"]
+        rows.append(row)
+    return headers, rows
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
