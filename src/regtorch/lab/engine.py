@@ -317,7 +317,7 @@ class _Unit:
         for key in dict.fromkeys(_penalty_key(m.variant) for m in members):
             if key is None:
                 continue
-            kind, apply, params, _ = key
+            _, apply, params, _ = key
             owners = [m for m in members if _penalty_key(m.variant) == key]
             lam = self._strength([m.strength if m in owners else 0.0 for m in members])
             rho = self._strength([m.variant.l1_ratio for m in members])
@@ -462,7 +462,7 @@ class _StackedStep:
         try:
             with torch.random.fork_rng(devices=[]):  # tracing must not consume dropout draws
                 return make_fx(self.grad)(self.params, x, y)
-        except Exception as error:  # noqa: BLE001 - any tracing failure: run the transform eagerly
+        except Exception as error:  # any tracing failure: run the same transform eagerly
             logger.debug("regtorch.lab: tracing failed (%s); running vmap eagerly", error)
             return self.grad
 

@@ -10,7 +10,7 @@ speak the same language. The schema (every key optional unless marked; unknown k
     data_seed = 0                          # draws the data, its split and the batch order
 
     [data]
-    kind = "linear"                        # required: "linear" (synthetic) or "digits" (scikit-learn)
+    kind = "linear"                        # required: "linear" (synthetic), "digits" (sklearn)
     features = 200                         # linear: y = x·w + bias + noise, x ~ N(x_mean, x_std²)
     train = 50                             # examples (digits: train and val; test is the rest)
     val = 50
@@ -26,7 +26,7 @@ speak the same language. The schema (every key optional unless marked; unknown k
     [model]
     kind = "mlp"                           # "linear" or "mlp"
     hidden = [64, 32]                      # mlp: hidden widths, ReLU after each
-    dropout_after = [1]                    # hidden layers (1-based) followed by a variant's dropout;
+    dropout_after = [1]                    # hidden layers (1-based) followed by the dropout;
                                            #   default: every hidden layer
     norm = "none"                          # "batch": BatchNorm1d after each hidden Linear
     init = "default"                       # "normal": weights ~ N(0, 1), biases 0 (d2l's init)
@@ -50,7 +50,7 @@ speak the same language. The schema (every key optional unless marked; unknown k
                                            #   final validation loss is kept (test never chooses)
     apply = "gradient"                     # or "prox": proximal step (exact zeros)
     params = "weights"                     # what penalty and weight_decay act on: "weights"
-                                           #   (regtorch.WEIGHTS), "all", or a name glob ("*weight*")
+                                           #   (regtorch.WEIGHTS), "all", a glob ("*weight*")
     l1_ratio = 0.5                         # elasticnet: l1 = ρ·λ, l2 = (1−ρ)·λ
     groups = "rows"                        # group: "rows" or "columns"
     weight_decay = 0.0                     # the optimizer's own weight_decay on `params`
@@ -298,7 +298,7 @@ class _Table:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
             raise StudyError(f"{self.where}.{key}: expected {names}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
