@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import ctypes.util
 import functools
 import gc
 import json
@@ -59,6 +57,7 @@ from torch import Tensor, nn
 
 import regtorch
 from regtorch import L1, L2, ElasticNet, GroupLasso, Regularizer
+from regtorch.lab._memory import keep_freed_memory
 
 SEED = 0
 LAM = 1e-4  # L2 / weight_decay / blog / group-lasso strength (the value does not change the cost)
@@ -235,25 +234,6 @@ for _name, _penalty in PENALTIES.items():
 # --------------------------------------------------------------------------------------------
 # Measurement.
 # --------------------------------------------------------------------------------------------
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed blocks in the process; return whether it agreed.
-
-    By default glibc unmaps (or trims) freed blocks of a few MB, and the next step page-faults them
-    back; which variant pays those faults depends on how the allocations of a dozen interleaved
-    models happen to line up, ±10% of noise on the big models (a 2048×2048 float tensor is 4096
-    faults). PyTorch's GPU caching allocator keeps memory the same way. Not glibc: no-op.
-    """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum on 64-bit
-                and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
 
 def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> dict[str, list]:
     """Seconds per step of every variant, one entry per round (paired by index): the fastest of

@@ -201,9 +201,11 @@ class Study:
             del out["model"]["dropout_after"]
         else:
             out["model"]["dropout_after"] = list(self.model.dropout_after)
-        if isinstance(self.data.weights, tuple):
+        if self.data.kind == "digits":  # the other fields do not apply (the parser rejects them)
+            out["data"] = {"kind": "digits", "train": self.data.train, "val": self.data.val}
+        elif isinstance(self.data.weights, tuple):
             out["data"]["weights"] = list(self.data.weights)
-        if self.data.nonzeros is None:
+        if self.data.kind != "digits" and self.data.nonzeros is None:
             del out["data"]["nonzeros"]
         return out
 
@@ -264,10 +266,10 @@ def parse_study(spec: Mapping[str, Any], source: str = "study") -> Study:
         if n in names[:i]:
             raise StudyError(f"{source}: variants[{i}].name {n!r} is used twice")
     top.done()
-    if model.kind == "linear" and any(v.dropout for v in variants):
-        bad = next(v.name for v in variants if v.dropout)
-        raise StudyError(f"{source}: variant {bad!r} sets dropout, but a linear model has no "
-                         f"hidden layer to drop")
+    for i, v in enumerate(variants):
+        if model.kind == "linear" and v.dropout:
+            raise StudyError(f"{source}: variants[{i}].dropout: variant {v.name!r} sets "
+                             f"{v.dropout!r}, but a linear model has no hidden layer to drop")
     if data.kind == "digits" and recipe.loss != "cross-entropy":
         raise StudyError(f"{source}: data kind 'digits' is classification: train.loss must be "
                          f"'cross-entropy', not {recipe.loss!r}")
@@ -471,7 +473,8 @@ def _variant(t: _Table, recipe: Recipe) -> Variant:
             raise StudyError(f"{t.where}.strength: repeated value in {values!r}")
     apply = t.choice("apply", ("gradient", "prox"), "gradient")
     if apply == "prox" and penalty not in ("l1", "l2", "elasticnet", "group"):
-        raise StudyError(f"{t.where}.apply: 'prox' needs penalty l1, l2, elasticnet or group")
+        raise StudyError(f"{t.where}.apply: 'prox' needs penalty l1, l2, elasticnet or group, "
+                         f"not {penalty!r}")
     default_params = "*weight*" if penalty == "blog" else "weights"
     params = t.get("params", str, default_params)
     if not params:

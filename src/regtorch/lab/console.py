@@ -1,0 +1,118 @@
+"""What the ``regtorch`` command shows: a progress bar on stderr, tables and verdicts on stdout.
+
+Results go to stdout (``regtorch run d2l-highdim > result.txt`` keeps them); progress goes to
+stderr and only when stderr is a terminal, where it is erased once a study finishes. Off a
+terminal (a pipe, a CI log, a test) the output is plain text with no colour, laid out
+:data:`PLAIN_WIDTH` columns wide unless ``COLUMNS`` says otherwise, so tables do not fold. Text
+coming from studies and summaries is never read as rich markup: a ``[`` in a verdict prints as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "PLAIN_WIDTH",
+    "make_console",
+    "print_presets",
+    "print_study",
+    "print_written",
+    "progress",
+]
+
+PLAIN_WIDTH = 160
+"""Columns of output off a terminal: wide enough for the comparison table of every preset."""
+
+
+def make_console(stream: IO[str]) -> Console:
+    """A console writing to ``stream`` (``sys.stdout`` or ``sys.stderr``), plain off a terminal."""
+    console = Console(file=stream, highlight=False, emoji=False, markup=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PLAIN_WIDTH
+    return console
+
+
+@contextlib.contextmanager
+def progress(console: Console, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar for one study; yields the engine's ``on_epoch(done, total)``.
+
+    The bar counts member-epochs (one member trained for one epoch). It is drawn only when
+    ``console`` is a terminal: in a log, a bar is noise.
+    """
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("member-epochs"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+
+        def on_epoch(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield on_epoch
+
+
+def print_presets(console: Console, presets: Sequence[tuple[str, str]]) -> None:
+    """One line per preset: its name, then its description."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    for name, description in presets:
+        grid.add_row(Text(name, style="bold"), Text(description))
+    console.print(grid)
+
+
+def print_study(console: Console, title: str, headers: Sequence[str],
+                rows: Sequence[Sequence[str]], summary: Mapping[str, Any]) -> None:
+    """The comparison table, then each variant's verdict, then the summary's notes.
+
+    Args:
+        console: where to print (stdout's console).
+        title: the table's title (study name, seeds, epochs, time).
+        headers: column names, from :func:`regtorch.lab.summary.table_rows`.
+        rows: one row of cell strings per variant, from the same function.
+        summary: the ``summary.json`` dict: ``variants`` (name → {"verdict": ...}) and ``notes``.
+    """
+    table = Table(title=Text(title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD)
+    for i, header in enumerate(headers):
+        table.add_column(Text(header), justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    console.print(table)
+
+    verdicts = Table.grid(padding=(0, 2))
+    verdicts.add_column(no_wrap=True)
+    verdicts.add_column()
+    for name, variant in summary.get("variants", {}).items():
+        verdict = variant.get("verdict")
+        if verdict:
+            verdicts.add_row(Text(name, style="bold"), Text(str(verdict)))
+    if verdicts.row_count:
+        console.print(verdicts)
+    notes = summary.get("notes") or []
+    if notes:
+        console.print()
+        for note in notes:
+            console.print(Text.assemble(("note: ", "dim"), str(note)))
+
+
+def print_written(console: Console, directory: Path, files: Sequence[str]) -> None:
+    """Where the results went: ``wrote runs/d2l-highdim/ (config.json, ...)``."""
+    console.print(Text(f"wrote {directory}{os.sep} ({', '.join(files)})", style="dim"))
+    console.print()
