@@ -83,7 +83,7 @@ def _stats(rows: list[dict], study: Study) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in _LOSSES:
         out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
-    for key in ("penalty", "weight_norm", "sparsity"):
+    for key in ("penalty", "weight_norm", "sparsity", "lr"):
         out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
     if study.classification:
         for key in ("train_acc", "val_acc", "test_acc"):
@@ -221,6 +221,13 @@ def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: 
         classes = 10 if study.data.kind == "digits" else 2
         if me["test_acc"] <= 1.5 / classes:
             parts.append(f"test accuracy {me['test_acc']:.2f}: chance level (1/{classes})")
+    schedule = study.schedule_of(variant)
+    if schedule.kind != "constant" and me.get("lr") is not None:
+        if me["lr"] == study.train.lr:
+            parts.append(f"the {schedule.kind} schedule never lowered the lr "
+                         f"({study.train.lr:g})")
+        else:
+            parts.append(f"lr {study.train.lr:g} → {me['lr']:.3g} at the end")
     parts.append(_convergence_words(me, study))
     return "; ".join(p for p in parts if p) + "."
 
