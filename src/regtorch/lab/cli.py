@@ -11,8 +11,9 @@ of :mod:`regtorch.lab.study` (a ``.toml`` path, or any existing file). ``--seeds
 ``--epochs`` override the study's own. Each study writes, under ``DIR/<study>/`` (``DIR`` is
 ``runs`` by default), atomically (:mod:`regtorch.lab.output`):
 
-* ``config.json``: the study in the file vocabulary (``Study.to_dict()``) plus ``seeds``,
-  ``epochs``, the ``torch`` and ``regtorch`` versions, the training ``groups`` and the ``created``
+* ``config.json``: the study in the file vocabulary (``Study.to_dict()``, with the seeds and
+  epochs actually run; without its ``"run"`` key it parses back with ``parse_study``) and, under
+  ``"run"``, the ``torch`` and ``regtorch`` versions, the training ``groups`` and the ``created``
   time (UTC, ISO 8601);
 * ``metrics.jsonl``: one record per member (variant × λ × seed) per epoch, epoch 0 being before
   training (see :mod:`regtorch.lab.engine`);
@@ -107,8 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f'pip install "regtorch[lab]"')
         return 2
 
+    from regtorch.lab._memory import keep_freed_memory
     from regtorch.lab.study import StudyError
 
+    keep_freed_memory()  # this process is ours: no page faults for memory freed and reused
     try:
         args.handler(args)
     except (UsageError, StudyError) as error:
@@ -255,7 +258,8 @@ def _run_study(study: Study, out: Path, stdout: Console, stderr: Console) -> Non
     directory = out / study.name
     _write_results(directory, result, summary)
     members = sum(group["members"] for group in result.groups)
-    title = (f"{study.name}: {study.seeds} seeds × {study.train.epochs} epochs, {members} members, "
+    title = (f"{study.name}: {_count(study.seeds, 'seed')} × "
+             f"{_count(study.train.epochs, 'epoch')}, {_count(members, 'member')}, "
              f"{seconds:.1f} s")
     headers, rows = table_rows(summary)
     print_study(stdout, title, headers, rows, summary)
@@ -284,12 +288,15 @@ def config_of(result: StudyResult) -> dict[str, Any]:
 
     import regtorch
 
-    study = result.study
-    config = study.to_dict()
-    config.update(seeds=study.seeds, epochs=study.train.epochs, torch=str(torch.__version__),
-                  regtorch=regtorch.__version__, groups=result.groups,
-                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    config = result.study.to_dict()  # seeds and epochs included, as run
+    config["run"] = {"torch": str(torch.__version__), "regtorch": regtorch.__version__,
+                     "groups": result.groups,
+                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return config
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _fail(message: str) -> None:

@@ -10,6 +10,7 @@ coming from studies and summaries is never read as rich markup: a ``[`` in a ver
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -44,9 +45,45 @@ PLAIN_WIDTH = 160
 def make_console(stream: IO[str]) -> Console:
     """A console writing to ``stream`` (``sys.stdout`` or ``sys.stderr``), plain off a terminal."""
     console = Console(file=stream, highlight=False, emoji=False, markup=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = PLAIN_WIDTH
+    if not console.is_terminal:
+        console.file = _TrimmedLines(stream)
+        if "COLUMNS" not in os.environ:
+            console.width = PLAIN_WIDTH
     return console
+
+
+class _TrimmedLines(io.TextIOBase):
+    """A text stream that drops the spaces rich pads table rows with, at the end of each line.
+
+    Only for output off a terminal (logs, files, tests), where trailing blanks are noise.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__()
+        self._stream = stream
+        self._pending = ""
+
+    @property
+    def encoding(self) -> str | None:  # rich picks box characters by the encoding
+        return getattr(self._stream, "encoding", None)
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            self._stream.write(line.rstrip(" ") + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(self._pending)
+            self._pending = ""
+        self._stream.flush()
 
 
 @contextlib.contextmanager
