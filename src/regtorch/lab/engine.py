@@ -13,8 +13,8 @@ group of its own.
 ``vmap(grad_and_value(loss))`` over :func:`torch.func.functional_call` of one template model. That
 is the gradient of the *sum* of the member losses — never the mean, which would rescale SGD's lr and
 Adam's ε — and nothing couples the members (no global gradient clipping; a member that diverges
-leaves the others untouched). The composed transform is traced once per batch shape into a plain
-graph of batched ops (``make_fx``): the per-step cost is then that of the ops, not of the
+leaves the others untouched). The composed transform is traced once, for the full batch, into a
+plain graph of batched ops (``make_fx``): the per-step cost is then that of the ops, not of the
 transforms. One optimizer steps all members at once (torch's optimizers are element-wise); the
 penalties are added with ``Regularizer.add_grad_`` and proximal steps run through
 :class:`regtorch.Proximal`. Dropout draws a different mask per member (``randomness="different"``).
@@ -222,7 +222,9 @@ class _GroupTrainer:
                      dtype=dtype)
         self.template = build_model(study.model, **build)
         models = [build_model(study.model, seed=m.seed, **build) for m in members]
-        self.vectorized = next(self.template.buffers(), None) is None
+        # vmap cannot carry buffers (BatchNorm's running statistics); a lone member gains nothing
+        # from stacking and trains faster as the plain module.
+        self.vectorized = next(self.template.buffers(), None) is None and len(members) > 1
         self.loss = _criterion(study.train.loss)
         self.weight_names = _names(self.template, WEIGHTS)
         inputs = [data.split(split)[0] for split in SPLITS]
@@ -425,7 +427,8 @@ class _Unit:
 
 class _StackedStep:
     """Per-member losses and gradients of stacked parameters: ``vmap(grad_and_value(loss))``
-    over ``functional_call``, traced once per batch shape into a graph of batched ops."""
+    over ``functional_call``, traced for the full batch shape into a graph of batched ops (an
+    epoch's last, smaller batch runs the same transform eagerly)."""
 
     def __init__(self, template: nn.Module, names: list[str], loss: Callable,
                  *, random: bool, traces: dict[tuple, Callable]) -> None:
@@ -446,6 +449,7 @@ class _StackedStep:
                          randomness=randomness)
         self.forward = vmap(member_output, in_dims=(0, None), randomness="different")
         self.traced = traces
+        self.batch_shape: torch.Size | None = None  # the (first, full) batch shape: traced
 
     def bind(self, tensors: Sequence[Tensor]) -> None:
         # Detached views share storage with the optimizer's tensors: in-place steps show.
@@ -457,7 +461,12 @@ class _StackedStep:
                x.dtype, y.dtype)
         fn = self.traced.get(key)
         if fn is None:
+            if self.batch_shape is not None and x.shape != self.batch_shape:
+                # An epoch's last, smaller batch: once per epoch, cheaper eagerly than a trace
+                # (~0.2 s). Same ops, same results.
+                return self.grad(self.params, x, y)
             fn = self.traced[key] = self._trace(x, y)
+        self.batch_shape = x.shape
         return fn(self.params, x, y)
 
     def _trace(self, x: Tensor, y: Tensor) -> Callable:
