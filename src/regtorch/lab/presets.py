@@ -46,7 +46,8 @@ _MLP_SYNTHETIC: dict[str, Any] = {
         {"name": "wd-0.01", "weight_decay": 0.01, "params": "all"},
         {"name": "dropout-0.3", "dropout": 0.3},
         # λ is chosen on the validation set from a grid around Adam's wd-0.01 (see the README).
-        {"name": "l2", "penalty": "l2", "strength": [0.0001, 0.0003, 0.001, 0.003, 0.01]},
+        {"name": "l2", "penalty": "l2",
+         "strength": [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]},
     ],
 }
 

@@ -35,7 +35,8 @@ IMPROVEMENT_SES = 2.0      # a change counts when it exceeds two standard errors
 MIN_RELATIVE_CHANGE = 0.01  # ... and 1% of the baseline
 NOT_CONVERGED_DROP = 0.05   # train loss still falling by more than 5% over the last tenth
 OPTIMUM_TOLERANCE = 0.01    # linear models: ‖θ − θ*‖ ≤ 1% of ‖θ*‖ counts as converged
-SAME_RTOL = 1e-5            # two variants "equal" when every final loss agrees to this
+SAME_RTOL = 1e-7            # "the same": float32 rounding (two runs that merely collapsed to
+#                             the same constant predictor agree only to ~1e-6)
 _LOSSES = ("train_loss", "val_loss", "test_loss")
 
 
@@ -198,6 +199,8 @@ def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: 
     if variant.tuned:
         lams = ", ".join(f"{s:g}" for s in variant.strengths)
         parts.append(f"λ = {me['strength']:g} chosen on validation from [{lams}]")
+        if me["strength"] in (min(variant.strengths), max(variant.strengths)):
+            parts.append("at the edge of the grid: a wider grid may do better")
     if me["train_loss"] is None:
         return "; ".join([*parts, f"all {me['diverged']} members diverged"]) + "."
     if variant.name == baseline:
