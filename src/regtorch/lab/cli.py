@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -150,6 +151,9 @@ def _parser() -> _Parser:
     run.set_defaults(handler=_run)
     demo = commands.add_parser("demo", help="run every preset")
     add_common(demo, DEMO_SEEDS)
+    demo.add_argument("--jobs", type=int, default=min(2, available_cpus()), metavar="N",
+                      help="studies trained at once, in separate processes sharing the CPUs "
+                      "(default: 2, or 1 on one CPU)")
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -174,7 +178,7 @@ def _demo(args: argparse.Namespace) -> None:
     # Every study is validated before the first one trains: a bad option fails at once.
     studies = [preset(name).with_overrides(seeds=args.seeds, epochs=args.epochs)
                for name in preset_names()]
-    _run_studies(studies, _output_dir(args.out))
+    _run_studies(studies, _output_dir(args.out), jobs=args.jobs)
 
 
 def load_study(ref: str) -> Study:
@@ -232,27 +236,33 @@ def _output_dir(out: str) -> Path:
     return directory
 
 
-def _run_studies(studies: list[Study], out: Path) -> None:
-    from regtorch.lab.console import make_console
+def _run_studies(studies: list[Study], out: Path, jobs: int = 1) -> None:
+    from regtorch.lab.console import make_console, progress
 
     stdout, stderr = make_console(sys.stdout), make_console(sys.stderr)
     start = time.perf_counter()
-    for study in studies:
-        _run_study(study, out, stdout, stderr)
+    workers = min(jobs, len(studies))
+    if workers <= 1:
+        for study in studies:
+            with progress(stderr, study.name) as on_epoch:
+                report = train_and_write(study, out, on_epoch)
+            _print_report(stdout, report)
+    else:
+        for report in _run_in_processes(studies, out, workers, stderr):
+            _print_report(stdout, report)
     if len(studies) > 1:
         stdout.print(f"{len(studies)} studies in {time.perf_counter() - start:.1f} s; results "
                      f"in {out}{os.sep}", style="bold")
 
 
-def _run_study(study: Study, out: Path, stdout: Console, stderr: Console) -> None:
-    """Train one study, write its three files, print its table, verdicts and notes."""
-    from regtorch.lab.console import print_study, print_written, progress
+def train_and_write(study: Study, out: Path,
+                    on_epoch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Train one study and write its three files; return what the console shows of it."""
     from regtorch.lab.engine import run_study
-    from regtorch.lab.summary import summarize, table_rows
+    from regtorch.lab.summary import summarize
 
     start = time.perf_counter()
-    with progress(stderr, study.name) as on_epoch:
-        result = run_study(study, on_epoch=on_epoch)
+    result = run_study(study, on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     summary = summarize(result)
     directory = out / study.name
@@ -261,9 +271,118 @@ def _run_study(study: Study, out: Path, stdout: Console, stderr: Console) -> Non
     title = (f"{study.name}: {_count(study.seeds, 'seed')} × "
              f"{_count(study.train.epochs, 'epoch')}, {_count(members, 'member')}, "
              f"{seconds:.1f} s")
-    headers, rows = table_rows(summary)
-    print_study(stdout, title, headers, rows, summary)
-    print_written(stdout, directory, FILES)
+    return {"title": title, "summary": summary, "directory": str(directory)}
+
+
+def _print_report(stdout: Console, report: dict[str, Any]) -> None:
+    from regtorch.lab.console import print_study, print_written
+    from regtorch.lab.summary import table_rows
+
+    headers, rows = table_rows(report["summary"])
+    print_study(stdout, report["title"], headers, rows, report["summary"])
+    print_written(stdout, Path(report["directory"]), FILES)
+
+
+# -- several studies at once -------------------------------------------------------------------
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _run_in_processes(studies: list[Study], out: Path, workers: int,
+                      stderr: Console) -> list[dict[str, Any]]:
+    """Train ``studies`` in ``workers`` processes, each with its share of the CPUs as torch
+    threads; return their reports in the given order (a worker's error is raised here).
+
+    Small models use two cores poorly from one process (their ops are too short to split), so
+    two studies side by side finish sooner than one after the other with two threads each.
+    On Ctrl-C the workers are terminated; a worker stopped mid-write removes its temporary file
+    (``SIGTERM`` unwinds through :func:`regtorch.lab.output.atomic_writer`).
+    """
+    import multiprocessing
+
+    from regtorch.lab.console import study_progress
+
+    # fork: the workers inherit the imported modules (spawn would import torch again in each).
+    # Nothing in this process has started torch's thread pool yet, so forking is safe.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    context = multiprocessing.get_context(method)
+    threads = max(1, available_cpus() // workers)
+    updates = context.Queue()
+    pool = context.Pool(workers, initializer=_worker_start, initargs=(updates, threads))
+    try:
+        # Longest first, so that no worker is left with a long study at the end.
+        order = sorted(range(len(studies)), key=lambda i: -_work(studies[i]))
+        started = {i: pool.apply_async(_worker_job, (i, studies[i], str(out))) for i in order}
+        jobs = [started[i] for i in range(len(studies))]
+        with study_progress(stderr, [study.name for study in studies]) as update:
+            while not all(job.ready() for job in jobs):
+                _drain(updates, update, timeout=0.1)
+            _drain(updates, update, timeout=0.0)
+        reports = [job.get() for job in jobs]
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+    return reports
+
+
+def _work(study: Study) -> float:
+    """A rough cost: member-epochs × examples seen per epoch (training + evaluation) × model
+    size (inputs times the widest layer, a proxy for the parameter count)."""
+    members = sum(len(v.strengths) for v in study.variants) * study.seeds
+    data = study.data
+    examples = 1797 if data.kind == "digits" else data.train + data.val + data.test
+    widths = [64 if data.kind == "digits" else data.features, *study.model.hidden, 10]
+    size = sum(a * b for a, b in itertools.pairwise(widths))
+    return members * study.train.epochs * examples * size
+
+
+def _drain(updates: Any, update: Callable[[int, int, int], None], timeout: float) -> None:
+    """Apply every progress message waiting in ``updates`` (waiting up to ``timeout`` s)."""
+    import queue
+
+    try:
+        message = updates.get(timeout=timeout) if timeout else updates.get_nowait()
+        while True:
+            update(*message)
+            message = updates.get_nowait()
+    except queue.Empty:
+        return
+
+
+_UPDATES: Any = None  # in a worker: the queue of (study index, member-epochs done, total)
+
+
+def _worker_start(updates: Any, threads: int) -> None:
+    import signal
+
+    import torch
+
+    from regtorch.lab._memory import keep_freed_memory
+
+    global _UPDATES
+    _UPDATES = updates
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, _exit_on_term)
+
+
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through atomic_writer: no temporary file left
+
+
+def _worker_job(index: int, study: Study, out: str) -> dict[str, Any]:
+    def on_epoch(done: int, total: int) -> None:
+        _UPDATES.put((index, done, total))
+
+    return train_and_write(study, Path(out), on_epoch)
 
 
 def _write_results(directory: Path, result: StudyResult, summary: dict[str, Any]) -> None:

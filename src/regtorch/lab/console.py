@@ -36,6 +36,7 @@ __all__ = [
     "print_study",
     "print_written",
     "progress",
+    "study_progress",
 ]
 
 PLAIN_WIDTH = 160
@@ -103,6 +104,24 @@ def progress(console: Console, label: str) -> Iterator[Callable[[int, int], None
             bar.update(task, completed=done, total=total)
 
         yield on_epoch
+
+
+@contextlib.contextmanager
+def study_progress(console: Console, labels: Sequence[str]
+                   ) -> Iterator[Callable[[int, int, int], None]]:
+    """Transient progress bars for studies trained at once; yields ``update(index, done,
+    total)`` (study ``index`` has done ``done`` of ``total`` member-epochs). Drawn only when
+    ``console`` is a terminal."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("member-epochs"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
+        tasks = [bar.add_task(label, total=None) for label in labels]
+
+        def update(index: int, done: int, total: int) -> None:
+            bar.update(tasks[index], completed=done, total=total)
+
+        yield update
 
 
 def print_presets(console: Console, presets: Sequence[tuple[str, str]]) -> None:
