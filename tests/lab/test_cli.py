@@ -357,6 +357,36 @@ def test_demo_runs_every_preset_in_order_with_5_seeds(tmp_path, capsys, monkeypa
         assert len(_read_jsonl(tmp_path / name / "metrics.jsonl")) == 5 * 2 * (2 + 1)
 
 
+def test_demo_in_processes_equals_demo_in_this_process(tmp_path, capsys, monkeypatch):
+    """--jobs 2 (one process per study, one torch thread each here) writes the same results as
+    --jobs 1 (in this process, one thread under the tests) and prints them in preset order."""
+    tiny = {name: {"name": name, "description": "tiny",
+                   "data": {"kind": "linear", "features": 3, "train": 12, "val": 10, "test": 10},
+                   "train": {"epochs": 3, "batch_size": 5},
+                   "variants": [{"name": "none"}, {"name": "prox", "penalty": "l1",
+                                                   "strength": 0.05, "apply": "prox"}]}
+            for name in ("small-b", "small-a", "small-c")}
+    monkeypatch.setattr(presets, "PRESETS", tiny)
+    outputs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs-{jobs}"
+        assert main(["demo", "--jobs", str(jobs), "--seeds", "2", "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert [line.split(":")[0] for line in printed.splitlines()
+                if ": 2 seeds × 3 epochs" in line] == list(tiny)
+        outputs[jobs] = {name: ((out / name / "metrics.jsonl").read_text(),
+                                json.loads((out / name / "summary.json").read_text()))
+                         for name in tiny}
+    assert outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1"])
+def test_demo_refuses_a_nonpositive_jobs(jobs, capsys):
+    assert main(["demo", "--jobs", jobs]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--jobs" in err and jobs in err
+
+
 def test_toml_without_tomllib_names_python_3_11(tmp_path, capsys, monkeypatch):
     # Python 3.10 without tomli: `import tomllib` and `import tomli` both fail.
     monkeypatch.setitem(sys.modules, "tomllib", None)

@@ -175,6 +175,8 @@ def _run(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from regtorch.lab.presets import preset, preset_names
 
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: must be a positive integer, got {args.jobs}")
     # Every study is validated before the first one trains: a bad option fails at once.
     studies = [preset(name).with_overrides(seeds=args.seeds, epochs=args.epochs)
                for name in preset_names()]

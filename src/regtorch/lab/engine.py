@@ -19,7 +19,8 @@ transforms. One optimizer steps all members at once (torch's optimizers are elem
 penalties are added with ``Regularizer.add_grad_`` and proximal steps run through
 :class:`regtorch.Proximal`. Dropout draws a different mask per member (``randomness="different"``).
 A model ``vmap`` cannot handle — one with buffers, such as BatchNorm's running statistics — trains
-member by member in a plain loop with the same data, init and recipe.
+member by member in a plain loop with the same data, init and recipe; so does a group of one
+member, which stacking would only slow down.
 
 **Common random numbers.** Member seed ``s`` starts from the weights drawn from seed ``s`` in every
 variant, and every member sees the batches in the same order: the order of epoch ``e`` is the
