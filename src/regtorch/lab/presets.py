@@ -51,14 +51,19 @@ _MLP_SYNTHETIC: dict[str, Any] = {
     ],
 }
 
-# scikit-learn's 8×8 digits as the offline MNIST: FC 64-200-100-10, Adam lr 1e-3, batch 32.
+# scikit-learn's 8×8 digits as the offline MNIST and the posts' FC net 64-200-100-10 (batch 32,
+# 60 epochs), shared by `digits` and `lr-decay`.
+def _digits_fc(optimizer: str, lr: float) -> dict[str, Any]:
+    return {"data": {"kind": "digits", "train": 300, "val": 300},
+            "model": {"kind": "mlp", "hidden": [200, 100]},
+            "train": {"loss": "cross-entropy", "optimizer": optimizer, "lr": lr,
+                      "batch_size": 32, "epochs": 60}}
+
+
 _DIGITS: dict[str, Any] = {
     "name": "digits",
     "description": "FC digit classifier 64-200-100-10: L2, dropout, Adam weight decay, blog class",
-    "data": {"kind": "digits", "train": 300, "val": 300},
-    "model": {"kind": "mlp", "hidden": [200, 100]},
-    "train": {"loss": "cross-entropy", "optimizer": "adam", "lr": 0.001, "batch_size": 32,
-              "epochs": 60},
+    **_digits_fc("adam", 0.001),
     "variants": [
         {"name": "none"},
         {"name": "l2-0.002", "penalty": "l2", "strength": 0.002},
@@ -87,10 +92,7 @@ _LINEAR_1D: dict[str, Any] = {
 _LR_DECAY: dict[str, Any] = {
     "name": "lr-decay",
     "description": "digits FC with SGD lr 0.2: constant vs exponential decay (floor) vs plateau",
-    "data": {"kind": "digits", "train": 300, "val": 300},
-    "model": {"kind": "mlp", "hidden": [200, 100]},
-    "train": {"loss": "cross-entropy", "optimizer": "sgd", "lr": 0.2, "batch_size": 32,
-              "epochs": 60},
+    **_digits_fc("sgd", 0.2),
     "variants": [
         {"name": "constant"},
         {"name": "exp-0.995",
