@@ -64,7 +64,7 @@ from regtorch.lab.data import Datasets, make_data
 from regtorch.lab.models import build_model
 from regtorch.lab.study import Schedule, Study, StudyError, Variant
 
-__all__ = ["Member", "StudyResult", "group_members", "members_of", "run_study"]
+__all__ = ["Member", "StudyResult", "group_members", "make_penalty", "members_of", "run_study"]
 
 logger = logging.getLogger("regtorch.lab")
 
