@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -378,6 +379,36 @@ def test_demo_in_processes_equals_demo_in_this_process(tmp_path, capsys, monkeyp
                                 json.loads((out / name / "summary.json").read_text()))
                          for name in tiny}
     assert outputs[1] == outputs[2]
+
+
+def test_demo_workers_with_several_threads_are_spawned(tmp_path, capsys, monkeypatch):
+    """With CPUs to spare, each worker gets several torch threads and is spawned (a forked child
+    must not use its parent's OpenMP pool); the results are those of the in-process run."""
+    import regtorch.lab.cli as cli
+
+    tiny = {name: {"name": name,
+                   "data": {"kind": "linear", "features": 2, "train": 8, "val": 8, "test": 8},
+                   "train": {"epochs": 2, "dtype": "float64"},
+                   "variants": [{"name": "none"}, {"name": "l1", "penalty": "l1",
+                                                   "strength": 0.1}]}
+            for name in ("tiny-a", "tiny-b")}
+    monkeypatch.setattr(presets, "PRESETS", tiny)
+    methods = []
+    original = multiprocessing.get_context
+
+    def record(method=None):
+        methods.append(method)
+        return original(method)
+
+    monkeypatch.setattr(multiprocessing, "get_context", record)
+    monkeypatch.setattr(cli, "available_cpus", lambda: 4)
+    assert main(["demo", "--jobs", "2", "--seeds", "2", "--out", str(tmp_path / "p")]) == 0
+    assert methods == ["spawn"]
+    assert main(["demo", "--jobs", "1", "--seeds", "2", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    for name in tiny:
+        assert (tmp_path / "p" / name / "summary.json").read_text() == \
+            (tmp_path / "s" / name / "summary.json").read_text()
 
 
 @pytest.mark.parametrize("jobs", ["0", "-1"])

@@ -308,11 +308,12 @@ def _run_in_processes(studies: list[Study], out: Path, workers: int,
 
     from regtorch.lab.console import study_progress
 
-    # fork: the workers inherit the imported modules (spawn would import torch again in each).
-    # Nothing in this process has started torch's thread pool yet, so forking is safe.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    context = multiprocessing.get_context(method)
     threads = max(1, available_cpus() // workers)
+    # fork: the workers inherit the imported modules (spawn imports torch again in each, ~1.5 s).
+    # A forked child may not use an OpenMP pool its parent had started, so fork only workers
+    # that run single-threaded; otherwise spawn.
+    method = "fork" if sys.platform.startswith("linux") and threads == 1 else "spawn"
+    context = multiprocessing.get_context(method)
     updates = context.Queue()
     pool = context.Pool(workers, initializer=_worker_start, initargs=(updates, threads))
     try:
