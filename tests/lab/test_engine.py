@@ -665,3 +665,20 @@ def test_sparsity_is_the_exact_fraction():
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert zeros > 0
     assert final_record(result, "prox-l1", 0.05)["sparsity"] == zeros / 67
+
+
+def test_a_model_that_cannot_be_traced_runs_the_transform_eagerly(monkeypatch):
+    """If make_fx fails, the engine runs vmap(grad_and_value) eagerly: same plain-run results."""
+    import torch.fx.experimental.proxy_tensor as proxy_tensor
+
+    calls = []
+
+    def failing_make_fx(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("cannot trace this model")
+
+    monkeypatch.setattr(proxy_tensor, "make_fx", failing_make_fx)
+    study = mlp_study([{"name": "none"}, {"name": "l2", "penalty": "l2", "strength": 0.1}])
+    result = run_study(study)
+    assert calls  # tracing was attempted, failed, and training went on
+    assert_all_match(result)
