@@ -682,3 +682,20 @@ def test_a_model_that_cannot_be_traced_runs_the_transform_eagerly(monkeypatch):
     result = run_study(study)
     assert calls  # tracing was attempted, failed, and training went on
     assert_all_match(result)
+
+
+def test_normal_init_draws_linear_weights_and_leaves_norm_layers_alone():
+    """d2l's init: Linear weights ~ N(0, 1), Linear biases 0; BatchNorm keeps gain 1, shift 0."""
+    spec = parse_study({"name": "n", "data": {"kind": "linear", "features": 64},
+                        "model": {"kind": "mlp", "hidden": [200], "norm": "batch",
+                                  "init": "normal"},
+                        "variants": [{"name": "none"}]}).model
+    model = build_model(spec, 64, 1, seed=3)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    norm = next(m for m in model.modules() if isinstance(m, nn.BatchNorm1d))
+    assert torch.equal(norm.weight, torch.ones(200)) and torch.equal(norm.bias, torch.zeros(200))
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in linears)
+    first = linears[0].weight  # 12,800 draws: mean and std within 5 standard errors of N(0, 1)
+    assert abs(first.mean().item()) < 5 / first.numel() ** 0.5
+    assert abs(first.std().item() - 1) < 5 / (2 * first.numel()) ** 0.5
+    assert torch.equal(build_model(spec, 64, 1, seed=3)[0].weight, first)  # the seed decides

@@ -433,10 +433,10 @@ class _StackedStep:
 
     def __init__(self, template: nn.Module, names: list[str], loss: Callable,
                  *, random: bool, traces: dict[tuple, Callable]) -> None:
-        self.template, self.names = template, names
+        self.template = template
         # A trace holds only batched ops on its inputs: it serves any group of the same model
-        # structure (the template's repr), loss, member count and batch shape.
-        self.signature = (repr(template), loss, random)
+        # structure (the template's repr), loss, stacked shapes and batch shape.
+        self.signature: tuple = (repr(template), loss, random)
         self.params: tuple[Tensor, ...] = ()
 
         def member_loss(params: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Tensor:
@@ -450,25 +450,26 @@ class _StackedStep:
                          randomness=randomness)
         self.forward = vmap(member_output, in_dims=(0, None), randomness="different")
         self.traced = traces
-        self.batch_shape: torch.Size | None = None  # the (first, full) batch shape: traced
+        self.batch_shape: torch.Size | None = None  # the first (full) batch's shape: traced
+        self.step: Callable = self.grad
 
     def bind(self, tensors: Sequence[Tensor]) -> None:
         # Detached views share storage with the optimizer's tensors: in-place steps show.
         self.params = tuple(t.detach() for t in tensors)
+        self.signature += (tuple((p.shape, p.dtype) for p in self.params),)
 
     @torch.no_grad()
     def __call__(self, x: Tensor, y: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-        key = (self.signature, tuple((p.shape, p.dtype) for p in self.params), x.shape, y.shape,
-               x.dtype, y.dtype)
-        fn = self.traced.get(key)
-        if fn is None:
-            if self.batch_shape is not None and x.shape != self.batch_shape:
-                # An epoch's last, smaller batch: once per epoch, cheaper eagerly than a trace
-                # (~0.2 s). Same ops, same results.
-                return self.grad(self.params, x, y)
-            fn = self.traced[key] = self._trace(x, y)
-        self.batch_shape = x.shape
-        return fn(self.params, x, y)
+        if self.batch_shape is None:  # the first batch: trace it, or take another group's trace
+            key = (*self.signature, x.shape, y.shape, x.dtype, y.dtype)
+            if key not in self.traced:
+                self.traced[key] = self._trace(x, y)
+            self.step, self.batch_shape = self.traced[key], x.shape
+        if x.shape != self.batch_shape:
+            # An epoch's last, smaller batch: once per epoch, cheaper eagerly than a trace
+            # (~0.2 s). Same ops, same results.
+            return self.grad(self.params, x, y)
+        return self.step(self.params, x, y)
 
     def _trace(self, x: Tensor, y: Tensor) -> Callable:
         from torch.fx.experimental.proxy_tensor import make_fx

@@ -41,9 +41,8 @@ def build_model(spec: ModelSpec, inputs: int, outputs: int, *, dropout: float = 
         model = nn.Sequential(*layers).to(dtype)
         if spec.init == "normal":
             with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name.endswith("bias"):
-                        param.zero_()
-                    else:
-                        param.normal_()
+                for layer in model.modules():
+                    if isinstance(layer, nn.Linear):  # normalization layers keep gain 1, shift 0
+                        layer.weight.normal_()
+                        layer.bias.zero_()
     return model
