@@ -32,12 +32,19 @@ the full train, validation and test sets in eval mode, the penalty R(w) of the m
 (for optimizer weight decay, the L2 penalty ``wd/2·Σw²`` whose gradient it adds), accuracy for
 classification, ‖w‖₂ and the fraction of exactly-zero entries of the ``WEIGHTS`` parameters, the
 learning rate, and whether the member has diverged (a non-finite train loss or weight).
+
+**Resuming.** Given :class:`regtorch.lab.store.Checkpoints`, a finished group is saved (records
+and final parameters) and skipped when the study runs again; a group in progress saves its whole
+training state after an epoch every ``checkpoints.interval`` seconds and continues from there:
+the parameters, the optimizer and scheduler state, the random-number state that draws dropout
+masks and the batch-order generator. The results equal an uninterrupted run's exactly.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,9 +69,11 @@ from regtorch import (
 )
 from regtorch.lab.data import Datasets, make_data
 from regtorch.lab.models import build_model
+from regtorch.lab.store import Checkpoints
 from regtorch.lab.study import Schedule, Study, StudyError, Variant
 
-__all__ = ["Member", "StudyResult", "group_members", "make_penalty", "members_of", "run_study"]
+__all__ = ["Member", "StudyResult", "check_study", "group_members", "make_penalty", "members_of",
+           "run_study"]
 
 logger = logging.getLogger("regtorch.lab")
 
@@ -94,6 +103,8 @@ class StudyResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     finals: dict[tuple[str, float, int], dict[str, Tensor]] = field(default_factory=dict)
     groups: list[dict[str, Any]] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    """What came from checkpoints, e.g. ``"group 1: finished"``, ``"group 2: from epoch 14"``."""
 
 
 def members_of(study: Study) -> list[Member]:
@@ -172,14 +183,37 @@ def make_penalty(v: Variant, lam: float | Tensor, l1_ratio: float | Tensor | Non
     raise StudyError(f"variant {v.name!r}: unknown penalty {v.penalty!r}")
 
 
+def check_study(study: Study) -> None:
+    """Raise now what would stop :func:`run_study` when it builds a group: a ``params`` that
+    selects no parameter of the model, for a penalty or for weight decay.
+
+    Raises:
+        StudyError: naming the variant and its ``params``.
+    """
+    data = make_data(study.data, study.data_seed, _DTYPES[study.train.dtype])
+    template = build_model(study.model, inputs=data.features, outputs=data.outputs)
+    for v in study.variants:
+        if v.penalty is not None:
+            try:
+                Regularizer(template, {_selector(v.params): make_penalty(v, 0.0)})
+            except ValueError as error:
+                raise StudyError(f"variant {v.name!r}: params = {v.params!r}: {error}") from None
+        if v.weight_decay:
+            _names(template, _selector(v.params), what=v)
+
+
 # -- running -----------------------------------------------------------------------------------
-def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = None
-              ) -> StudyResult:
+def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = None,
+              checkpoints: Checkpoints | None = None) -> StudyResult:
     """Train every member of ``study`` and record its metrics.
 
     Args:
         study: the study (seeds and epochs as given in it; see ``Study.with_overrides``).
         on_epoch: called after every group epoch with (member-epochs done, member-epochs in all).
+        checkpoints: where finished groups and the state of the group in progress are saved,
+            and found again when the same study runs a second time (see the module docstring).
+            The caller makes sure they belong to this study
+            (:func:`regtorch.lab.store.prepare_directory`).
 
     Returns:
         the records (one dict per member per epoch, epoch 0 = before training), each member's
@@ -200,13 +234,33 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
 
     traces: dict[tuple, Callable] = {}  # traced steps, shared by groups of the same shapes
     for index, members in enumerate(groups):
+        name = f"group-{index}"
+        finished = checkpoints.load(name) if checkpoints is not None else None
+        if finished is not None:
+            result.records.extend(finished["records"])
+            result.finals.update({(v, lam, seed): tensors
+                                  for v, lam, seed, tensors in finished["finals"]})
+            result.groups.append(finished["group"])
+            result.resumed.append(f"group {index + 1}: finished")
+            tick(len(members) * study.train.epochs)
+            continue
         trainer = _GroupTrainer(study, data, members, dtype, seed=study.data_seed * 7919 + index,
                                 traces=traces)
-        result.groups.append({"variants": sorted({m.variant.name for m in members}),
-                              "members": len(members),
-                              "mode": "vectorized" if trainer.vectorized else "loop"})
-        trainer.run(result.records, tick)
-        result.finals.update(trainer.finals())
+        group = {"variants": sorted({m.variant.name for m in members}), "members": len(members),
+                 "mode": "vectorized" if trainer.vectorized else "loop"}
+        records: list[dict[str, Any]] = []
+        partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
+        first_epoch = trainer.run(records, tick, partial)
+        if first_epoch > 1:
+            result.resumed.append(f"group {index + 1}: from epoch {first_epoch}")
+        finals = trainer.finals()
+        if checkpoints is not None:
+            checkpoints.save(name, {"records": records, "group": group, "finals": [
+                [*key, tensors] for key, tensors in finals.items()]})
+            checkpoints.remove(f"{name}-partial")
+        result.records.extend(records)
+        result.finals.update(finals)
+        result.groups.append(group)
     return result
 
 
@@ -242,7 +296,10 @@ class _GroupTrainer:
                           for m, model in zip(members, models)]
 
     # -- the loop over epochs ----------------------------------------------------------------
-    def run(self, records: list[dict[str, Any]], tick: Callable[[int], None]) -> None:
+    def run(self, records: list[dict[str, Any]], tick: Callable[[int], None],
+            partial: tuple[Checkpoints, str] | None = None) -> int:
+        """Train every epoch, appending the records; return the first epoch trained here (> 1
+        when the state saved as ``partial`` was resumed)."""
         recipe = self.study.train
         x_train, y_train = self.data.split("train")
         n = x_train.shape[0]
@@ -250,8 +307,15 @@ class _GroupTrainer:
         order = torch.Generator().manual_seed(self.study.data_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # dropout masks
-            self._record(records, 0)
-            for epoch in range(1, recipe.epochs + 1):
+            state = partial[0].load(partial[1]) if partial is not None else None
+            if state is None:
+                first_epoch = 1
+                self._record(records, 0)
+            else:
+                first_epoch = self._restore(state, records, order)
+                tick(len(self.members) * (first_epoch - 1))
+            saved = time.monotonic()
+            for epoch in range(first_epoch, recipe.epochs + 1):
                 perm = torch.randperm(n, generator=order)
                 for start in range(0, n, batch):
                     index = perm[start:start + batch]
@@ -262,6 +326,26 @@ class _GroupTrainer:
                     unit.end_epoch()
                 self._record(records, epoch)
                 tick(len(self.members))
+                if partial is not None and epoch < recipe.epochs \
+                        and time.monotonic() - saved >= partial[0].interval:
+                    partial[0].save(partial[1], self._state(records, epoch, order))
+                    saved = time.monotonic()
+        return first_epoch
+
+    def _state(self, records: list[dict[str, Any]], epoch: int, order: torch.Generator
+               ) -> dict[str, Any]:
+        """Everything the epochs after ``epoch`` depend on (see the module docstring)."""
+        return {"epoch": epoch, "records": records, "order": order.get_state(),
+                "rng": torch.get_rng_state(), "units": [unit.state() for unit in self.units]}
+
+    def _restore(self, state: dict[str, Any], records: list[dict[str, Any]],
+                 order: torch.Generator) -> int:
+        records.extend(state["records"])
+        order.set_state(state["order"])
+        torch.set_rng_state(state["rng"])
+        for unit, saved in zip(self.units, state["units"], strict=True):
+            unit.load_state(saved)
+        return state["epoch"] + 1
 
     def _record(self, records: list[dict[str, Any]], epoch: int) -> None:
         metrics: dict[str, list] = {}
@@ -361,6 +445,25 @@ class _Unit:
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, patience=schedule.patience, factor=schedule.factor)
         self._last_loss: float = math.nan
+
+    def state(self) -> dict[str, Any]:
+        """The parameters (and a loop member's buffers), optimizer and scheduler state."""
+        tensors = (self.module.state_dict() if self.module is not None
+                   else {name: t.detach() for name, t in self.tensors.items()})
+        return {"tensors": tensors, "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state` returned, in place (the optimizer keeps its tensors)."""
+        if self.module is not None:
+            self.module.load_state_dict(state["tensors"])
+        else:
+            for name, tensor in self.tensors.items():
+                tensor.copy_(state["tensors"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
     def _strength(self, values: list[float]) -> float | Tensor:
         if self.stacked:

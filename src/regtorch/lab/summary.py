@@ -29,7 +29,7 @@ import torch
 from regtorch.lab.engine import StudyResult
 from regtorch.lab.study import Study, Variant
 
-__all__ = ["summarize", "table_rows"]
+__all__ = ["final_stats", "summarize", "table_rows"]
 
 IMPROVEMENT_SES = 2.0      # a change counts when it exceeds two standard errors of the paired mean
 MIN_RELATIVE_CHANGE = 0.01  # ... and 1% of the baseline
@@ -55,7 +55,7 @@ def summarize(result: StudyResult) -> dict[str, Any]:
     chosen_rows: dict[str, list[dict]] = {}
     for variant in study.variants:
         strengths = [s if variant.penalty else None for s in variant.strengths]
-        candidates = [_stats(finals[(variant.name, s)], study) for s in strengths]
+        candidates = [final_stats(finals[(variant.name, s)], study) for s in strengths]
         best = _choose(candidates)
         entry = dict(candidates[best])
         entry["strength"] = strengths[best]
@@ -79,7 +79,9 @@ def summarize(result: StudyResult) -> dict[str, Any]:
 
 
 # -- statistics --------------------------------------------------------------------------------
-def _stats(rows: list[dict], study: Study) -> dict[str, Any]:
+def final_stats(rows: list[dict], study: Study) -> dict[str, Any]:
+    """Means and standard deviations (``ddof=1``) of final-epoch records over the members that
+    did not diverge, the test/train ratio of the mean losses, and how many diverged."""
     alive = [r for r in rows if not r["diverged"]]
     out: dict[str, Any] = {}
     for key in _LOSSES:
