@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_writer", "write_json", "write_jsonl"]
+__all__ = ["atomic_writer", "write_bytes", "write_json", "write_jsonl"]
 
 
 @contextlib.contextmanager
@@ -42,6 +42,28 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
             yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _sync_directory(target.parent)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` as the whole content of ``path`` (a binary file), atomically.
+
+    The same mechanism as :func:`atomic_writer`: a temporary file next to ``path``, flushed,
+    ``fsync``-ed and renamed over it; on any failure the temporary file is removed and ``path``
+    keeps its old content (or stays absent).
+    """
+    target = Path(path)
+    tmp, fd = _create_temp(target)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, target)

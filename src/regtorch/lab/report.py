@@ -1,0 +1,497 @@
+"""Self-contained HTML reports of a study or a sweep, and the index page of a demo.
+
+A run directory ``DIR/<study>/`` (written by ``regtorch run``, ``regtorch sweep`` or
+``regtorch demo``) holds ``config.json``, ``metrics.jsonl`` and ``summary.json``. From those files
+alone — no training, so ``regtorch report DIR`` can rebuild every report — :func:`write_report`
+writes next to them, each atomically (:mod:`regtorch.lab.output`):
+
+* the figures of :mod:`regtorch.lab.plots` as PNG files: ``loss.png``, ``weights.png`` and, for
+  classification, ``accuracy.png`` (a study); ``path_loss.png``, ``path_weights.png`` and
+  ``path_accuracy.png`` (a sweep);
+* ``report.html``: a title and what the run was, the comparison table (a study: the console's
+  table, from :func:`regtorch.lab.summary.table_rows`) or the path table with both choices of λ
+  and the test loss at each and at λ = 0 (a sweep: :func:`regtorch.lab.sweep.path_rows`), every
+  verdict, the notes, the plots, and ``config.json`` in a ``<details>`` block.
+
+:func:`write_index` writes ``DIR/index.html`` over several run directories (one section per run,
+with a relative link to its ``report.html``); :func:`regenerate` is ``regtorch report DIR``.
+
+**Self-contained.** A page needs nothing but itself: images are ``data:image/png;base64`` URIs,
+the style sheet is inline, there is no script and no reference to another host, so it opens
+offline, from a mail attachment or an archive. The only links are the index's relative links to
+the reports beside it and in-page anchors. Every text taken from the files — names,
+descriptions, verdicts, notes, the config — is HTML-escaped. A page's bytes depend only on the
+files it was made from (no time stamp; PNGs carry no software metadata).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import regtorch
+from regtorch.lab.output import atomic_writer, write_bytes
+from regtorch.lab.plots import figure_names, path_figures, png_bytes, study_figures
+from regtorch.lab.summary import table_rows
+from regtorch.lab.sweep import path_rows
+
+__all__ = ["FILES", "INDEX", "REPORT", "ReportError", "regenerate", "write_index",
+           "write_report"]
+
+FILES = ("config.json", "metrics.jsonl", "summary.json")
+"""What a run directory holds, and all a report is made from."""
+REPORT = "report.html"
+INDEX = "index.html"
+_RECORD_KEYS = ("variant", "strength", "seed", "epoch", "diverged")
+
+_CAPTIONS = {
+    "loss": "Train (solid) and test (dashed) data loss per epoch, log scale: the mean over the "
+            "seeds that did not diverge, with a ±1 std band. Epoch 0 is before training.",
+    "weights": "‖w‖₂ of the penalized weights and their fraction of exact zeros, per epoch.",
+    "accuracy": "Train (solid) and test (dashed) accuracy per epoch.",
+    "path_loss": "Final train, validation and test loss vs λ (log–log), mean ± std over the "
+                 "seeds. Vertical lines: best λ (dashed) and λ_1se (dash-dotted); dotted "
+                 "horizontal lines: the unregularized model (λ = 0).",
+    "path_weights": "Final ‖w‖₂ of the penalized weights and their fraction of exact zeros vs λ.",
+    "path_accuracy": "Final train, validation and test accuracy vs λ.",
+}
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1b1b1b;
+       max-width: 74rem; margin: 1.5rem auto; padding: 0 1rem; line-height: 1.45; }
+h1 { margin-bottom: .2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; }
+h3 { margin-top: 1.4rem; }
+.meta, figcaption, .hint { color: #555; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: .4rem 0 1rem; }
+th, td { padding: .25rem .7rem; border-bottom: 1px solid #e3e3e3; text-align: right;
+         white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+thead th { border-bottom: 2px solid #999; }
+tr.chosen td { background: #fff3c4; font-weight: 600; }
+tr.zero td { color: #555; font-style: italic; }
+dl.verdicts dt { font-weight: 600; margin-top: .5rem; }
+dl.verdicts dd { margin-left: 1.5rem; }
+figure { margin: 1.2rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+pre { background: #f6f6f6; padding: .8rem; overflow: auto; font-size: .85rem; }
+section.run { margin-bottom: 3rem; }
+"""
+
+
+class ReportError(ValueError):
+    """Nothing to report, or a run file is missing or malformed; the message names the path."""
+
+
+@dataclass
+class _Run:
+    """What a run directory holds (``records`` only once a study's figures are drawn)."""
+
+    directory: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    records: list[dict[str, Any]] | None = None
+
+    @property
+    def sweep(self) -> bool:
+        return self.summary.get("kind") == "sweep"
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("study") or self.directory.name)
+
+
+# -- the public functions -----------------------------------------------------------------------
+def write_report(directory: str | os.PathLike[str]) -> Path:
+    """Write the figures (PNG) and ``report.html`` of one study or sweep directory.
+
+    Args:
+        directory: a run directory holding ``config.json``, ``metrics.jsonl`` and
+            ``summary.json``.
+
+    Returns:
+        the path of ``report.html``.
+
+    Raises:
+        ReportError: the directory or one of its files is missing, or a file is malformed.
+        OSError: a file could not be written (what was there before is kept).
+    """
+    run = _load(Path(directory))
+    images = _draw(run)
+    path = run.directory / REPORT
+    title = f"{run.name}: regularization path" if run.sweep else run.name
+    _write_page(path, title, [*_run_body(run, images, level=1), _config_block(run),
+                              _footer()])
+    return path
+
+
+def write_index(out: str | os.PathLike[str],
+                directories: Sequence[str | os.PathLike[str]]) -> Path:
+    """Write ``out/index.html``: one section per run directory, in the given order.
+
+    Each section shows the run's title, table, verdicts (a sweep: its choices of λ), notes and
+    plots, and links to its ``report.html`` with a path relative to ``out``. The plots are the
+    PNG files :func:`write_report` wrote; those missing or older than the run's files are drawn
+    (and written) again.
+
+    Returns:
+        the path of ``index.html``.
+
+    Raises:
+        ReportError: no directory given, or a run's file is missing or malformed.
+        OSError: a file could not be written.
+    """
+    out = Path(out)
+    if not directories:
+        raise ReportError(f"{out}: no run directory to index")
+    runs = [_load(Path(d)) for d in directories]
+    parts = [f"<h1>regtorch lab: {_count(len(runs), 'run')}</h1>", "<ul class=\"contents\">"]
+    for run in runs:
+        kind = "regularization path" if run.sweep else "study"
+        parts.append(f"<li><a href=\"#{_e(_anchor(run))}\">{_e(run.name)}</a> "
+                     f"<span class=\"meta\">({kind})</span></li>")
+    parts.append("</ul>")
+    for run in runs:
+        link = urllib.parse.quote(Path(os.path.relpath(run.directory / REPORT, out)).as_posix())
+        parts += [f"<section class=\"run\" id=\"{_e(_anchor(run))}\">",
+                  *_run_body(run, _reuse(run) or _draw(run), level=2),
+                  f"<p><a href=\"{_e(link)}\">The full report of {_e(run.name)}</a> "
+                  f"(with its configuration).</p>", "</section>"]
+    parts.append(_footer())
+    path = out / INDEX
+    _write_page(path, "regtorch lab", parts)
+    return path
+
+
+def regenerate(path: str | os.PathLike[str]) -> list[Path]:
+    """Rebuild reports from the files (``regtorch report DIR``); no training.
+
+    If ``path`` holds ``summary.json`` it is one run directory: its report is written. Otherwise
+    every subdirectory holding ``config.json``, ``metrics.jsonl`` and ``summary.json`` gets its
+    report (in name order) and ``path/index.html`` is written over them.
+
+    Returns:
+        the pages written: the reports, then ``index.html`` when ``path`` is not a run directory.
+
+    Raises:
+        ReportError: ``path`` is not a directory, there is nothing to report, or a run's file is
+            missing or malformed.
+        OSError: a file could not be written.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such directory")
+    if (path / "summary.json").exists():
+        return [write_report(path)]
+    runs = sorted(d for d in path.iterdir()
+                  if d.is_dir() and all((d / name).is_file() for name in FILES))
+    if not runs:
+        raise ReportError(f"{path}: nothing to report (no summary.json, and no subdirectory "
+                          f"holding {', '.join(FILES)})")
+    reports = [write_report(d) for d in runs]
+    return [*reports, write_index(path, runs)]
+
+
+# -- reading the files --------------------------------------------------------------------------
+def _load(directory: Path) -> _Run:
+    if not directory.is_dir():
+        raise ReportError(f"{directory}: no such directory")
+    for name in FILES:
+        if not (directory / name).is_file():
+            raise ReportError(f"{directory}: no {name} (a run directory holds "
+                              f"{', '.join(FILES)})")
+    config = _read_json(directory / "config.json")
+    summary = _read_json(directory / "summary.json")
+    _check_summary(directory / "summary.json", summary)
+    return _Run(directory, config, summary)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ReportError(f"cannot read {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReportError(f"{path}: malformed JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: malformed: expected a JSON object, got "
+                          f"{type(value).__name__}")
+    return value
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    records = []
+    try:
+        with path.open(encoding="utf-8") as stream:
+            for number, line in enumerate(stream, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ReportError(f"{path}:{number}: malformed JSON: {error}") from None
+                missing = ([k for k in _RECORD_KEYS if k not in row] if isinstance(row, dict)
+                           else list(_RECORD_KEYS))
+                if missing:
+                    raise ReportError(f"{path}:{number}: malformed record: no "
+                                      f"{', '.join(missing)}")
+                records.append(row)
+    except OSError as error:
+        raise ReportError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ReportError(f"{path}: not UTF-8 text: {error}") from None
+    return records
+
+
+def _check_summary(path: Path, summary: dict[str, Any]) -> None:
+    """The keys the pages rely on, so that a foreign JSON file fails here with its name."""
+    if summary.get("kind") == "sweep":
+        ok = (isinstance(summary.get("path"), list)
+              and all(isinstance(p, dict) and "lambda" in p for p in summary["path"])
+              and isinstance(summary.get("unregularized"), dict))
+        expected = "a sweep summary (a 'path' list of λ entries and 'unregularized')"
+    else:
+        ok = (isinstance(summary.get("variants"), dict) and "seeds" in summary
+              and all(isinstance(v, dict) for v in summary["variants"].values()))
+        expected = "a study summary ('seeds' and a 'variants' object)"
+    if not ok:
+        raise ReportError(f"{path}: malformed: not {expected}")
+
+
+def _table_of(run: _Run) -> tuple[list[str], list[list[str]]]:
+    """The run's table, as the console prints it; a summary missing a value fails by name."""
+    try:
+        return path_rows(run.summary) if run.sweep else table_rows(run.summary)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ReportError(f"{run.directory / 'summary.json'}: malformed: cannot make its "
+                          f"table ({type(error).__name__}: {error})") from None
+
+
+# -- figures ------------------------------------------------------------------------------------
+def _draw(run: _Run) -> dict[str, bytes]:
+    """Draw the run's figures, write them as PNG files, and return their bytes by name."""
+    if run.sweep:
+        figures = path_figures(run.summary)
+    else:
+        if run.records is None:
+            run.records = _read_records(run.directory / "metrics.jsonl")
+        figures = study_figures(run.records, run.summary)
+    images = {}
+    for name, figure in figures.items():
+        images[name] = png_bytes(figure)
+        write_bytes(run.directory / f"{name}.png", images[name])
+    return images
+
+
+def _reuse(run: _Run) -> dict[str, bytes] | None:
+    """The PNG files already written for this run, or None if one is missing or out of date."""
+    newest = max((run.directory / name).stat().st_mtime_ns for name in FILES)
+    images = {}
+    for name in figure_names(run.summary):
+        path = run.directory / f"{name}.png"
+        try:
+            if path.stat().st_mtime_ns < newest:
+                return None
+            images[name] = path.read_bytes()
+        except OSError:
+            return None
+    return images
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _write_page(path: Path, title: str, body: list[str]) -> None:
+    page = "\n".join([
+        "<!DOCTYPE html>",
+        "<html lang=\"en\">",
+        "<head>",
+        "<meta charset=\"utf-8\">",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        f"<title>{_e(title)}</title>",
+        f"<style>{_STYLE}</style>",
+        "</head>",
+        "<body>",
+        *body,
+        "</body>",
+        "</html>",
+        ""])
+    with atomic_writer(path) as stream:
+        stream.write(page)
+
+
+def _run_body(run: _Run, images: dict[str, bytes], level: int) -> list[str]:
+    """A run's title, what it was, its table, its words and its plots; headings from ``level``."""
+    h, sub = f"h{level}", f"h{level + 1}"
+    headers, rows = _table_of(run)
+    parts = [f"<{h}>{_e(run.name)}{': regularization path' if run.sweep else ''}</{h}>"]
+    description = run.config.get("description")
+    if description:
+        parts.append(f"<p class=\"description\">{_e(description)}</p>")
+    parts.append(f"<p class=\"meta\">{_e(_sweep_meta(run) if run.sweep else _study_meta(run))}"
+                 f"</p>")
+    if run.sweep:
+        parts += [f"<{sub}>Choice of λ</{sub}>", *_choices(run.summary),
+                  f"<{sub}>Path</{sub}>", _table(headers, rows, _path_row_classes(rows)),
+                  *_search(run.summary, sub)]
+    else:
+        parts += [f"<{sub}>Comparison</{sub}>",
+                  "<p class=\"hint\">Final epoch, mean ± std over the seeds that did not "
+                  "diverge.</p>",
+                  _table(headers, rows), f"<{sub}>Verdicts</{sub}>", _verdicts(run.summary)]
+    notes = run.summary.get("notes") or []
+    if notes:
+        parts += [f"<{sub}>Notes</{sub}>", "<ul class=\"notes\">",
+                  *(f"<li>{_e(note)}</li>" for note in notes), "</ul>"]
+    parts.append(f"<{sub}>Plots</{sub}>")
+    parts += [_figure(run, name, data) for name, data in images.items()]
+    return parts
+
+
+def _study_meta(run: _Run) -> str:
+    summary, info = run.summary, run.config.get("run") or {}
+    words = [_count(summary["seeds"], "seed")
+             + (f" × {_count(summary['epochs'], 'epoch')}" if summary.get("epochs") else "")]
+    if summary.get("baseline"):
+        words.append(f"baseline: {summary['baseline']}")
+    groups = info.get("groups")
+    if isinstance(groups, list) and groups:
+        members = sum(g.get("members", 0) for g in groups if isinstance(g, dict))
+        words.append(f"{_count(members, 'member')} trained in "
+                     f"{_count(len(groups), 'group')}")
+    return " · ".join(words + _versions(info))
+
+
+def _sweep_meta(run: _Run) -> str:
+    s, info = run.summary, run.config.get("run") or {}
+    penalty = f"{s.get('penalty')} penalty ({s.get('apply')}"
+    penalty += f", on the {s['params']}" if s.get("params") else ""
+    penalty += f", l1_ratio {s['l1_ratio']:g}" if s.get("l1_ratio") is not None else ""
+    penalty += f", groups: {s['groups']}" if s.get("groups") else ""
+    words = [f"{penalty}) on {s.get('base', '?')}"]
+    if s.get("seeds") and s.get("epochs"):
+        words.append(f"{_count(s['seeds'], 'seed')} × {_count(s['epochs'], 'epoch')} per λ")
+    if s.get("grid") == "searched" and s.get("lambda_max") is not None:
+        rule = f" ({s['lambda_max_rule']})" if s.get("lambda_max_rule") else ""
+        words.append(f"grid searched down from λ_max = {s['lambda_max']:.4g}{rule}")
+    elif s.get("grid"):
+        words.append(f"grid: {s['grid']}")
+    return " · ".join(words + _versions(info))
+
+
+def _versions(info: dict[str, Any]) -> list[str]:
+    words = []
+    if info.get("regtorch") or info.get("torch"):
+        words.append(f"regtorch {info.get('regtorch', '?')}, torch {info.get('torch', '?')}")
+    if info.get("created"):
+        words.append(f"created {info['created']}")
+    return words
+
+
+def _table(headers: list[str], rows: list[list[str]],
+           classes: list[str] | None = None) -> str:
+    lines = ["<div class=\"scroll\"><table>", "<thead><tr>",
+             *(f"<th>{_e(h)}</th>" for h in headers), "</tr></thead>", "<tbody>"]
+    for i, row in enumerate(rows):
+        css = classes[i] if classes else ""
+        lines.append(f"<tr class=\"{css}\">" if css else "<tr>")
+        lines += [f"<td>{_e(cell)}</td>" for cell in row]
+        lines.append("</tr>")
+    lines.append("</tbody></table></div>")
+    return "\n".join(lines)
+
+
+def _path_row_classes(rows: list[list[str]]) -> list[str]:
+    """Highlight the chosen λ (the table's last column) and set λ = 0 apart."""
+    classes = []
+    for i, row in enumerate(rows):
+        if i == len(rows) - 1:
+            classes.append("zero")  # path_rows ends with the unregularized model
+        else:
+            classes.append("chosen" if row[-1] else "")
+    return classes
+
+
+def _verdicts(summary: dict[str, Any]) -> str:
+    lines = ["<dl class=\"verdicts\">"]
+    for name, entry in summary["variants"].items():
+        lines.append(f"<dt>{_e(name)}</dt><dd>{_e(entry.get('verdict') or '—')}</dd>")
+    lines.append("</dl>")
+    return "\n".join(lines)
+
+
+def _choices(summary: dict[str, Any]) -> list[str]:
+    """Both choices of λ with their validation and test losses, and λ = 0 for reference."""
+    rows = []
+    for label, lam, entry in (
+            ("best λ: lowest mean validation loss", summary.get("best_lambda"),
+             summary.get("best")),
+            ("λ_1se: the largest λ within one standard error of the best",
+             summary.get("lambda_1se"), summary.get("one_se")),
+            ("λ = 0: no penalty, trained alongside", 0.0, summary.get("unregularized"))):
+        entry = entry or {}
+        rows.append([label, "—" if lam is None else f"{lam:.4g}",
+                     _pm(entry.get("val_loss"), entry.get("val_loss_std")),
+                     _pm(entry.get("test_loss"), entry.get("test_loss_std"))])
+    parts = [_table(["choice", "λ", "validation loss", "test loss"], rows,
+                    ["chosen", "chosen", "zero"])]
+    if summary.get("best_lambda") is None:
+        parts.append("<p>No λ could be chosen: no λ of the path has a validation loss (every "
+                     "member diverged).</p>")
+    parts.append("<p class=\"hint\">λ is chosen on the validation loss; the test loss is "
+                 "reported, never used to choose.</p>")
+    return parts
+
+
+def _search(summary: dict[str, Any], level: str) -> list[str]:
+    search = summary.get("search") or []
+    if not search:
+        return []
+    rows = [["—" if p.get("lambda") is None else f"{p['lambda']:.4g}",
+             _pm(p.get("val_loss"), None), _pm(p.get("weight_norm"), None),
+             "—" if p.get("sparsity") is None else f"{p['sparsity']:.1%}",
+             "yes" if p.get("diverged") else "no"] for p in search]
+    table = _table(["λ", "val loss", "‖w‖", "sparsity", "diverged"], rows)
+    return [f"<details><summary>The search for λ_max ({_count(len(search), 'point')})"
+            f"</summary>", table, "</details>"]
+
+
+def _figure(run: _Run, name: str, data: bytes) -> str:
+    source = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    caption = _CAPTIONS.get(name, "")
+    return (f"<figure><img src=\"{source}\" alt=\"{_e(run.name)}: {_e(name)} plot\">"
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _config_block(run: _Run) -> str:
+    text = json.dumps(run.config, indent=2, ensure_ascii=False)
+    return (f"<details><summary>Configuration (config.json)</summary><pre>{_e(text)}</pre>"
+            f"</details>")
+
+
+def _footer() -> str:
+    return (f"<p class=\"meta\">Written by regtorch {_e(regtorch.__version__)} from "
+            f"{', '.join(FILES)}; <code>regtorch report DIR</code> writes it again.</p>")
+
+
+def _anchor(run: _Run) -> str:
+    return run.directory.name
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
+
+
+def _count(n: Any, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
