@@ -214,18 +214,19 @@ def test_the_command_module_imports_no_lab_extra():
     assert done.stdout.strip() == "[]"
 
 
-def test_interrupt_exits_130_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    def interrupted(study, *, on_epoch=None):
+def test_interrupt_exits_130_and_writes_no_results(tmp_path, capsys, monkeypatch):
+    def interrupted(study, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "run_study", interrupted)
     assert main(["run", "linear-1d", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "regtorch: interrupted\n"
-    assert list(tmp_path.iterdir()) == []
+    # only the configuration, written before training so that a rerun can continue the run
+    assert [p.name for p in (tmp_path / "linear-1d").iterdir()] == ["config.json"]
 
 
 def test_a_bug_raises(tmp_path, monkeypatch):
-    def broken(study, *, on_epoch=None):
+    def broken(study, **kwargs):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(engine, "run_study", broken)
@@ -267,12 +268,13 @@ def linear_reference():
     return study, result, summarize(result)
 
 
-def test_run_writes_the_three_files_and_nothing_else(linear_run):
+def test_run_writes_its_files_and_nothing_else(linear_run):
     status, _, stderr, directory = linear_run
     assert status == 0
     assert stderr == ""  # progress is drawn on terminals only
-    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "metrics.jsonl",
-                                                           "summary.json"]
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "checkpoints", "config.json", "loss.png", "metrics.jsonl", "report.html",
+        "summary.json", "weights.png"]
 
 
 def test_metrics_jsonl_is_every_record_in_order(linear_run, linear_reference):
@@ -319,7 +321,8 @@ def test_run_prints_table_verdicts_and_notes(linear_run, linear_reference):
         assert _words(f"{name} {stats['verdict']}") in text
     for note in summary["notes"]:
         assert _words(f"note: {note}") in text
-    assert f"wrote {directory}{os.sep} (config.json, metrics.jsonl, summary.json)" in text
+    assert f"wrote {directory}{os.sep} (config.json, metrics.jsonl, summary.json, report.html)" \
+        in text
     assert not any(line.endswith(" ") for line in stdout.splitlines())
 
 
@@ -351,7 +354,9 @@ def test_demo_runs_every_preset_in_order_with_5_seeds(tmp_path, capsys, monkeypa
     out = capsys.readouterr().out
     assert [line.split(":")[0] for line in out.splitlines() if ": 5 seeds × 2 epochs" in line] \
         == ["second-first", "first-second"]
-    assert out.splitlines()[-1].startswith("2 studies in ")
+    assert [line for line in out.splitlines() if line][-2].startswith("2 studies in ")
+    assert out.splitlines()[-2] == f"wrote {tmp_path}{os.sep} (index.html)"
+    assert (tmp_path / "index.html").exists()
     for name in tiny:
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["seeds"] == 5

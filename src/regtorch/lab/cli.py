@@ -1,10 +1,14 @@
-"""The ``regtorch`` command: list the presets, run one study, or run them all.
+"""The ``regtorch`` command: list the presets, run one study or all, sweep λ, redraw reports.
 
 Usage::
 
     regtorch list                                   # every preset and what it shows
-    regtorch run NAME|FILE [--seeds N] [--epochs N] [--out DIR]
-    regtorch demo [--seeds N] [--epochs N] [--out DIR]     # every preset, 5 seeds by default
+    regtorch run NAME|FILE [--seeds N] [--epochs N] [--out DIR] [--fresh]
+    regtorch demo [--seeds N] [--epochs N] [--out DIR] [--jobs N] [--fresh]
+    regtorch sweep NAME|FILE --penalty l1|l2|elasticnet|group [--lambdas a:b:n | v1,v2,...]
+                   [--apply gradient|prox] [--l1-ratio R] [--groups rows|columns]
+                   [--seeds N] [--epochs N] [--out DIR] [--fresh]
+    regtorch report DIR                             # redraw the reports from the files
 
 ``NAME`` is a preset (``regtorch list``); ``FILE`` is a study written in TOML with the vocabulary
 of :mod:`regtorch.lab.study` (a ``.toml`` path, or any existing file). ``--seeds`` and
@@ -14,18 +18,36 @@ of :mod:`regtorch.lab.study` (a ``.toml`` path, or any existing file). ``--seeds
 * ``config.json``: the study in the file vocabulary (``Study.to_dict()``, with the seeds and
   epochs actually run; without its ``"run"`` key it parses back with ``parse_study``) and, under
   ``"run"``, the ``torch`` and ``regtorch`` versions, the training ``groups`` and the ``created``
-  time (UTC, ISO 8601);
+  time (UTC, ISO 8601) of the first start;
 * ``metrics.jsonl``: one record per member (variant × λ × seed) per epoch, epoch 0 being before
   training (see :mod:`regtorch.lab.engine`);
-* ``summary.json``: :func:`regtorch.lab.summary.summarize` of the run.
+* ``summary.json``: :func:`regtorch.lab.summary.summarize` of the run;
+* ``report.html`` and its plots as PNG files (:mod:`regtorch.lab.report`); ``demo`` adds
+  ``DIR/index.html`` over every study;
+* ``checkpoints/``: the training state that lets an interrupted run continue
+  (:mod:`regtorch.lab.store`).
 
 It then prints the comparison table, each variant's verdict and the summary's notes on stdout;
 progress goes to stderr.
 
+**Sweeps** (:mod:`regtorch.lab.sweep`) write ``DIR/<study>-sweep-<penalty>/``: ``config.json``
+(the study, plus the sweep's arguments under ``"sweep"``), ``metrics.jsonl`` (the path's
+members), ``search.jsonl`` (the λ_max search's, when the grid was searched), ``summary.json``
+(the path, ``best_lambda``, ``lambda_1se``) and the report. ``--apply`` defaults to ``prox`` for
+the sparse penalties (l1, elasticnet, group: exact zeros, so the sparsity path means something)
+and to ``gradient`` for l2.
+
+**Interrupted runs continue.** Run the same command again (same arguments, same ``--out``):
+finished groups are not trained again, the group in progress continues from its last checkpoint
+(``--checkpoint-every`` seconds, 10 by default), and the results are identical to an
+uninterrupted run's. ``--fresh`` starts over; a directory holding another configuration is
+refused, with the first difference named.
+
 Exit status: 0 done; 1 the results could not be written (the reason on stderr); 2 bad input — an
 unknown preset or option, an unreadable or malformed TOML file, an invalid study (unknown penalty,
-negative strength...), ``--seeds 0``, or the ``lab`` extra not installed — told in at most two short
-lines on stderr, never a traceback; 130 interrupted (Ctrl-C). Anything else is a bug and raises.
+negative strength...), ``--seeds 0``, a directory of another configuration, nothing to report,
+or the ``lab`` extra not installed — told in at most two short lines on stderr, never a
+traceback; 130 interrupted (Ctrl-C). Anything else is a bug and raises.
 
 This module imports only the standard library: the ``lab`` extra is checked with
 :func:`importlib.util.find_spec` before any module that needs it is imported.
@@ -42,22 +64,26 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from regtorch.lab.engine import StudyResult
+    from regtorch.lab.store import Checkpoints
     from regtorch.lab.study import Study
 
-__all__ = ["DEFAULT_OUT", "DEMO_SEEDS", "FILES", "LAB_EXTRA", "main", "missing_extra"]
+CHECKPOINT_SECONDS = 10.0  # regtorch.lab.store.CHECKPOINT_SECONDS (that module imports torch)
+
+__all__ = ["DEFAULT_OUT", "DEMO_SEEDS", "FILES", "LAB_EXTRA", "load_study", "main",
+           "missing_extra", "train_and_write"]
 
 LAB_EXTRA = {"rich": "rich", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 """The ``lab`` extra: importable module name → the package that provides it."""
 
 DEFAULT_OUT = "runs"
 DEMO_SEEDS = 5
-FILES = ("config.json", "metrics.jsonl", "summary.json")
+FILES = ("config.json", "metrics.jsonl", "summary.json", "report.html")
 _MAX_MESSAGE = 200  # characters of an error line; a study value's repr can be long
 
 
@@ -110,12 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from regtorch.lab._memory import keep_freed_memory
+    from regtorch.lab.store import ConfigMismatchError
     from regtorch.lab.study import StudyError
 
     keep_freed_memory()  # this process is ours: no page faults for memory freed and reused
     try:
         args.handler(args)
-    except (UsageError, StudyError) as error:
+    except (UsageError, StudyError, ConfigMismatchError) as error:
         _fail(str(error))
         return 2
     except WriteError as error:
@@ -143,6 +170,12 @@ def _parser() -> _Parser:
                          help="training epochs (default: the study's own)")
         sub.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                          help=f"results go to DIR/<study>/ (default: {DEFAULT_OUT})")
+        sub.add_argument("--fresh", action="store_true",
+                         help="start over: discard what an earlier run left in the directory "
+                         "(default: continue it)")
+        sub.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_SECONDS,
+                         metavar="SECONDS", help="save the training state this often "
+                         f"(default: {CHECKPOINT_SECONDS:g}; 0: every epoch)")
 
     run = commands.add_parser("run", help="run one study: a preset name or a TOML file")
     run.add_argument("study", metavar="NAME|FILE", help="a preset (see `regtorch list`) or a "
@@ -155,6 +188,29 @@ def _parser() -> _Parser:
                       help="studies trained at once, in separate processes sharing the CPUs "
                       "(default: 2, or 1 on one CPU)")
     demo.set_defaults(handler=_demo)
+
+    sweep = commands.add_parser("sweep", help="train one penalty over a grid of λ × seeds and "
+                                "choose λ on validation")
+    sweep.add_argument("study", metavar="NAME|FILE", help="a preset or a study file: its data, "
+                       "model and training recipe")
+    sweep.add_argument("--penalty", required=True, choices=("l1", "l2", "elasticnet", "group"))
+    sweep.add_argument("--lambdas", metavar="a:b:n|v1,v2,...", help="the grid: n values "
+                       "log-spaced from a to b, or a list (default: searched, λ_max down to "
+                       "λ_max/100 in 16 points)")
+    sweep.add_argument("--apply", choices=("gradient", "prox"), help="how the penalty acts "
+                       "(default: prox for l1, elasticnet and group; gradient for l2)")
+    sweep.add_argument("--l1-ratio", type=float, metavar="R", help="elasticnet: l1 = R·λ, "
+                       "l2 = (1−R)·λ (default: 0.5)")
+    sweep.add_argument("--groups", choices=("rows", "columns"), help="group: the groups of "
+                       "each weight matrix (default: rows)")
+    add_common(sweep, None)
+    sweep.set_defaults(handler=_sweep)
+
+    report = commands.add_parser("report", help="redraw the reports of earlier runs from their "
+                                 "files, without training")
+    report.add_argument("directory", metavar="DIR", help="a run directory (DIR/<study>) or the "
+                        "--out directory holding several")
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -169,7 +225,15 @@ def _list(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     study = load_study(args.study).with_overrides(seeds=args.seeds, epochs=args.epochs)
-    _run_studies([study], _output_dir(args.out))
+    _run_studies([study], _output_dir(args.out), options=_options(args))
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """How results are kept: ``fresh`` and ``checkpoint_every`` (validated)."""
+    every = args.checkpoint_every
+    if not every >= 0 or every == float("inf"):
+        raise UsageError(f"--checkpoint-every: must be a number of seconds >= 0, got {every}")
+    return {"fresh": args.fresh, "checkpoint_every": every}
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -180,7 +244,13 @@ def _demo(args: argparse.Namespace) -> None:
     # Every study is validated before the first one trains: a bad option fails at once.
     studies = [preset(name).with_overrides(seeds=args.seeds, epochs=args.epochs)
                for name in preset_names()]
-    _run_studies(studies, _output_dir(args.out), jobs=args.jobs)
+    out = _output_dir(args.out)
+    _run_studies(studies, out, jobs=args.jobs, options=_options(args))
+    from regtorch.lab.console import make_console, print_written
+    from regtorch.lab.report import write_index
+
+    index = _writing(lambda: write_index(out, [out / study.name for study in studies]))
+    print_written(make_console(sys.stdout), out, [index.name])
 
 
 def load_study(ref: str) -> Study:
@@ -238,19 +308,21 @@ def _output_dir(out: str) -> Path:
     return directory
 
 
-def _run_studies(studies: list[Study], out: Path, jobs: int = 1) -> None:
+def _run_studies(studies: list[Study], out: Path, jobs: int = 1,
+                 options: dict[str, Any] | None = None) -> None:
     from regtorch.lab.console import make_console, progress
 
+    options = options or {}
     stdout, stderr = make_console(sys.stdout), make_console(sys.stderr)
     start = time.perf_counter()
     workers = min(jobs, len(studies))
     if workers <= 1:
         for study in studies:
             with progress(stderr, study.name) as on_epoch:
-                report = train_and_write(study, out, on_epoch)
+                report = train_and_write(study, out, on_epoch, **options)
             _print_report(stdout, report)
     else:
-        for report in _run_in_processes(studies, out, workers, stderr):
+        for report in _run_in_processes(studies, out, workers, stderr, options):
             _print_report(stdout, report)
     if len(studies) > 1:
         stdout.print(f"{len(studies)} studies in {time.perf_counter() - start:.1f} s; results "
@@ -258,31 +330,147 @@ def _run_studies(studies: list[Study], out: Path, jobs: int = 1) -> None:
 
 
 def train_and_write(study: Study, out: Path,
-                    on_epoch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Train one study and write its three files; return what the console shows of it."""
-    from regtorch.lab.engine import run_study
+                    on_epoch: Callable[[int, int], None] | None = None, *, fresh: bool = False,
+                    checkpoint_every: float | None = None) -> dict[str, Any]:
+    """Train one study (continuing an interrupted run in ``out/<study>``), write its files and
+    report; return what the console shows of it."""
+    from regtorch.lab.engine import check_study, run_study
     from regtorch.lab.summary import summarize
 
+    check_study(study)  # a bad study fails before its directory is made
+    directory = out / study.name
+    config, checkpoints = _prepare(directory, study.to_dict(), fresh, checkpoint_every)
     start = time.perf_counter()
-    result = run_study(study, on_epoch=on_epoch)
+    result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints)
     seconds = time.perf_counter() - start
     summary = summarize(result)
-    directory = out / study.name
-    _write_results(directory, result, summary)
+    config["run"]["groups"] = result.groups
+    _write_results(directory, {"config.json": config, "metrics.jsonl": result.records,
+                               "summary.json": summary})
     members = sum(group["members"] for group in result.groups)
     title = (f"{study.name}: {_count(study.seeds, 'seed')} × "
              f"{_count(study.train.epochs, 'epoch')}, {_count(members, 'member')}, "
              f"{seconds:.1f} s")
-    return {"title": title, "summary": summary, "directory": str(directory)}
+    return {"title": title, "summary": summary, "directory": str(directory),
+            "resumed": result.resumed, "files": list(FILES)}
+
+
+def _prepare(directory: Path, config: dict[str, Any], fresh: bool,
+             checkpoint_every: float | None) -> tuple[dict[str, Any], Checkpoints]:
+    """Refuse another configuration, clear with ``fresh``, write config.json: the run's
+    configuration (the first start's ``"run"`` metadata when resuming) and its checkpoints."""
+    import torch
+
+    import regtorch
+    from regtorch.lab.store import CHECKPOINT_SECONDS, Checkpoints, prepare_directory
+
+    config = {**config, "run": {
+        "torch": str(torch.__version__), "regtorch": regtorch.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+    config = _writing(lambda: prepare_directory(directory, config, fresh=fresh), directory)
+    every = CHECKPOINT_SECONDS if checkpoint_every is None else checkpoint_every
+    return config, Checkpoints(directory, every)
 
 
 def _print_report(stdout: Console, report: dict[str, Any]) -> None:
-    from regtorch.lab.console import print_study, print_written
+    from regtorch.lab.console import make_console, print_study, print_written
     from regtorch.lab.summary import table_rows
 
-    headers, rows = table_rows(report["summary"])
-    print_study(stdout, report["title"], headers, rows, report["summary"])
-    print_written(stdout, Path(report["directory"]), FILES)
+    _print_resumed(make_console(sys.stderr), report)
+    if report["summary"].get("kind") == "sweep":
+        from regtorch.lab.console import print_sweep
+        from regtorch.lab.sweep import path_rows
+
+        headers, rows = path_rows(report["summary"])
+        print_sweep(stdout, report["title"], headers, rows, report["summary"])
+    else:
+        headers, rows = table_rows(report["summary"])
+        print_study(stdout, report["title"], headers, rows, report["summary"])
+    print_written(stdout, Path(report["directory"]), report["files"])
+
+
+def _print_resumed(stderr: Console, report: dict[str, Any]) -> None:
+    if report.get("resumed"):
+        name = Path(report["directory"]).name
+        stderr.print(f"regtorch: {name}: continued an earlier run "
+                     f"({'; '.join(report['resumed'])})")
+
+
+# -- sweeps and reports ------------------------------------------------------------------------
+def _sweep(args: argparse.Namespace) -> None:
+    from regtorch.lab.console import make_console
+    from regtorch.lab.sweep import SweepSpec, parse_lambdas
+
+    base = load_study(args.study).with_overrides(seeds=args.seeds, epochs=args.epochs)
+    apply = args.apply or ("gradient" if args.penalty == "l2" else "prox")
+    spec = SweepSpec(args.penalty, apply, l1_ratio=args.l1_ratio, groups=args.groups,
+                     lambdas=None if args.lambdas is None else parse_lambdas(args.lambdas))
+    report = sweep_and_write(base, spec, _output_dir(args.out), **_options(args))
+    _print_report(make_console(sys.stdout), report)
+
+
+def sweep_and_write(base: Study, spec: Any, out: Path, *, fresh: bool = False,
+                    checkpoint_every: float | None = None) -> dict[str, Any]:
+    """Search λ_max when no grid is given, train the path, write its files and report; return
+    what the console shows of it (see :mod:`regtorch.lab.sweep`)."""
+    from regtorch.lab.console import make_console, progress
+    from regtorch.lab.engine import check_study, run_study
+    from regtorch.lab.sweep import (
+        find_lambda_max,
+        geometric_grid,
+        path_study,
+        summarize_sweep,
+        sweep_name,
+    )
+
+    check_study(path_study(base, spec, (1.0,)))  # a bad study fails before its directory is made
+    directory = out / sweep_name(base, spec)
+    config, checkpoints = _prepare(directory, {**base.to_dict(), "sweep": spec.to_dict()},
+                                   fresh, checkpoint_every)
+    stderr = make_console(sys.stderr)
+    resumed: list[str] = []
+
+    def train(study: Study, phase: str) -> StudyResult:
+        with progress(stderr, f"{directory.name}: {phase}") as on_epoch:
+            result = run_study(study, on_epoch=on_epoch,
+                               checkpoints=checkpoints.child(f"{phase}-"))
+        resumed.extend(f"{phase} {line}" for line in result.resumed)
+        return result
+
+    start = time.perf_counter()
+    search = None
+    lambdas = spec.lambdas
+    if lambdas is None:
+        search = find_lambda_max(base, spec, train)
+        lambdas = geometric_grid(search.lambda_max)
+    result = train(path_study(base, spec, lambdas), "path")
+    seconds = time.perf_counter() - start
+    summary = summarize_sweep(result, spec, base, search)
+    config["run"]["groups"] = result.groups
+    files: dict[str, Any] = {"config.json": config, "metrics.jsonl": result.records}
+    if search is not None:
+        files["search.jsonl"] = search.records
+    files["summary.json"] = summary
+    _write_results(directory, files)
+    members = sum(group["members"] for group in result.groups)
+    title = (f"{directory.name}: {len(lambdas)} λ × {_count(base.seeds, 'seed')} × "
+             f"{_count(base.train.epochs, 'epoch')}, {_count(members, 'member')}, "
+             f"{seconds:.1f} s")
+    return {"title": title, "summary": summary, "directory": str(directory),
+            "resumed": resumed, "files": [*files, "report.html"]}
+
+
+def _report(args: argparse.Namespace) -> None:
+    from regtorch.lab.console import make_console
+    from regtorch.lab.report import ReportError, regenerate
+
+    stdout = make_console(sys.stdout)
+    try:
+        written = _writing(lambda: regenerate(Path(args.directory)))
+    except ReportError as error:
+        raise UsageError(str(error)) from None
+    for path in written:
+        stdout.print(f"wrote {path}")
 
 
 # -- several studies at once -------------------------------------------------------------------
@@ -294,8 +482,8 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _run_in_processes(studies: list[Study], out: Path, workers: int,
-                      stderr: Console) -> list[dict[str, Any]]:
+def _run_in_processes(studies: list[Study], out: Path, workers: int, stderr: Console,
+                      options: dict[str, Any]) -> list[dict[str, Any]]:
     """Train ``studies`` in ``workers`` processes, each with its share of the CPUs as torch
     threads; return their reports in the given order (a worker's error is raised here).
 
@@ -319,7 +507,8 @@ def _run_in_processes(studies: list[Study], out: Path, workers: int,
     try:
         # Longest first, so that no worker is left with a long study at the end.
         order = sorted(range(len(studies)), key=lambda i: -_work(studies[i]))
-        started = {i: pool.apply_async(_worker_job, (i, studies[i], str(out))) for i in order}
+        started = {i: pool.apply_async(_worker_job, (i, studies[i], str(out), options))
+                   for i in order}
         jobs = [started[i] for i in range(len(studies))]
         with study_progress(stderr, [study.name for study in studies]) as update:
             while not all(job.ready() for job in jobs):
@@ -381,40 +570,35 @@ def _exit_on_term(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through atomic_writer: no temporary file left
 
 
-def _worker_job(index: int, study: Study, out: str) -> dict[str, Any]:
+def _worker_job(index: int, study: Study, out: str, options: dict[str, Any]
+                ) -> dict[str, Any]:
     def on_epoch(done: int, total: int) -> None:
         _UPDATES.put((index, done, total))
 
-    return train_and_write(study, Path(out), on_epoch)
+    return train_and_write(study, Path(out), on_epoch, **options)
 
 
-def _write_results(directory: Path, result: StudyResult, summary: dict[str, Any]) -> None:
+def _write_results(directory: Path, files: dict[str, Any]) -> None:
+    """Write each file (``.jsonl``: the rows of a list; else JSON), then the report."""
     from regtorch.lab.output import write_json, write_jsonl
+    from regtorch.lab.report import write_report
 
-    path = directory
+    for name, content in files.items():
+        write = write_jsonl if name.endswith(".jsonl") else write_json
+        _writing(lambda: write(directory / name, content), directory / name)  # noqa: B023
+    _writing(lambda: write_report(directory), directory / "report.html")
+
+
+_T = TypeVar("_T")
+
+
+def _writing(action: Callable[[], _T], path: Path | None = None) -> _T:
+    """``action()``, its ``OSError`` turned into a :class:`WriteError` naming ``path``."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "config.json"
-        write_json(path, config_of(result))
-        path = directory / "metrics.jsonl"
-        write_jsonl(path, result.records)
-        path = directory / "summary.json"
-        write_json(path, summary)
+        return action()
     except OSError as error:
-        raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
-
-
-def config_of(result: StudyResult) -> dict[str, Any]:
-    """``config.json``: the study as a file (``Study.to_dict()``) and how this run was made."""
-    import torch
-
-    import regtorch
-
-    config = result.study.to_dict()  # seeds and epochs included, as run
-    config["run"] = {"torch": str(torch.__version__), "regtorch": regtorch.__version__,
-                     "groups": result.groups,
-                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    return config
+        where = path if path is not None else (error.filename or "the results")
+        raise WriteError(f"cannot write {where}: {error.strerror or error}") from None
 
 
 def _count(n: int, noun: str) -> str:
