@@ -331,9 +331,11 @@ def _run_studies(studies: list[Study], out: Path, jobs: int = 1,
 
 def train_and_write(study: Study, out: Path,
                     on_epoch: Callable[[int, int], None] | None = None, *, fresh: bool = False,
-                    checkpoint_every: float | None = None) -> dict[str, Any]:
+                    checkpoint_every: float | None = None, report: bool = True
+                    ) -> dict[str, Any]:
     """Train one study (continuing an interrupted run in ``out/<study>``), write its files and
-    report; return what the console shows of it."""
+    (unless ``report`` is false: the caller draws it) its report; return what the console shows
+    of it."""
     from regtorch.lab.engine import check_study, run_study
     from regtorch.lab.summary import summarize
 
@@ -346,7 +348,7 @@ def train_and_write(study: Study, out: Path,
     summary = summarize(result)
     config["run"]["groups"] = result.groups
     _write_results(directory, {"config.json": config, "metrics.jsonl": result.records,
-                               "summary.json": summary})
+                               "summary.json": summary}, report=report)
     members = sum(group["members"] for group in result.groups)
     title = (f"{study.name}: {_count(study.seeds, 'seed')} × "
              f"{_count(study.train.epochs, 'epoch')}, {_count(members, 'member')}, "
@@ -510,9 +512,16 @@ def _run_in_processes(studies: list[Study], out: Path, workers: int, stderr: Con
         started = {i: pool.apply_async(_worker_job, (i, studies[i], str(out), options))
                    for i in order}
         jobs = [started[i] for i in range(len(studies))]
+        drawn: set[int] = set()
         with study_progress(stderr, [study.name for study in studies]) as update:
-            while not all(job.ready() for job in jobs):
+            while len(drawn) < len(jobs):
                 _drain(updates, update, timeout=0.1)
+                # This process draws the reports, as the studies finish: it is otherwise idle,
+                # and the worker left training the longest study is not also left drawing.
+                for i, job in enumerate(jobs):
+                    if i not in drawn and job.ready():
+                        drawn.add(i)
+                        _write_report(Path(job.get()["directory"]))
             _drain(updates, update, timeout=0.0)
         reports = [job.get() for job in jobs]
     except BaseException:
@@ -575,17 +584,23 @@ def _worker_job(index: int, study: Study, out: str, options: dict[str, Any]
     def on_epoch(done: int, total: int) -> None:
         _UPDATES.put((index, done, total))
 
-    return train_and_write(study, Path(out), on_epoch, **options)
+    return train_and_write(study, Path(out), on_epoch, report=False, **options)
 
 
-def _write_results(directory: Path, files: dict[str, Any]) -> None:
+def _write_results(directory: Path, files: dict[str, Any], report: bool = True) -> None:
     """Write each file (``.jsonl``: the rows of a list; else JSON), then the report."""
     from regtorch.lab.output import write_json, write_jsonl
-    from regtorch.lab.report import write_report
 
     for name, content in files.items():
         write = write_jsonl if name.endswith(".jsonl") else write_json
         _writing(lambda: write(directory / name, content), directory / name)  # noqa: B023
+    if report:
+        _write_report(directory)
+
+
+def _write_report(directory: Path) -> None:
+    from regtorch.lab.report import write_report
+
     _writing(lambda: write_report(directory), directory / "report.html")
 
 
