@@ -28,7 +28,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 STUDIES = {"d2l-highdim": ["--seeds", "2", "--epochs", "3"],
            "digits": ["--seeds", "2", "--epochs", "2"]}
-FIGURES = {"d2l-highdim": 2, "digits": 3}  # loss, weights (and accuracy: classification)
+SWEEP = "d2l-highdim-sweep-l1"
+SWEEP_ARGS = ["sweep", "d2l-highdim", "--penalty", "l1", "--lambdas", "0.01:1:5", "--seeds", "2",
+              "--epochs", "3"]
+# loss, weights (and accuracy: classification); a sweep's path_loss and path_weights
+FIGURES = {"d2l-highdim": 2, "digits": 3, SWEEP: 2}
 TIMEOUT_MS = 15_000
 
 
@@ -56,17 +60,24 @@ def browser():
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory, browser) -> Path:
-    """Both studies trained and reported (after the browser: no training if it is missing)."""
+    """Both studies and a sweep trained and reported (after the browser: no training if it is
+    missing)."""
     out = tmp_path_factory.mktemp("runs")
     for name, options in STUDIES.items():
         assert main(["run", name, *options, "--out", str(out)]) == 0
+    assert main([*SWEEP_ARGS, "--out", str(out)]) == 0
     assert regenerate(out) == [out / "d2l-highdim" / "report.html",
-                               out / "digits" / "report.html", out / "index.html"]
+                               out / SWEEP / "report.html", out / "digits" / "report.html",
+                               out / "index.html"]
     return out
 
 
-def _variants(out: Path, study: str) -> list[str]:
-    return list(json.loads((out / study / "summary.json").read_text())["variants"])
+def _shown(out: Path, study: str) -> list[str]:
+    """What the page must show: every variant of a study; every λ of a sweep's path."""
+    summary = json.loads((out / study / "summary.json").read_text())
+    if summary.get("kind") == "sweep":
+        return [f"{p['lambda']:.4g}" for p in summary["path"]]
+    return list(summary["variants"])
 
 
 def _open(browser, path: Path) -> dict:
@@ -93,7 +104,7 @@ def _open(browser, path: Path) -> dict:
 
 
 @pytest.mark.parametrize("page", ["d2l-highdim/report.html", "digits/report.html",
-                                  "index.html"])
+                                  f"{SWEEP}/report.html", "index.html"])
 def test_report_renders_offline_with_every_variant(browser, out, page):
     path = out / page
     seen = _open(browser, path)
@@ -102,10 +113,10 @@ def test_report_renders_offline_with_every_variant(browser, out, page):
     others = [url for url in seen["requests"]
               if url != path.as_uri() and not url.startswith("data:")]
     assert others == []
-    studies = [page.split("/")[0]] if "/" in page else list(STUDIES)
+    studies = [page.split("/")[0]] if "/" in page else [*STUDIES, SWEEP]
     words = set(seen["text"].split())  # whole words: "l1-1" must not pass on "prox-l1-1"
     for study in studies:
-        for name in _variants(out, study):
+        for name in _shown(out, study):
             assert name in words, (study, name)
     assert len(seen["images"]) == sum(FIGURES[study] for study in studies)
     for complete, width, height in seen["images"]:

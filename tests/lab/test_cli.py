@@ -502,3 +502,23 @@ def test_new_files_get_the_mode_the_umask_gives(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_report_redraws_from_the_files(tmp_path, capsys):
+    """`regtorch report DIR`: no training (the engine is not called), every report and the
+    index rewritten from the files; a directory with nothing to report exits 2, one line."""
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("regtorch: ") and str(tmp_path) in err
+    assert main(["run", "linear-1d", "--seeds", "1", "--epochs", "2", "--out",
+                 str(tmp_path)]) == 0
+    report = tmp_path / "linear-1d" / "report.html"
+    first = report.read_bytes()
+    report.unlink()
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "run_study", None)  # any training would fail
+        assert main(["report", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == ["wrote", str(report), "wrote",
+                                               str(tmp_path / "index.html")]
+    assert report.read_bytes() == first  # the same page, from the files alone

@@ -381,10 +381,11 @@ def _print_report(stdout: Console, report: dict[str, Any]) -> None:
     _print_resumed(make_console(sys.stderr), report)
     if report["summary"].get("kind") == "sweep":
         from regtorch.lab.console import print_sweep
-        from regtorch.lab.sweep import path_rows
+        from regtorch.lab.sweep import choice_rows, path_rows
 
         headers, rows = path_rows(report["summary"])
-        print_sweep(stdout, report["title"], headers, rows, report["summary"])
+        print_sweep(stdout, report["title"], headers, rows, choice_rows(report["summary"]),
+                    report["summary"])
     else:
         headers, rows = table_rows(report["summary"])
         print_study(stdout, report["title"], headers, rows, report["summary"])

@@ -173,14 +173,17 @@ def _print_notes(console: Console, notes: Sequence[str]) -> None:
 
 
 def print_sweep(console: Console, title: str, headers: Sequence[str],
-                rows: Sequence[Sequence[str]], summary: Mapping[str, Any]) -> None:
-    """The path table, then the two choices of λ with their test losses, then the notes.
+                rows: Sequence[Sequence[str]], choices: Sequence[Sequence[str]],
+                summary: Mapping[str, Any]) -> None:
+    """The path table, λ_max, the two choices of λ with their losses, then the notes.
 
     Args:
         console: where to print (stdout's console).
         title: the table's title (sweep name, grid, seeds, epochs, time).
         headers: column names, from :func:`regtorch.lab.sweep.path_rows`.
         rows: one row of cell strings per λ, from the same function.
+        choices: ``[name, λ, validation loss, test loss]`` rows, from
+            :func:`regtorch.lab.sweep.choice_rows`.
         summary: the sweep's ``summary.json`` dict (see :mod:`regtorch.lab.sweep`).
     """
     print_study(console, title, headers, rows, {})
@@ -191,24 +194,11 @@ def print_sweep(console: Console, title: str, headers: Sequence[str],
         lines.add_row(Text("λ_max", style="bold"),
                       Text(f"{summary['lambda_max']:.4g}: {summary['lambda_max_rule']}; grid "
                            f"λ_max/100 … λ_max"))
-    for key, label in (("best", "best_lambda"), ("one_se", "lambda_1se")):
-        entry = summary.get(key)
-        if entry is not None:
-            lines.add_row(Text(label, style="bold"), Text(
-                f"{entry['lambda']:.4g}: validation {_value(entry, 'val_loss')}, "
-                f"test {_value(entry, 'test_loss')}"))
-    reference = summary.get("unregularized") or {}
-    lines.add_row(Text("λ = 0", style="bold"), Text(
-        f"validation {_value(reference, 'val_loss')}, test {_value(reference, 'test_loss')}"))
+    for name, lam, validation, test in choices:
+        lines.add_row(Text(name, style="bold"),
+                      Text(f"{lam}: validation {validation}, test {test}"))
     console.print(lines)
     _print_notes(console, summary.get("notes") or [])
-
-
-def _value(entry: Mapping[str, Any], key: str) -> str:
-    mean, std = entry.get(key), entry.get(f"{key}_std")
-    if mean is None:
-        return "—"
-    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
 
 
 def print_written(console: Console, directory: Path, files: Sequence[str]) -> None:

@@ -39,8 +39,8 @@ from typing import Any
 import regtorch
 from regtorch.lab.output import atomic_writer, write_bytes
 from regtorch.lab.plots import figure_names, path_figures, png_bytes, study_figures
-from regtorch.lab.summary import table_rows
-from regtorch.lab.sweep import path_rows
+from regtorch.lab.summary import mean_std_text, table_rows
+from regtorch.lab.sweep import choice_rows, path_rows
 
 __all__ = ["FILES", "INDEX", "REPORT", "ReportError", "regenerate", "write_index",
            "write_report"]
@@ -431,17 +431,10 @@ def _verdicts(summary: dict[str, Any]) -> str:
 
 def _choices(summary: dict[str, Any]) -> list[str]:
     """Both choices of λ with their validation and test losses, and λ = 0 for reference."""
-    rows = []
-    for label, lam, entry in (
-            ("best λ: lowest mean validation loss", summary.get("best_lambda"),
-             summary.get("best")),
-            ("λ_1se: the largest λ within one standard error of the best",
-             summary.get("lambda_1se"), summary.get("one_se")),
-            ("λ = 0: no penalty, trained alongside", 0.0, summary.get("unregularized"))):
-        entry = entry or {}
-        rows.append([label, "—" if lam is None else f"{lam:.4g}",
-                     _pm(entry.get("val_loss"), entry.get("val_loss_std")),
-                     _pm(entry.get("test_loss"), entry.get("test_loss_std"))])
+    words = {"best_lambda": "best λ: lowest mean validation loss",
+             "lambda_1se": "λ_1se: the largest λ within one standard error of the best",
+             "λ = 0": "λ = 0: no penalty, trained alongside"}
+    rows = [[words[name], *values] for name, *values in choice_rows(summary)]
     parts = [_table(["choice", "λ", "validation loss", "test loss"], rows,
                     ["chosen", "chosen", "zero"])]
     if summary.get("best_lambda") is None:
@@ -457,7 +450,7 @@ def _search(summary: dict[str, Any], level: str) -> list[str]:
     if not search:
         return []
     rows = [["—" if p.get("lambda") is None else f"{p['lambda']:.4g}",
-             _pm(p.get("val_loss"), None), _pm(p.get("weight_norm"), None),
+             mean_std_text(p.get("val_loss"), None), mean_std_text(p.get("weight_norm"), None),
              "—" if p.get("sparsity") is None else f"{p['sparsity']:.1%}",
              "yes" if p.get("diverged") else "no"] for p in search]
     table = _table(["λ", "val loss", "‖w‖", "sparsity", "diverged"], rows)
@@ -485,12 +478,6 @@ def _footer() -> str:
 
 def _anchor(run: _Run) -> str:
     return run.directory.name
-
-
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "—"
-    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
 
 
 def _count(n: Any, noun: str) -> str:

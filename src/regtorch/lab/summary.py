@@ -29,7 +29,7 @@ import torch
 from regtorch.lab.engine import StudyResult
 from regtorch.lab.study import Study, Variant
 
-__all__ = ["final_stats", "summarize", "table_rows"]
+__all__ = ["final_stats", "mean_std_text", "summarize", "table_rows"]
 
 IMPROVEMENT_SES = 2.0      # a change counts when it exceeds two standard errors of the paired mean
 MIN_RELATIVE_CHANGE = 0.01  # ... and 1% of the baseline
@@ -330,18 +330,20 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, v in variants.items():
         row = [name, "" if v.get("strength") is None else f"{v['strength']:g}"]
-        row += [_pm(v[k], v[f"{k}_std"]) for k in _LOSSES]
+        row += [mean_std_text(v[k], v[f"{k}_std"]) for k in _LOSSES]
         row.append("" if v["test_train_ratio"] is None else f"{v['test_train_ratio']:.3g}")
         if accuracy:
-            row.append(_pm(v.get("test_acc"), v.get("test_acc_std")))
-        row += [_pm(v["weight_norm"], v.get("weight_norm_std")),
+            row.append(mean_std_text(v.get("test_acc"), v.get("test_acc_std")))
+        row += [mean_std_text(v["weight_norm"], v.get("weight_norm_std")),
                 "" if v["sparsity"] is None else f"{v['sparsity']:.1%}",
                 f"{v['diverged']}/{summary['seeds']}"]
         rows.append(row)
     return headers, rows
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def mean_std_text(mean: float | None, std: float | None) -> str:
+    """``"0.01234 ± 0.0012"`` (4 and 2 significant digits), ``"0.01234"`` without a spread,
+    ``"—"`` without a value: how every table of the lab shows a mean over seeds."""
     if mean is None:
         return "—"
     return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"

@@ -49,7 +49,7 @@ from typing import Any
 
 from regtorch.lab.engine import StudyResult
 from regtorch.lab.study import Study, StudyError, Variant
-from regtorch.lab.summary import final_stats
+from regtorch.lab.summary import final_stats, mean_std_text
 
 __all__ = [
     "FLAT_RTOL",
@@ -61,6 +61,7 @@ __all__ = [
     "ZERO_FRACTION",
     "Search",
     "SweepSpec",
+    "choice_rows",
     "find_lambda_max",
     "geometric_grid",
     "geometric_points",
@@ -358,17 +359,25 @@ def path_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     entries.append((0.0, summary["unregularized"], "reference"))
     for lam, p, mark in entries:
         row = [f"{lam:.4g}"]
-        row += [_pm(p.get(k), p.get(f"{k}_std")) for k in ("train_loss", "val_loss", "test_loss")]
+        row += [mean_std_text(p.get(k), p.get(f"{k}_std"))
+                for k in ("train_loss", "val_loss", "test_loss")]
         if accuracy:
-            row.append(_pm(p.get("test_acc"), p.get("test_acc_std")))
-        row += [_pm(p.get("weight_norm"), p.get("weight_norm_std")),
+            row.append(mean_std_text(p.get("test_acc"), p.get("test_acc_std")))
+        row += [mean_std_text(p.get("weight_norm"), p.get("weight_norm_std")),
                 "—" if p.get("sparsity") is None else f"{p['sparsity']:.1%}",
                 f"{p['diverged']}/{p['members']}", mark]
         rows.append(row)
     return headers, rows
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "—"
-    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
+def choice_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """``[choice, λ, validation loss, test loss]`` for best_lambda, lambda_1se and λ = 0."""
+    rows = []
+    for name, lam, entry in (("best_lambda", summary.get("best_lambda"), summary.get("best")),
+                             ("lambda_1se", summary.get("lambda_1se"), summary.get("one_se")),
+                             ("λ = 0", 0.0, summary.get("unregularized"))):
+        entry = entry or {}
+        rows.append([name, "—" if lam is None else f"{lam:.4g}",
+                     mean_std_text(entry.get("val_loss"), entry.get("val_loss_std")),
+                     mean_std_text(entry.get("test_loss"), entry.get("test_loss_std"))])
+    return rows
