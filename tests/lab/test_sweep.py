@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from regtorch.lab import store, sweep
 from regtorch.lab.cli import main
 from regtorch.lab.engine import StudyResult, run_study
 from regtorch.lab.presets import preset
@@ -258,3 +259,10 @@ def test_sweep_of_a_classifier_reports_accuracy(tmp_path):
     assert all(0 <= p["test_acc"] <= 1 for p in summary["path"])
     assert summary["path"][-1]["sparsity"] >= summary["path"][0]["sparsity"]
 
+
+
+@pytest.mark.parametrize("module", [sweep, store], ids=lambda m: m.__name__)
+def test_public_names_import(module):
+    assert len(set(module.__all__)) == len(module.__all__)
+    for name in module.__all__:
+        assert getattr(module, name) is not None

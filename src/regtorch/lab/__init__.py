@@ -2,8 +2,11 @@
 
 A :class:`~regtorch.lab.study.Study` (data × model × recipe × variants × seeds) is trained by
 :func:`~regtorch.lab.engine.run_study` — members sharing a recipe in one vectorized pass — and
-summarized by :func:`~regtorch.lab.summary.summarize`. Presets live in
-:mod:`regtorch.lab.presets`; the ``regtorch`` command is :mod:`regtorch.lab.cli`.
+summarized by :func:`~regtorch.lab.summary.summarize`; checkpoints let it continue after an
+interruption (:mod:`regtorch.lab.store`). A sweep trains one penalty over a grid of λ × seeds and
+chooses λ on validation (:mod:`regtorch.lab.sweep`); :mod:`regtorch.lab.report` draws the plots
+and the self-contained HTML reports. Presets live in :mod:`regtorch.lab.presets`; the
+``regtorch`` command is :mod:`regtorch.lab.cli`.
 
 Needs the ``lab`` extra (``pip install "regtorch[lab]"``). The lab uses only regtorch's public API.
 """

@@ -72,11 +72,12 @@ if TYPE_CHECKING:
     from regtorch.lab.engine import StudyResult
     from regtorch.lab.store import Checkpoints
     from regtorch.lab.study import Study
+    from regtorch.lab.sweep import SweepSpec
 
 CHECKPOINT_SECONDS = 10.0  # regtorch.lab.store.CHECKPOINT_SECONDS (that module imports torch)
 
 __all__ = ["DEFAULT_OUT", "DEMO_SEEDS", "FILES", "LAB_EXTRA", "load_study", "main",
-           "missing_extra", "train_and_write"]
+           "missing_extra", "sweep_and_write", "train_and_write"]
 
 LAB_EXTRA = {"rich": "rich", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 """The ``lab`` extra: importable module name → the package that provides it."""
@@ -412,7 +413,7 @@ def _sweep(args: argparse.Namespace) -> None:
     _print_report(make_console(sys.stdout), report)
 
 
-def sweep_and_write(base: Study, spec: Any, out: Path, *, fresh: bool = False,
+def sweep_and_write(base: Study, spec: SweepSpec, out: Path, *, fresh: bool = False,
                     checkpoint_every: float | None = None) -> dict[str, Any]:
     """Search λ_max when no grid is given, train the path, write its files and report; return
     what the console shows of it (see :mod:`regtorch.lab.sweep`)."""
