@@ -23,8 +23,7 @@ from typing import IO, Any
 __all__ = ["atomic_writer", "write_bytes", "write_json", "write_jsonl"]
 
 
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
+def atomic_writer(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[IO[str]]:
     """Open a UTF-8 text stream whose content replaces ``path`` when the block exits cleanly.
 
     The temporary file ``.<name>.<random>.tmp`` is created next to ``path`` with the mode a new
@@ -34,36 +33,28 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     Args:
         path: the file to write; its directory must exist.
 
-    Yields:
-        the text stream to write to.
+    Returns:
+        a context manager yielding the text stream to write to.
     """
-    target = Path(path)
-    tmp, fd = _create_temp(target)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _sync_directory(target.parent)
+    return _replacing(path, "w", encoding="utf-8", newline="\n")
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` as the whole content of ``path`` (a binary file), atomically.
+    """Write ``data`` as the whole content of ``path`` (a binary file), atomically: the
+    mechanism of :func:`atomic_writer`, in binary."""
+    with _replacing(path, "wb") as stream:
+        stream.write(data)
 
-    The same mechanism as :func:`atomic_writer`: a temporary file next to ``path``, flushed,
-    ``fsync``-ed and renamed over it; on any failure the temporary file is removed and ``path``
-    keeps its old content (or stays absent).
-    """
+
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike[str], mode: str, **options: Any) -> Iterator[IO[Any]]:
+    """A stream on a temporary file next to ``path``, flushed, fsync-ed and renamed over
+    ``path`` when the block exits cleanly; removed on any exception."""
     target = Path(path)
     tmp, fd = _create_temp(target)
     try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+        with os.fdopen(fd, mode, **options) as stream:
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, target)
