@@ -444,7 +444,6 @@ class _Unit:
         elif schedule.kind == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, patience=schedule.patience, factor=schedule.factor)
-        self._last_loss: float = math.nan
 
     def state(self) -> dict[str, Any]:
         """The parameters (and a loop member's buffers), optimizer and scheduler state."""
