@@ -271,13 +271,13 @@ def test_bad_overrides(overrides, fragments):
         assert fragment in str(error.value)
 
 
-def test_the_readme_study_file_is_valid():
-    """The README's example study parses, with the meaning its comments give."""
+def test_the_manuals_study_file_is_valid():
+    """The lab manual's example study parses, with the meaning its comments give."""
     tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
-    assert blocks, "README.md has no ```toml block"
-    study = parse_study(tomllib.loads(blocks[0]), "README.md")
+    manual = (Path(__file__).resolve().parents[2] / "docs" / "lab.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", manual, flags=re.DOTALL)
+    assert blocks, "docs/lab.md has no ```toml block"
+    study = parse_study(tomllib.loads(blocks[0]), "docs/lab.md")
     assert [v.name for v in study.variants] == ["none", "l1", "prox-l1"]
     assert study.data.nonzeros == 5 and study.train.batch_size == 0
     assert study.variants[2].apply == "prox" and study.variants[2].tuned
