@@ -25,6 +25,10 @@ Conventions (``lam`` ≥ 0; the table in the README maps them to torch, Keras, P
   groups become exactly 0);
 - ``Orthogonal(lam, mode)``: Keras ``OrthogonalRegularizer``; gradient by autograd; no prox.
 
+Precision: every value is computed in float32 or the parameter's wider dtype — float16 and
+bfloat16 parameters in float32, and also under ``torch.autocast`` (whose lower-precision matrix
+products :class:`Orthogonal` opts out of) — and returned as float64.
+
 Strengths are plain attributes (``penalty.lam = 1e-3`` during training works) validated on
 assignment. A strength may be a tensor of shape ``[K]``: the parameters are then taken as ``K``
 models stacked along a leading member dimension ``[K, ...]`` and member ``k`` gets strength ``k``.
@@ -555,8 +559,11 @@ class Orthogonal(Penalty):
             return torch.zeros(w.shape[0], dtype=torch.float64, device=p.device)
         acc = accumulation_dtype(p.dtype) or p.dtype
         w = w.to(acc)
-        unit = w / torch.linalg.vector_norm(w, dim=2, keepdim=True).clamp_min(_KERAS_EPSILON)
-        gram = unit @ unit.transpose(1, 2)
+        # Under autocast the Gram matrix product would run in the autocast dtype (bf16 on CPU:
+        # 2e-3 off); the penalty is computed in float32 or the parameter's wider dtype.
+        with torch.autocast(p.device.type, enabled=False):
+            unit = w / torch.linalg.vector_norm(w, dim=2, keepdim=True).clamp_min(_KERAS_EPSILON)
+            gram = unit @ unit.transpose(1, 2)
         off_diagonal = gram.abs().sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).abs().sum(1)
         return off_diagonal.to(torch.float64) / (n * (n - 1))
 
@@ -571,7 +578,10 @@ class Orthogonal(Penalty):
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         if is_zero(self.lam) and not value:
             return None
-        with torch.enable_grad():
+        # Autocast off for the backward too: run under autocast, autograd.grad would compute
+        # the Gram matrix's gradient products in the autocast dtype.
+        device = params[0].device.type if params else "cpu"
+        with torch.enable_grad(), torch.autocast(device, enabled=False):
             leaves = [p.detach().requires_grad_() for p in params]
             total = self.value(leaves)
             if leaves and total.requires_grad:

@@ -103,17 +103,22 @@ class Regularizer:
                                      f"{info.name!r} of shape {tuple(tensor.shape)}: {error}"
                                      ) from None
             self._groups.append(_Group(label, selector, penalty, [i.name for i in got], tensors))
-        dtypes = {p.dtype for group in self._groups for p in group.params}
-        self._dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         logger.info("regtorch: %s", binding_summary(self._rows(),
                                                     [(i.name, i.param) for i in self._all],
                                                     "penalized"))
 
     # -- the three modes ---------------------------------------------------------------------
     def __call__(self) -> Tensor:
-        """The penalty R(w), a differentiable 0-d tensor to add to the loss (float64 when any
-        penalized parameter is float64, else float32: adding it keeps the loss's dtype)."""
-        return self._value().to(self._dtype)
+        """The penalty R(w), a differentiable 0-d tensor to add to the loss.
+
+        Its dtype is decided at each call from the parameters penalized then: float64 when any
+        of them is float64, else float32 — for float16 and bfloat16 parameters too, since the
+        penalty is computed in float32 (also under ``torch.autocast``). Adding it to a float32
+        loss (what autocast's losses are) keeps float32; adding it to a half-precision loss
+        promotes the sum to float32, so the penalty's precision is not rounded away.
+        """
+        value = self._value()
+        return value.to(_loss_dtype(self._groups))
 
     def _value(self) -> Tensor:
         return _sum([g.penalty.value(g.trainable()) for g in self._groups])
@@ -238,6 +243,15 @@ class Regularizer:
     def __repr__(self) -> str:
         rules = ", ".join(f"{g.label}: {g.penalty!r}" for g in self._groups)
         return f"Regularizer({{{rules}}})"
+
+
+def _loss_dtype(groups: Sequence[_Group]) -> torch.dtype:
+    """float64 when a trainable penalized parameter is float64, else float32."""
+    for group in groups:
+        for p in group.params:
+            if p.dtype == torch.float64 and p.requires_grad:
+                return torch.float64
+    return torch.float32
 
 
 def _sum(values: list[Tensor]) -> Tensor:
