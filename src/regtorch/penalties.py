@@ -38,7 +38,6 @@ terms are the very objects that were added (changing ``a.lam`` changes the sum).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
@@ -427,7 +426,7 @@ class GroupLasso(Penalty):
     def _coefficient(self, param: Tensor, dims: tuple[int, ...]) -> float:
         if self.scale == "none":
             return 1.0
-        return math.sqrt(math.prod(param.shape[d] for d in dims))
+        return math.sqrt(_group_size(param.shape, dims))
 
     def _group_norms(self, param: Tensor, dims: tuple[int, ...]) -> Tensor:
         """‖w_g‖₂ with keepdim (broadcastable to ``param``); ``|w|`` when groups are elements.
@@ -439,7 +438,7 @@ class GroupLasso(Penalty):
             return param.abs()
         if len(dims) == param.ndim and param.numel() > CHUNK:
             return _safe_sqrt(sum_of_squares([param])).reshape((1,) * param.ndim)
-        size = math.prod(param.shape[d] for d in dims)
+        size = _group_size(param.shape, dims)
         dtype = accumulation_dtype(param.dtype)
         if size > CHUNK and param.dtype == torch.float32:
             dtype = torch.float64
@@ -578,14 +577,14 @@ class Orthogonal(Penalty):
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         if is_zero(self.lam) and not value:
             return None
-        # Autocast off for the backward too: run under autocast, autograd.grad would compute
-        # the Gram matrix's gradient products in the autocast dtype.
-        device = params[0].device.type if params else "cpu"
-        with torch.enable_grad(), torch.autocast(device, enabled=False):
-            leaves = [p.detach().requires_grad_() for p in params]
-            total = self.value(leaves)
-            if leaves and total.requires_grad:
-                torch._foreach_add_(grads, torch.autograd.grad(total, leaves))
+        if not params:
+            return float64_zero() if value else None
+        # Autocast off for the backward too: under autocast, autograd would compute the Gram
+        # matrix's gradient products in the autocast dtype. torch.func (not autograd.grad) so
+        # that torch.compile traces it without a graph break.
+        with torch.autocast(params[0].device.type, enabled=False):
+            gradients, total = torch.func.grad_and_value(self.value)(list(params))
+        torch._foreach_add_(grads, gradients)
         return total.detach() if value else None
 
 
@@ -665,11 +664,25 @@ class Sum(Penalty):
         return " + ".join(repr(t) for t in self.terms)
 
 
-@functools.cache
+def _group_size(shape: Sequence[int], dims: Sequence[int]) -> int:
+    """Number of elements in one group: the product of ``shape`` over ``dims`` (a plain loop:
+    ``math.prod`` over a generator is a graph break under ``torch.compile``)."""
+    size = 1
+    for d in dims:
+        size *= shape[d]
+    return size
+
+
+_NORM_FLOORS = {dtype: torch.finfo(dtype).tiny ** 0.5
+                for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
 def _norm_floor(dtype: torch.dtype) -> float:
     """Smallest norm a group-lasso gradient divides by: √tiny (1e-19 in float32), so that
-    ``lam · c / norm`` cannot overflow to inf and turn a zero group's ``0 · inf`` into NaN."""
-    return torch.finfo(dtype).tiny ** 0.5
+    ``lam · c / norm`` cannot overflow to inf and turn a zero group's ``0 · inf`` into NaN.
+    (A table, not ``functools.cache``: torch.compile warns about traced caches.)"""
+    floor = _NORM_FLOORS.get(dtype)
+    return floor if floor is not None else torch.finfo(dtype).tiny ** 0.5
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
