@@ -12,6 +12,7 @@ Everything is drawn from ``data_seed`` alone: every member of a study sees the s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,13 @@ __all__ = ["Datasets", "make_data"]
 
 @dataclass(frozen=True)
 class Datasets:
-    """Inputs ``x_*`` (n, features) and targets ``y_*``: (n, 1) floats, or (n,) class indices."""
+    """Inputs ``x_*`` (n, features) or (n, C, H, W) and targets ``y_*``: (n, outputs) floats, or
+    (n,) class indices.
+
+    ``classes`` names the classes of a classification target (index i is ``classes[i]``);
+    ``notes`` are lines for the console and the report (how the task was inferred, what was
+    encoded or dropped).
+    """
 
     x_train: Tensor
     y_train: Tensor
@@ -34,16 +41,31 @@ class Datasets:
     y_test: Tensor
     true_weights: Tensor | None = None  # linear data: the generating w (features,)
     true_bias: float | None = None
+    classes: tuple[str, ...] | None = None
+    feature_names: tuple[str, ...] | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def features(self) -> int:
-        return self.x_train.shape[1]
+        """Input values per example (the size of a flat example; C·H·W for images)."""
+        return math.prod(self.input_shape)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example: (features,), or (C, H, W) for images."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def classification(self) -> bool:
+        return not self.y_train.is_floating_point()
 
     @property
     def outputs(self) -> int:
-        """Model outputs: 1 for regression, the number of classes for classification."""
+        """Model outputs: the target's columns for regression, the classes for classification."""
         if self.y_train.is_floating_point():
-            return 1
+            return self.y_train.shape[1] if self.y_train.ndim == 2 else 1
+        if self.classes is not None:
+            return len(self.classes)
         return int(torch.cat([self.y_train, self.y_val, self.y_test]).max()) + 1
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
