@@ -7,7 +7,9 @@ around the optimizer); :func:`param_groups` gives torch's built-in ``weight_deca
 selection. Training companions: :func:`exponential_decay`, :class:`EarlyStopping`,
 :class:`ActivityRegularizer`, the constraints (:class:`MaxNorm`, :class:`UnitNorm`,
 :class:`MinMaxNorm`, :class:`NonNeg`, :class:`Constraints`) and the dropout helpers
-(:func:`set_dropout`, :func:`dropout_modules`).
+(:func:`set_dropout`, :func:`dropout_modules`). Structured sparsity: :func:`channel_groups`,
+:class:`ChannelLasso`, :class:`ChannelSparsity`, :func:`compact`, :func:`carry_optimizer`
+(:mod:`regtorch.structure`).
 """
 
 from regtorch.activity import ActivityRegularizer
@@ -18,6 +20,16 @@ from regtorch.optim import Proximal, exponential_decay, param_groups
 from regtorch.penalties import L1, L2, ElasticNet, GroupLasso, Orthogonal, Penalty, Sum
 from regtorch.regularizer import Regularizer
 from regtorch.selection import ALL, NORM_LAYERS, WEIGHTS, Selector, inside, named, where
+from regtorch.structure import (
+    ChannelGroups,
+    ChannelLasso,
+    ChannelSparsity,
+    Compaction,
+    carry_optimizer,
+    channel_groups,
+    compact,
+    compaction_of,
+)
 
 __version__ = "0.1.0"
 
@@ -28,6 +40,10 @@ __all__ = [
     "NORM_LAYERS",
     "WEIGHTS",
     "ActivityRegularizer",
+    "ChannelGroups",
+    "ChannelLasso",
+    "ChannelSparsity",
+    "Compaction",
     "Constraint",
     "Constraints",
     "EarlyStopping",
@@ -43,6 +59,10 @@ __all__ = [
     "Selector",
     "Sum",
     "UnitNorm",
+    "carry_optimizer",
+    "channel_groups",
+    "compact",
+    "compaction_of",
     "dropout_modules",
     "exponential_decay",
     "inside",

@@ -1,0 +1,291 @@
+r"""Group lasso over coupled channel groups, and a controller that reaches a target sparsity.
+
+:class:`ChannelLasso` is a :class:`~regtorch.Penalty` whose groups are the channels of
+:func:`~regtorch.channel_groups`: one group is the union of the channel's penalized slices across
+every tensor it spans (a residual stream channel spans every producer feeding the additions):
+
+.. math::  R(w) = λ \sum_g c_g \lVert w_g \rVert_2, \qquad
+           ∇_{w_g} R = λ c_g \frac{w_g}{\lVert w_g \rVert_2} \; (0 \text{ at } w_g = 0), \qquad
+           \mathrm{prox}_{tR}(w)_g = w_g \max\Bigl(1 − \frac{t_g λ c_g}{\lVert w_g \rVert_2},
+           0\Bigr)
+
+with :math:`c_g = \sqrt{|g|}` (``scale="sqrt"``, :math:`|g|` the number of penalized elements of the
+group) or 1 (``scale="none"``). The whole group shrinks as one, across tensors, and becomes exactly
+zero together.
+
+The step :math:`t_g` of a group is the mean of the steps of its elements: with one scalar step for
+every parameter (SGD, SGD with momentum at one learning rate) it is that step and the proximal step
+is exact; with per-parameter learning rates it is their element-weighted mean; with element-wise
+steps (Adam's ``lr/(√v̂+ε)``, Adagrad, RMSprop, as :class:`~regtorch.Proximal` passes them) it is the
+mean of the element-wise steps over the group's elements — a scalar per group, so the group still
+shrinks as one (the fixed point is then that of the group lasso under this diagonal metric
+averaged per group, an approximation of the Euclidean one).
+
+Which tensors are penalized: the slices with roles ``out`` (producer weight rows), ``bias``
+(producer bias entries) and ``norm`` (BatchNorm/InstanceNorm weight and bias, depthwise-conv
+entries) by default (``roles=`` narrows it). Consumer input columns (``in``) are not penalized:
+they overlap the next group's rows, and with them the proximal step would no longer be exact.
+Running statistics (``buffer``) are not parameters: never penalized, removed with the channel by
+:func:`~regtorch.compact`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from regtorch.penalties import Penalty, Scratch
+from regtorch.structure.graph import PENALIZED_ROLES, ChannelGroups
+
+__all__ = ["ChannelLasso", "ChannelSparsity"]
+
+
+class _Layout:
+    """Per tensor name: the dim its channels index and the group of each index (−1: none)."""
+
+    def __init__(self, groups: ChannelGroups, roles: Sequence[str], scale: str) -> None:
+        self.dims: dict[str, int] = {}
+        self.group_of: dict[str, Tensor] = {}
+        sizes = [0] * len(groups.groups)
+        for group in groups.groups:
+            for s in group.of(*roles):
+                tensor = groups.tensor(s.tensor)
+                if self.dims.setdefault(s.tensor, s.dim) != s.dim:
+                    raise ValueError(f"ChannelLasso: {s.tensor} has channel slices along dims "
+                                     f"{self.dims[s.tensor]} and {s.dim}")
+                if s.tensor not in self.group_of:
+                    self.group_of[s.tensor] = torch.full((tensor.shape[s.dim],), -1,
+                                                         dtype=torch.long)
+                self.group_of[s.tensor][list(s.indices)] = group.index
+                sizes[group.index] += len(s.indices) * tensor.numel() // tensor.shape[s.dim]
+        self.count = len(sizes)
+        self.coefficients = torch.tensor(
+            [math.sqrt(n) if scale == "sqrt" else 1.0 for n in sizes], dtype=torch.float64)
+        self.names_by_id = {id(groups.tensor(name)): name for name in self.dims}
+
+
+class ChannelLasso(Penalty):
+    r"""Group lasso over coupled channel groups (see the module docstring for the formulas and
+    the step rule).
+
+    Bind it to the parameters its groups penalize with the groups' selector::
+
+        reg = Regularizer(model, {groups.selector: ChannelLasso(lam, groups)})
+
+    Args:
+        lam: strength λ ≥ 0 (a number; stacked ``[K]`` strengths are not supported).
+        groups: the :class:`~regtorch.structure.ChannelGroups` of the model.
+        scale: ``"sqrt"`` (:math:`c_g = \sqrt{|g|}`) or ``"none"`` (1).
+        roles: the slice roles penalized, a subset of ``("out", "bias", "norm")``.
+
+    Raises:
+        ValueError: bad ``scale`` or ``roles``; :meth:`check` raises for a parameter that holds no
+            penalized slice (e.g. bound by the default ``WEIGHTS`` selection).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = model[0].weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 0.1]]))
+        ...     _ = model[0].bias.copy_(torch.tensor([4.0, 0.0]))
+        >>> groups = channel_groups(model, torch.randn(4, 2))
+        >>> penalty = ChannelLasso(1.0, groups, scale="none")
+        >>> penalty.value([model[0].weight, model[0].bias])  # ‖(3, 0, 4)‖ + ‖(0, 0.1, 0)‖
+        tensor(5.1000, dtype=torch.float64, grad_fn=<MulBackward0>)
+        >>> with torch.no_grad():
+        ...     penalty.prox_([model[0].weight, model[0].bias], [0.5, 0.5])
+        >>> model[0].weight  # row 0 scaled by 1 − 0.5/5, row 1 exactly 0
+        Parameter containing:
+        tensor([[2.7000, 0.0000],
+                [0.0000, 0.0000]], requires_grad=True)
+    """
+
+    _strength_names = ("lam",)
+    has_prox = True
+    _SCALES = ("sqrt", "none")
+
+    def __init__(self, lam: float, groups: ChannelGroups, scale: str = "sqrt",
+                 roles: Sequence[str] = PENALIZED_ROLES) -> None:
+        if not isinstance(groups, ChannelGroups):
+            raise TypeError(f"Invalid groups: {groups!r} (expected regtorch.channel_groups(...))")
+        if scale not in self._SCALES:
+            raise ValueError(f"Invalid scale value: {scale!r} (expected one of {self._SCALES})")
+        roles = tuple(roles)
+        if not roles or any(r not in PENALIZED_ROLES for r in roles):
+            raise ValueError(f"Invalid roles value: {roles!r} (expected a non-empty subset of "
+                             f"{PENALIZED_ROLES})")
+        self.lam = lam
+        self.groups = groups
+        self.scale = scale
+        self.roles = roles
+        self._layout = _Layout(groups, roles, scale)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "lam" and isinstance(self.lam, Tensor):
+            raise TypeError("Invalid lam value: ChannelLasso takes a number, not stacked [K] "
+                            "strengths")
+
+    def _extra_repr(self) -> str:
+        return f", {len(self.groups)} groups, scale={self.scale!r}"
+
+    def _name(self, param: Tensor) -> str:
+        name = self._layout.names_by_id.get(id(param))
+        if name is None:
+            raise ValueError(f"ChannelLasso: a parameter of shape {tuple(param.shape)} holds no "
+                             f"penalized slice of its groups; bind the penalty with "
+                             f"Regularizer(model, {{groups.selector: ChannelLasso(...)}})")
+        return name
+
+    def check(self, param: Tensor) -> None:
+        self._name(param)
+
+    def _index(self, param: Tensor) -> tuple[int, Tensor]:
+        name = self._name(param)
+        return self._layout.dims[name], self._layout.group_of[name].to(param.device)
+
+    def _per_index(self, param: Tensor, dim: int, values: Tensor) -> Tensor:
+        """A vector along ``dim`` viewed to broadcast against ``param``."""
+        shape = [1] * param.ndim
+        shape[dim] = -1
+        return values.view(shape)
+
+    def _group_sums(self, params: Sequence[Tensor], per_index) -> Tensor:
+        """Σ over each group's elements of ``per_index(param, dim)`` (a float64 vector per
+        index along the channel dim)."""
+        total = torch.zeros(self._layout.count, dtype=torch.float64,
+                            device=params[0].device if params else None)
+        for p in params:
+            dim, gid = self._index(p)
+            values = per_index(p, dim)
+            keep = gid >= 0
+            total = total.index_add(0, gid[keep], values[keep])
+        return total
+
+    def _norms(self, params: Sequence[Tensor]) -> Tensor:
+        def squares(p: Tensor, dim: int) -> Tensor:
+            others = [d for d in range(p.ndim) if d != dim]
+            return p.to(torch.float64).square().sum(dim=others) if others else (
+                p.to(torch.float64).square())
+
+        sums = self._group_sums(params, squares)
+        positive = sums > 0  # √ with gradient 0, not NaN, at an exactly-zero group
+        return torch.where(positive, torch.where(positive, sums, 1.0).sqrt(), 0.0)
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        if not params:
+            return torch.zeros((), dtype=torch.float64)
+        norms = self._norms(params)
+        return self.lam * (self._layout.coefficients.to(norms.device) * norms).sum()
+
+    def _factors(self, params: Sequence[Tensor], per_group: Tensor,
+                 fill: float) -> list[Tensor]:
+        """``per_group`` (length G, float64) as one broadcastable factor per parameter, ``fill``
+        where an index belongs to no group."""
+        out = []
+        padded = torch.cat([per_group, per_group.new_full((1,), fill)])
+        for p in params:
+            dim, gid = self._index(p)
+            factor = padded[torch.where(gid >= 0, gid, len(per_group))].to(p.dtype)
+            out.append(self._per_index(p, dim, factor))
+        return out
+
+    def add_grad_(self, params, grads, *, value=False, scratch: Scratch | None = None):
+        if not params:
+            return torch.zeros((), dtype=torch.float64) if value else None
+        with torch.no_grad():
+            norms = self._norms(params)
+        coefficients = self._layout.coefficients.to(norms.device)
+        floor = torch.finfo(torch.float64).tiny ** 0.5
+        per_group = self.lam * coefficients / norms.clamp_min(floor)
+        for p, grad, factor in zip(params, grads, self._factors(params, per_group, 0.0)):
+            grad.addcmul_(p, factor)
+        return self.lam * (coefficients * norms).sum() if value else None
+
+    def prox_(self, params, steps, *, scratch: Scratch | None = None):
+        if not params:
+            return
+        with torch.no_grad():
+            norms = self._norms(params)
+
+            def step_sums(p: Tensor, dim: int, step) -> Tensor:
+                others = [d for d in range(p.ndim) if d != dim]
+                per = p.numel() // p.shape[dim] if p.ndim else 1
+                if isinstance(step, Tensor):
+                    expanded = step.to(torch.float64).expand_as(p)
+                    return expanded.sum(dim=others) if others else expanded.clone()
+                return torch.full((p.shape[dim],), float(step) * per, dtype=torch.float64,
+                                  device=p.device)
+
+            step_of = {id(p): s for p, s in zip(params, steps)}
+            totals = self._group_sums(params, lambda p, d: step_sums(p, d, step_of[id(p)]))
+            counts = self._group_sums(params, lambda p, d: torch.full(
+                (p.shape[d],), float(p.numel() // p.shape[d]), dtype=torch.float64,
+                device=p.device))
+            mean_steps = torch.where(counts > 0, totals / counts.clamp_min(1.0), 0.0)
+            coefficients = self._layout.coefficients.to(norms.device)
+            floor = torch.finfo(torch.float64).tiny ** 0.5
+            shrink = (1.0 - mean_steps * self.lam * coefficients / norms.clamp_min(floor))
+            for p, factor in zip(params, self._factors(params, shrink.clamp_min(0.0), 1.0)):
+                p.mul_(factor)
+
+
+class ChannelSparsity:
+    """Raises a :class:`ChannelLasso`'s λ until a target fraction of its groups is exactly zero.
+
+    Call :meth:`step` once per epoch (or every few proximal steps). While the fraction of groups
+    whose penalized slices are all exactly zero is below ``target``, every ``patience`` calls λ is
+    multiplied by ``factor`` (up to ``max_lam``); once the target is reached λ is held and
+    :attr:`reached_` is true (it stays true; λ is never lowered, so channels zeroed so far stay
+    under the same pressure). The fraction counts groups, not elements.
+
+    Args:
+        penalty: the penalty whose ``lam`` is raised (must start above 0).
+        target: the fraction of groups to zero, in (0, 1].
+        factor: multiplier of λ per raise (> 1).
+        patience: calls below the target between two raises (≥ 1).
+        max_lam: λ is never raised above this (``None``: no bound).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+        >>> penalty = ChannelLasso(0.1, channel_groups(model, torch.randn(3, 2)))
+        >>> controller = ChannelSparsity(penalty, target=0.5, factor=2.0)
+        >>> controller.step(), penalty.lam  # nothing is zero yet: λ doubles
+        (0.0, 0.2)
+    """
+
+    def __init__(self, penalty: ChannelLasso, target: float, *, factor: float = 2.0,
+                 patience: int = 1, max_lam: float | None = None) -> None:
+        if not isinstance(penalty, ChannelLasso):
+            raise TypeError(f"Invalid penalty: {penalty!r} (expected a ChannelLasso)")
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"Invalid target value: {target} (expected 0 < target <= 1)")
+        if not factor > 1.0:
+            raise ValueError(f"Invalid factor value: {factor} (expected > 1)")
+        if not (isinstance(patience, int) and patience >= 1):
+            raise ValueError(f"Invalid patience value: {patience!r} (expected an int >= 1)")
+        if not penalty.lam > 0:
+            raise ValueError(f"Invalid penalty strength: {penalty.lam} (ChannelSparsity "
+                             f"multiplies it; start above 0)")
+        self.penalty = penalty
+        self.target = target
+        self.factor = factor
+        self.patience = patience
+        self.max_lam = max_lam
+        self.reached_ = False
+        self._waited = 0
+
+    def step(self) -> float:
+        """Measure the zero fraction, raise λ if it is below the target; return the fraction."""
+        fraction = self.penalty.groups.zero_fraction(self.penalty.roles)
+        if fraction >= self.target:
+            self.reached_ = True
+        if not self.reached_:
+            self._waited += 1
+            if self._waited >= self.patience:
+                self._waited = 0
+                lam = self.penalty.lam * self.factor
+                self.penalty.lam = lam if self.max_lam is None else min(lam, self.max_lam)
+        return fraction
