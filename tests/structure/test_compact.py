@@ -11,7 +11,9 @@ continued training with the removed slices re-zeroed after every step).
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
+import weakref
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from structure_models import ResNet, mlp
 from torch import nn
 
 from regtorch import (
+    ChannelGroups,
     ChannelLasso,
     Proximal,
     Regularizer,
@@ -265,6 +268,15 @@ def test_training_continues_as_on_the_original_with_zero_groups_held(architectur
     assert not any(id(t) in old_ids or id(p) in old_ids
                    for p, state in carried.state.items() for t in state.values())
 
+    old_param = weakref.ref(next(model.parameters()))
+    reference = copy.deepcopy((model, optimizer))  # one memo: the copy optimizes the copy
+    groups = ChannelGroups(groups.groups, groups.left_out)  # the structure, not the tensors
+    # The compact model, its record and the carried optimizer hold no tensor of the original.
+    model, optimizer = None, None
+    gc.collect()
+    assert old_param() is None
+    model, optimizer = reference
+
     for _ in range(4):
         for net, opt in ((model, optimizer), (small, carried)):
             opt.zero_grad()
@@ -288,7 +300,40 @@ def test_training_continues_as_on_the_original_with_zero_groups_held(architectur
         torch.testing.assert_close(small.get_buffer(name), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_carry_optimizer_needs_a_compact_model():
+def test_carry_optimizer_needs_a_compact_model_and_a_plain_optimizer():
     model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"not returned by regtorch\.compact"):
-        carry_optimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, model)
+        carry_optimizer(optimizer, model, model)
+    small = compact(model, torch.randn(4, 6))
+    groups = channel_groups(model, torch.randn(4, 6))
+    prox = Proximal(optimizer, Regularizer(model, {groups.selector: ChannelLasso(0.1, groups)}))
+    with pytest.raises(TypeError, match=r"prox\.optimizer"):
+        carry_optimizer(prox, model, small)
+
+
+def test_a_wrong_compaction_raises_naming_the_first_differing_node(monkeypatch):
+    """If the analysis wrongly took torch.roll over the channels for a channel-wise op, the
+    check must catch it at that node."""
+    from regtorch.structure import graph
+
+    class Rolled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(2, 4, 1)
+            self.conv2 = nn.Conv2d(4, 3, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.conv1(x))
+            return self.conv2(y * torch.roll(y, 1, 1)).mean((2, 3))  # zeros stay zero
+
+    torch.manual_seed(0)
+    model = Rolled().double()
+    with torch.no_grad():
+        model.conv1.weight[1:3] = 0
+        model.conv1.bias[1:3] = 0
+    x = torch.randn(2, 2, 4, 4, dtype=F64)
+    assert compaction_of(compact(model, x)).removed == []  # roll is not known: nothing removed
+    monkeypatch.setattr(graph, "_UNARY_FUNCTIONS", graph._UNARY_FUNCTIONS | {torch.roll})
+    with pytest.raises(ValueError, match="first differing node: 'roll'"):
+        compact(model, x)

@@ -69,7 +69,9 @@ class Compaction:
     """What :func:`compact` did (:func:`compaction_of` returns it for a compact model).
 
     Attributes:
-        groups: the channel groups of the original model.
+        groups: the channel groups of the original model (their structure only: the record holds
+            no tensor of the original, so ``groups.tensor()`` and ``zero_groups()`` do not work
+            on it).
         removed: indices of the removed groups.
         kept: ``(group index, reason)`` of exactly-zero groups that were kept.
         folded: one line per fold (``"group 3: 0.25 into fc2.bias"``).
@@ -138,7 +140,8 @@ class _Plan:
             if node.op == "call_module":
                 self.calls[str(node.target)].append(node)
         self.deltas: dict[str, Tensor] = {}
-        self.record = Compaction(groups)
+        # The record outlives the cut: its groups keep the structure, not the old tensors.
+        self.record = Compaction(ChannelGroups(groups.groups, groups.left_out))
 
     def consumers(self, index: int) -> Iterator[tuple[fx.Node, nn.Module, list[int]]]:
         """(call node, module, input positions) of every consumer of group ``index``."""
@@ -270,11 +273,11 @@ def _build(model: nn.Module, plan: _Plan, removed: set[int]) -> nn.Module:
             else:
                 module.bias.add_(delta)
         touched = set()
+        tensors = dict(new.named_parameters())
+        tensors.update(new.named_buffers())
         for name, per_dim in removals.items():
-            tensor = new.get_parameter(name) if name in dict(new.named_parameters()) else (
-                new.get_buffer(name))
             kept_per_dim = {}
-            value = tensor.detach()
+            value = tensors[name].detach()
             for dim, drop in sorted(per_dim.items()):
                 keep = torch.tensor([i for i in range(value.shape[dim]) if i not in drop],
                                     dtype=torch.long, device=value.device)
@@ -411,6 +414,11 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module,
         ValueError: ``compact_model`` does not come from :func:`compact`, an optimized tensor is not
             a parameter of ``model``, or a state tensor has a shape the carry does not know.
     """
+    if hasattr(optimizer, "regularizer") and isinstance(getattr(optimizer, "optimizer", None),
+                                                        torch.optim.Optimizer):
+        raise TypeError("carry_optimizer: pass the optimizer inside the Proximal "
+                        "(prox.optimizer) and wrap the result in a new Proximal over the compact "
+                        "model's groups")
     record_ = compaction_of(compact_model)
     names = {id(p): n for n, p in model.named_parameters()}
     new_params = dict(compact_model.named_parameters())

@@ -124,7 +124,6 @@ class ChannelGroups:
     left_out: list[tuple[str, str]]
     _tensors: dict[str, Tensor] = field(repr=False, default_factory=dict)
     _node_groups: dict[str, tuple[int, list[int]]] = field(repr=False, default_factory=dict)
-    _graph: fx.GraphModule | None = field(repr=False, default=None)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -798,4 +797,4 @@ def _analyse(model: nn.Module, gm: fx.GraphModule, values: dict[str, Any]) -> Ch
             node_groups[name] = (info.axis, [group_of.get(uf.find(v), -1) for v in info.vars])
     left_out = [(f"{count} channel{'s' if count > 1 else ''} of {what}", reason)
                 for (what, reason), count in left.items()]
-    return ChannelGroups(groups, left_out, tensors, node_groups, gm)
+    return ChannelGroups(groups, left_out, tensors, node_groups)
