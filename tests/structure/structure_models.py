@@ -168,3 +168,22 @@ class Conv1dNet(nn.Module):
     def forward(self, x):
         y = torch.relu(self.conv2(torch.relu(self.bn(self.conv(x)))))
         return self.fc(y.flatten(1))
+
+
+class SqueezeExcite(nn.Module):
+    """conv → BN → ReLU, gated per channel by a squeeze-and-excitation branch, → head."""
+
+    def __init__(self, c: int = 6, r: int = 3, unsqueeze: bool = False) -> None:
+        super().__init__()
+        self.unsqueeze = unsqueeze
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.fc1 = nn.Linear(c, r)
+        self.fc2 = nn.Linear(r, c)
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3))))))
+        s = s.unsqueeze(-1).unsqueeze(-1) if self.unsqueeze else s[:, :, None, None]
+        return self.head((y * s).mean((2, 3)))

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from structure_models import Conv1dNet, DenseStyle, MobileStyle, TokenMLP, TorchvisionStyle
+from structure_models import (
+    Conv1dNet,
+    DenseStyle,
+    MobileStyle,
+    SqueezeExcite,
+    TokenMLP,
+    TorchvisionStyle,
+)
 
 from regtorch import channel_groups, compact, compaction_of
 from regtorch.structure import FLOAT64_TOLERANCE
@@ -28,10 +35,14 @@ ARCHITECTURES = {
     "densenet": (DenseStyle, images),
     "token-mlp": (TokenMLP, lambda n=4: torch.randint(0, 11, (n, 5))),
     "conv1d": (Conv1dNet, lambda n=4: torch.randn(n, 2, 8, dtype=F64)),
+    "squeeze-excite-index": (SqueezeExcite, images),
+    "squeeze-excite-unsqueeze": (lambda: SqueezeExcite(unsqueeze=True), images),
 }
 # Groups every architecture must have (the rest are left out with a reason).
 EXPECTED_GROUPS = {"torchvision-resnet": 6 + 2 * 6, "mobilenet-v2": 4 + 2 * 12,
-                   "densenet": 3 + 3 * 4, "token-mlp": 2 * 10, "conv1d": 5 + 4}
+                   "densenet": 3 + 3 * 4, "token-mlp": 2 * 10, "conv1d": 5 + 4,
+                   # the gate couples fc2's rows with the conv's channels; fc1's rows stand alone
+                   "squeeze-excite-index": 6 + 3, "squeeze-excite-unsqueeze": 6 + 3}
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
@@ -80,3 +91,20 @@ def test_layer_norm_streams_are_left_out_naming_the_node():
     groups = channel_groups(TokenMLP(), torch.randint(0, 11, (2, 5)))
     reasons = [reason for what, reason in groups.left_out if "embed.weight" in what]
     assert reasons == ["node 'norms_0' (LayerNorm) normalizes across the channels"]
+
+
+def test_tied_parameters_are_left_out():
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(4, 4)
+            self.b = torch.nn.Linear(4, 4)
+            self.b.weight = self.a.weight
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    groups = channel_groups(Tied(), torch.randn(2, 4))
+    assert len(groups) == 0
+    assert any("a.weight is tied to b.weight" in reason for _, reason in groups.left_out)

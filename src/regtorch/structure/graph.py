@@ -11,7 +11,7 @@ together. Concatenation along the channel axis offsets channels.
 
 The analysis follows the tensors of a :func:`torch.fx.symbolic_trace` of the model through a table
 of operations it knows act channel-wise; each tensor's channel axis is tracked through
-``transpose``/``permute``/indexing/reductions. Whatever it cannot prove removable is left out with a
+``transpose``/``permute``/``unsqueeze``/indexing/reductions. Whatever it cannot prove removable is left out with a
 one-line reason naming the node: channels that reach the model output, that meet an operation the
 analysis does not know (``matmul``, ``chunk``/``split``, a reshape other than a flatten, an in-place
 indexed write, a custom function), that a ``LayerNorm``/``GroupNorm``/``softmax`` mixes, that come
@@ -486,6 +486,8 @@ class _Analysis:
             self.transpose(node, x)
         elif target in (torch.permute, "permute"):
             self.permute(node, x)
+        elif target in (torch.unsqueeze, "unsqueeze", torch.squeeze, "squeeze"):
+            self.squeeze(node, x)
         elif target in _SOFTMAX:
             dim = _arg(node, 1, "dim", None)
             ndim = len(self.shape(args[0]))
@@ -589,6 +591,23 @@ class _Analysis:
         d0, d1 = _arg(node, 1, "dim0", 0) % ndim, _arg(node, 2, "dim1", 1) % ndim
         axis = d1 if x.axis == d0 else d0 if x.axis == d1 else x.axis
         self.copy_of(node, x, axis)
+
+    def squeeze(self, node: fx.Node, x: _Info | None) -> None:
+        """``unsqueeze(dim)`` / ``squeeze(dim)``: the channel axis moves past the singleton."""
+        if x is None:
+            self.info[node.name] = None
+            return
+        dim = _arg(node, 1, "dim", None)
+        in_ndim, out_ndim = len(self.shape(node.args[0])), len(self.shape(node))
+        if not isinstance(dim, int):  # squeeze() of every singleton, or several dims at once
+            self.refuse(node, f"node '{node.name}' ({_describe(node)}) without one int dim")
+            return
+        if out_ndim > in_ndim:
+            self.copy_of(node, x, x.axis + (dim % out_ndim <= x.axis))
+        elif out_ndim < in_ndim:
+            self.copy_of(node, x, x.axis - (dim % in_ndim < x.axis))
+        else:
+            self.copy_of(node, x)
 
     def permute(self, node: fx.Node, x: _Info | None) -> None:
         if x is None:
