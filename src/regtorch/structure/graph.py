@@ -11,12 +11,13 @@ together. Concatenation along the channel axis offsets channels.
 
 The analysis follows the tensors of a :func:`torch.fx.symbolic_trace` of the model through a table
 of operations it knows act channel-wise; each tensor's channel axis is tracked through
-``transpose``/``permute``/``unsqueeze``/indexing/reductions. Whatever it cannot prove removable is left out with a
-one-line reason naming the node: channels that reach the model output, that meet an operation the
-analysis does not know (``matmul``, ``chunk``/``split``, a reshape other than a flatten, an in-place
-indexed write, a custom function), that a ``LayerNorm``/``GroupNorm``/``softmax`` mixes, that come
-from a grouped convolution, an ``nn.MultiheadAttention`` (its ``embed_dim`` couples query, heads and
-output), a parameter used directly in the forward, or a tied parameter.
+``transpose``/``permute``/``unsqueeze``/indexing/reductions. Whatever it cannot prove removable is
+left out with a one-line reason naming the node: channels that reach the model output, that meet an
+operation the analysis does not know (``matmul``, ``chunk``/``split``, a reshape other than a
+flatten, an in-place indexed write, a custom function), that a
+``LayerNorm``/``GroupNorm``/``softmax`` mixes, that come from a grouped convolution, an
+``nn.MultiheadAttention`` (its ``embed_dim`` couples query, heads and output), a parameter used
+directly in the forward, or a tied parameter.
 
 Roles of the slices of a group (see :class:`Slice`):
 
