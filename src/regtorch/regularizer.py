@@ -16,6 +16,11 @@ Selection happens once, at construction (see :mod:`regtorch.selection`). A param
 (``requires_grad=False``) is no longer penalized in any mode: it is left out of the value, gets no
 gradient and no proximal step.
 
+DTensor parameters (FSDP2 ``fully_shard``, tensor parallel; build the Regularizer *after*
+sharding, like the optimizer) work in all three modes: values are global on every rank, computed
+from the local shards with one all-reduce of partial sums per call; gradients and proximal steps
+act on the local shards with global group norms (see ``docs/distributed.md``).
+
 With mixed precision (``torch.amp.GradScaler``) the gradients are scaled until ``unscale_``: call
 ``scaler.unscale_(optimizer)`` first, then ``reg.add_grad_()``, then ``scaler.step(optimizer)``.
 """
@@ -30,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from regtorch import _distributed
 from regtorch._strength import Strength
 from regtorch._table import Row, binding_summary, binding_table
 from regtorch.penalties import Penalty, Scratch
@@ -49,6 +55,11 @@ class _Group:
     names: list[str]
     params: list[Tensor]
     scratch: Scratch = field(default_factory=Scratch)
+    sharded: bool = False
+
+    def __post_init__(self) -> None:
+        # DTensor parameters (FSDP2, tensor parallel) go through regtorch._distributed.
+        self.sharded = _distributed.uses_dtensors(self.params)
 
     def trainable(self) -> list[Tensor]:
         return [p for p in self.params if p.requires_grad]
@@ -121,7 +132,16 @@ class Regularizer:
         return value.to(_loss_dtype(self._groups))
 
     def _value(self) -> Tensor:
-        return _sum([g.penalty.value(g.trainable()) for g in self._groups])
+        return _sum(self._values())
+
+    def _values(self) -> list[Tensor]:
+        """R per rule; the rules on DTensor parameters share one collective per round."""
+        sharded = [g for g in self._groups if g.sharded]
+        if not sharded:
+            return [g.penalty.value(g.trainable()) for g in self._groups]
+        reduced = iter(_distributed.value([(g.penalty, g.trainable()) for g in sharded]))
+        return [next(reduced) if g.sharded else g.penalty.value(g.trainable())
+                for g in self._groups]
 
     @torch.no_grad()
     def add_grad_(self, *, value: bool = False) -> Tensor | None:
@@ -134,9 +154,11 @@ class Regularizer:
             value: also return R(w) (detached; costs an extra pass for L2 and L1).
 
         Returns:
-            R(w) as a detached 0-d float64 tensor when ``value`` is true, else ``None``.
+            R(w) as a detached 0-d float64 tensor when ``value`` is true, else ``None``. With
+            DTensor parameters the gradient is added to the local shards (group norms are
+            global) and R is the global value on every rank (one all-reduce for the call).
         """
-        values = []
+        values, sharded = [], []
         for group in self._groups:
             params, grads = [], []
             for p in group.params:
@@ -145,8 +167,13 @@ class Regularizer:
                         p.grad = torch.zeros_like(p)
                     params.append(p)
                     grads.append(p.grad)
-            values.append(group.penalty.add_grad_(params, grads, value=value,
-                                                  scratch=group.scratch))
+            if group.sharded:
+                sharded.append((group.penalty, params, grads))
+            else:
+                values.append(group.penalty.add_grad_(params, grads, value=value,
+                                                      scratch=group.scratch))
+        if sharded:
+            values.extend(_distributed.add_grad_(sharded, value) or ())
         return _sum(values) if value else None
 
     @torch.no_grad()
@@ -158,19 +185,27 @@ class Regularizer:
                 per parameter of :meth:`parameters` (in that order), each a float or a tensor
                 broadcastable to the parameter (element-wise steps, e.g. Adam's ``lr/(√v̂+ε)``).
 
+        With DTensor parameters each rank steps its local shards (a step tensor may be a
+        DTensor of the parameter's placements); a group lasso whose groups span shards uses the
+        global group norms (one all-reduce for the call).
+
         Raises:
             TypeError: a penalty has no proximal step (e.g. :class:`~regtorch.Orthogonal`).
             ValueError: ``step`` is negative or has the wrong length.
         """
         steps = self._steps(step)
-        start = 0
+        start, sharded = 0, []
         for group in self._groups:
             mine = steps[start:start + len(group.params)]
             start += len(group.params)
             kept = [(p, s) for p, s in zip(group.params, mine) if p.requires_grad]
-            if kept:
+            if group.sharded:
+                sharded.append((group.penalty, [p for p, _ in kept], [s for _, s in kept]))
+            elif kept:
                 group.penalty.prox_([p for p, _ in kept], [s for _, s in kept],
                                     scratch=group.scratch)
+        if sharded:
+            _distributed.prox_(sharded)
 
     def _steps(self, step: Any) -> list:
         count = sum(len(g.params) for g in self._groups)
@@ -192,13 +227,15 @@ class Regularizer:
     @torch.no_grad()
     def value(self) -> Tensor:
         """R(w), detached, as a 0-d float64 tensor (reduced in chunks and added in float64:
-        accurate on large float32 models)."""
+        accurate on large float32 models). With DTensor parameters: the global value, the same
+        on every rank, from one all-reduce of the local partial sums."""
         return self._value()
 
     @torch.no_grad()
     def breakdown(self) -> dict[str, Tensor]:
-        """R(w) per rule, detached (0-d float64 tensors), keyed by the rule's selector."""
-        return {g.label: g.penalty.value(g.trainable()) for g in self._groups}
+        """R(w) per rule, detached (0-d float64 tensors), keyed by the rule's selector (global
+        values with DTensor parameters: one all-reduce for every rule together)."""
+        return {g.label: v for g, v in zip(self._groups, self._values())}
 
     def named_parameters(self) -> Iterator[tuple[str, Tensor]]:
         """(name, tensor) of every penalized parameter, once each, in rule order."""
