@@ -193,11 +193,14 @@ class Unsupported(nn.Module):
             y = (y.permute(0, 2, 3, 1) @ self.weight).permute(0, 3, 1, 2)
         elif self.op == "inplace-index":  # an in-place write on one channel
             y[:, 1].mul_(2.0)
+        elif self.op == "pool-indices":  # a tuple holding the channels
+            y = F.max_pool2d(y, 1, return_indices=True)[0]
         return self.head(self.conv2(y).mean((2, 3)))
 
 
 NODES = {"cumsum": "cumsum", "view": "view", "chunk": "chunk", "matmul": "matmul",
-         "inplace-index": "getitem"}
+         "inplace-index": "getitem",
+         "pool-indices": "max_pool2d"}
 
 
 @pytest.mark.parametrize("op", list(NODES))

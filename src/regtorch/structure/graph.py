@@ -530,7 +530,9 @@ class _Analysis:
                           f"tensor whose channels do not line up with them")
 
     def pool(self, node: fx.Node, x: _Info | None) -> None:
-        if x is not None and x.axis != 1:
+        if x is not None and not self.is_tensor(node):  # return_indices=True: a tuple
+            self.refuse(node, f"node '{node.name}' ({_describe(node)}) returns indices")
+        elif x is not None and x.axis != 1:
             self.refuse(node, f"node '{node.name}' ({_describe(node)}) pools over the dim that "
                               f"holds the channels")
         else:
@@ -656,8 +658,11 @@ class _Analysis:
         base, index = node.args[0], node.args[1]
         info = self.info.get(base.name) if isinstance(base, fx.Node) else None
         if not self.is_tensor(base):
-            self.info[node.name] = (info[index] if isinstance(info, tuple)
-                                    and isinstance(index, int) else None)
+            if isinstance(info, _Info):  # a tensor's channels inside a tuple: not followed
+                self.refuse(node, f"node '{node.name}' takes an item of a tuple holding channels")
+            else:
+                self.info[node.name] = (info[index] if isinstance(info, tuple)
+                                        and isinstance(index, int) else None)
             return
         if info is None:
             self.info[node.name] = None
