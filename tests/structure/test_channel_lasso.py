@@ -233,3 +233,17 @@ def test_sparsity_controller_raises_lambda_until_the_target_is_reached():
     held = penalty.lam
     controller.step()
     assert penalty.lam == held  # held once reached
+
+
+def test_loss_term_and_fused_gradient_give_the_same_gradients():
+    model, x, groups = setup()
+    reg = Regularizer(model, {groups.selector: ChannelLasso(0.07, groups)})
+    y = torch.tensor([0, 2])
+    model.zero_grad()
+    (F.cross_entropy(model(x), y) + reg()).backward()
+    by_loss = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    reg.add_grad_()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, by_loss[name], rtol=RTOL, atol=1e-15)

@@ -337,3 +337,7 @@ def test_a_wrong_compaction_raises_naming_the_first_differing_node(monkeypatch):
     monkeypatch.setattr(graph, "_UNARY_FUNCTIONS", graph._UNARY_FUNCTIONS | {torch.roll})
     with pytest.raises(ValueError, match="first differing node: 'roll'"):
         compact(model, x)
+    with pytest.raises(ValueError, match="first differing node: 'roll'"):
+        compact(model, x, tolerance=1e-3)  # the difference is O(1), not rounding
+    with pytest.raises(ValueError, match="Invalid tolerance"):
+        compact(model, x, tolerance=-1.0)

@@ -330,7 +330,8 @@ def _first_difference(plan: _Plan, new: nn.Module, example_inputs: Any, removed:
     return "output"
 
 
-def compact(model: nn.Module, example_inputs: Any) -> nn.Module:
+def compact(model: nn.Module, example_inputs: Any, *,
+            tolerance: float | None = None) -> nn.Module:
     """A new, smaller model without the exactly-zero coupled channel groups (module docstring).
 
     The original is not changed. The result is a deep copy of ``model`` (same class, same
@@ -344,6 +345,7 @@ def compact(model: nn.Module, example_inputs: Any) -> nn.Module:
         model: the trained model.
         example_inputs: a tensor or a tuple of positional inputs (the batch should be
             representative: the check runs on it).
+        tolerance: ``rtol = atol`` of the check (``None``: by the parameters' dtype, as above).
 
     Returns:
         The compact model.
@@ -373,7 +375,10 @@ def compact(model: nn.Module, example_inputs: Any) -> nn.Module:
     plan = _Plan(model, gm, values, groups)
     removed = plan.decide()
     new = _build(model, plan, removed)
-    tolerance = _tolerance(model)
+    if tolerance is None:
+        tolerance = _tolerance(model)
+    elif not tolerance >= 0:
+        raise ValueError(f"Invalid tolerance value: {tolerance} (must be >= 0)")
     expected = _outputs(_run_eval(reference, example_inputs))
     got = _outputs(_run_eval(new, example_inputs))
     worst = 0.0
