@@ -70,9 +70,9 @@ from bench_penalty import parse_choices, set_up
 from torch import Tensor, nn
 
 from regtorch.lab import Study, run_study
-from regtorch.lab.data import Datasets, make_data
-from regtorch.lab.models import build_model
-from regtorch.lab.presets import preset, preset_names
+from regtorch.lab.study.data import Datasets, make_data
+from regtorch.lab.study.models import build_model
+from regtorch.lab.study.presets import preset, preset_names
 
 MEMBERS = 16
 DEMO_SEEDS = 5
@@ -237,8 +237,8 @@ def _loss_gap(plain: dict[str, Any], group: dict[str, Any]) -> float:
 # --------------------------------------------------------------------------------------------
 
 _FALLBACK = """\
-from regtorch.lab.engine import run_study
-from regtorch.lab.presets import preset, preset_names
+from regtorch.lab.train.engine import run_study
+from regtorch.lab.study.presets import preset, preset_names
 for name in preset_names():
     run_study(preset(name).with_overrides(seeds={seeds}))
 """

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 import regtorch
 from regtorch import L1, L2, ElasticNet, GroupLasso, Regularizer
-from regtorch.lab._memory import keep_freed_memory
+from regtorch.lab.cli._process import keep_freed_memory
 
 SEED = 0
 LAM = 1e-4  # L2 / weight_decay / blog / group-lasso strength (the value does not change the cost)

@@ -4,7 +4,7 @@ The issue's target: a sweep over a given grid of 16 strengths with 3 seeds costs
 3-seed run of one variant.
 
 * **sweep**: what ``regtorch sweep mlp-synthetic --penalty l2 --lambdas 0.001:0.1:16 --seeds 3``
-  trains and computes: :func:`regtorch.lab.sweep.path_study` (16 λ × 3 seeds plus the λ = 0
+  trains and computes: :func:`regtorch.lab.analysis.sweep.path_study` (16 λ × 3 seeds plus the λ = 0
   reference × 3 seeds: 51 members in one vectorized group) through ``run_study``, then
   ``summarize_sweep``. Files and the report are left out on both sides (they do not depend on
   the training work: a few hundred ms of matplotlib).
@@ -41,9 +41,9 @@ from collections.abc import Callable
 from bench_penalty import set_up
 
 from regtorch.lab import run_study
-from regtorch.lab.presets import preset
-from regtorch.lab.summary import summarize
-from regtorch.lab.sweep import SweepSpec, parse_lambdas, path_study, summarize_sweep
+from regtorch.lab.analysis.summary import summarize
+from regtorch.lab.analysis.sweep import SweepSpec, parse_lambdas, path_study, summarize_sweep
+from regtorch.lab.study.presets import preset
 
 STUDY = "mlp-synthetic"
 GRID = "0.001:0.1:16"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from regtorch.lab.cli import main
-from regtorch.lab.report import regenerate
+from regtorch.lab.present.report import regenerate
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless and quiet: this machine has no internet, and without these flags Chromium tries to

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 import regtorch
-from regtorch.lab import engine, output, presets
-from regtorch.lab.cli import main
-from regtorch.lab.engine import run_study
-from regtorch.lab.output import atomic_writer, write_json, write_jsonl
-from regtorch.lab.presets import PRESETS, preset
-from regtorch.lab.study import parse_study
-from regtorch.lab.summary import summarize
+from regtorch.lab.analysis.summary import summarize
+from regtorch.lab.atomic import atomic_writer, write_json, write_jsonl
+from regtorch.lab.cli import main, parallel, workflow
+from regtorch.lab.present import rundir
+from regtorch.lab.study import parse_study, presets
+from regtorch.lab.study.presets import PRESETS, preset
+from regtorch.lab.train.engine import run_study
 
 # The six presets the issue names, in `regtorch list` order.
 PRESET_NAMES = ["d2l-highdim", "mlp-synthetic", "digits", "linear-1d", "lr-decay",
@@ -218,7 +218,7 @@ def test_interrupt_exits_130_and_writes_no_results(tmp_path, capsys, monkeypatch
     def interrupted(study, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "run_study", interrupted)
+    monkeypatch.setattr(workflow, "run_study", interrupted)
     assert main(["run", "linear-1d", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "regtorch: interrupted\n"
     # only the configuration, written before training so that a rerun can continue the run
@@ -229,7 +229,7 @@ def test_a_bug_raises(tmp_path, monkeypatch):
     def broken(study, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(engine, "run_study", broken)
+    monkeypatch.setattr(workflow, "run_study", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["run", "linear-1d", "--out", str(tmp_path)])
 
@@ -238,7 +238,7 @@ def test_results_that_cannot_be_written_exit_1(tmp_path, capsys, monkeypatch):
     def disk_full(path, rows):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(output, "write_jsonl", disk_full)
+    monkeypatch.setattr(rundir, "write_jsonl", disk_full)
     assert main(["run", "linear-1d", "--seeds", "1", "--epochs", "1", "--out",
                  str(tmp_path)]) == 1
     err = capsys.readouterr().err
@@ -389,8 +389,6 @@ def test_demo_in_processes_equals_demo_in_this_process(tmp_path, capsys, monkeyp
 def test_demo_workers_with_several_threads_are_spawned(tmp_path, capsys, monkeypatch):
     """With CPUs to spare, each worker gets several torch threads and is spawned (a forked child
     must not use its parent's OpenMP pool); the results are those of the in-process run."""
-    import regtorch.lab.cli as cli
-
     tiny = {name: {"name": name,
                    "data": {"kind": "linear", "features": 2, "train": 8, "val": 8, "test": 8},
                    "train": {"epochs": 2, "dtype": "float64"},
@@ -406,7 +404,7 @@ def test_demo_workers_with_several_threads_are_spawned(tmp_path, capsys, monkeyp
         return original(method)
 
     monkeypatch.setattr(multiprocessing, "get_context", record)
-    monkeypatch.setattr(cli, "available_cpus", lambda: 4)
+    monkeypatch.setattr(parallel, "available_cpus", lambda: 4)
     assert main(["demo", "--jobs", "2", "--seeds", "2", "--out", str(tmp_path / "p")]) == 0
     assert methods == ["spawn"]
     assert main(["demo", "--jobs", "1", "--seeds", "2", "--out", str(tmp_path / "s")]) == 0
@@ -517,7 +515,7 @@ def test_report_redraws_from_the_files(tmp_path, capsys):
     report.unlink()
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "run_study", None)  # any training would fail
+        patch.setattr(workflow, "run_study", None)  # any training would fail
         assert main(["report", str(tmp_path)]) == 0
     assert capsys.readouterr().out.split() == ["wrote", str(report), "wrote",
                                                str(tmp_path / "index.html")]

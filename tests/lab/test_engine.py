@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regtorch.lab.data import make_data
-from regtorch.lab.engine import members_of, run_study
-from regtorch.lab.models import build_model
 from regtorch.lab.study import Study, Variant, parse_study
+from regtorch.lab.study.data import make_data
+from regtorch.lab.study.models import build_model
+from regtorch.lab.train import members_of, run_study
 
 # float64: a stacked member and its plain run differ only by the rounding order of a few
 # reductions (batched vs single matmul, fused vs for-loop optimizer kernels, ∇R added to .grad

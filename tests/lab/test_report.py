@@ -17,13 +17,18 @@ import numpy as np
 import pytest
 from matplotlib.collections import PolyCollection
 
-from regtorch.lab import output, plots, report
+from regtorch.lab import atomic as output
+from regtorch.lab.atomic import write_bytes
 from regtorch.lab.cli import main
-from regtorch.lab.output import write_bytes
-from regtorch.lab.plots import LOG_BAND_FLOOR, figure_names, path_figures, png_bytes, study_figures
-from regtorch.lab.report import ReportError, regenerate, write_index, write_report
-from regtorch.lab.summary import table_rows
-from regtorch.lab.sweep import path_rows
+from regtorch.lab.present.plots import (
+    LOG_BAND_FLOOR,
+    figure_names,
+    path_figures,
+    png_bytes,
+    study_figures,
+)
+from regtorch.lab.present.report import ReportError, regenerate, write_index, write_report
+from regtorch.lab.present.tables import path_rows, table_rows
 
 RTOL = 1e-12  # the figure holds the same float64 means, up to summation order
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -547,10 +552,3 @@ def test_write_bytes_is_atomic(tmp_path):
         write_bytes(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no temporary file left
-
-
-@pytest.mark.parametrize("module", [plots, report, output], ids=lambda m: m.__name__)
-def test_public_names_import(module):
-    assert module.__all__ == sorted(module.__all__)
-    for name in module.__all__:
-        assert getattr(module, name) is not None

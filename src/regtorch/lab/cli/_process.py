@@ -1,15 +1,18 @@
-"""Process-level memory tuning for the lab's command and the benchmarks (private).
+"""What the lab's command and the benchmarks tune in the process they own (private): how freed
+memory is kept, and how many CPUs there are.
 
 Not part of the library: a library must not change how its host process allocates memory; the
-``regtorch`` command and the benchmarks own their process and may.
+``regtorch`` command and the benchmarks own their process and may. Standard library only: the
+command reads the CPU count for its ``--help`` before anything heavy is imported.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["available_cpus", "keep_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
 
@@ -29,3 +32,11 @@ def keep_freed_memory() -> bool:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum on 64-bit
                 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regtorch.lab.study import ModelSpec
+from regtorch.lab.study.spec import ModelSpec
 
 __all__ = ["build_model"]
 

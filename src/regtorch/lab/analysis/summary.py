@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from regtorch.lab.engine import StudyResult
-from regtorch.lab.study import Study, Variant
+from regtorch.lab.schema import ACC_KEYS, LOSS_KEYS, STAT_KEYS
+from regtorch.lab.study.spec import Study, Variant
+from regtorch.lab.train.engine import StudyResult
 
-__all__ = ["final_stats", "mean_std_text", "summarize", "table_rows"]
+__all__ = ["final_stats", "summarize"]
 
 IMPROVEMENT_SES = 2.0      # a change counts when it exceeds two standard errors of the paired mean
 MIN_RELATIVE_CHANGE = 0.01  # ... and 1% of the baseline
@@ -37,7 +38,6 @@ NOT_CONVERGED_DROP = 0.05   # train loss still falling by more than 5% over the 
 OPTIMUM_TOLERANCE = 0.01    # linear models: ‖θ − θ*‖ ≤ 1% of ‖θ*‖ counts as converged
 SAME_RTOL = 1e-7            # "the same": float32 rounding (two runs that merely collapsed to
 #                             the same constant predictor agree only to ~1e-6)
-_LOSSES = ("train_loss", "val_loss", "test_loss")
 
 
 def summarize(result: StudyResult) -> dict[str, Any]:
@@ -84,12 +84,12 @@ def final_stats(rows: list[dict], study: Study) -> dict[str, Any]:
     did not diverge, the test/train ratio of the mean losses, and how many diverged."""
     alive = [r for r in rows if not r["diverged"]]
     out: dict[str, Any] = {}
-    for key in _LOSSES:
+    for key in LOSS_KEYS:
         out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
-    for key in ("penalty", "weight_norm", "sparsity", "lr"):
+    for key in STAT_KEYS:
         out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
     if study.classification:
-        for key in ("train_acc", "val_acc", "test_acc"):
+        for key in ACC_KEYS:
             out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
     train, test = out["train_loss"], out["test_loss"]
     out["test_train_ratio"] = (test / train if train and test is not None and train > 0
@@ -310,40 +310,10 @@ def _max_relative_difference(a: list[dict], b: list[dict]) -> float | None:
         other = theirs.get(row["seed"])
         if other is None:
             return None
-        for key in _LOSSES:
+        for key in LOSS_KEYS:
             x, y = row[key], other[key]
             if x is None or y is None:
                 return None
             worst = max(worst, abs(x - y) / max(abs(x), abs(y), 1e-300))
             pairs += 1
     return worst if pairs else None
-
-
-# -- the console table ---------------------------------------------------------------------------
-def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the comparison table (mean ± std over seeds, final epoch)."""
-    variants = summary["variants"]
-    accuracy = any("test_acc" in v for v in variants.values())
-    headers = ["variant", "λ", "train loss", "val loss", "test loss", "test/train"]
-    headers += ["test acc"] if accuracy else []
-    headers += ["‖w‖", "sparsity", "diverged"]
-    rows = []
-    for name, v in variants.items():
-        row = [name, "" if v.get("strength") is None else f"{v['strength']:g}"]
-        row += [mean_std_text(v[k], v[f"{k}_std"]) for k in _LOSSES]
-        row.append("" if v["test_train_ratio"] is None else f"{v['test_train_ratio']:.3g}")
-        if accuracy:
-            row.append(mean_std_text(v.get("test_acc"), v.get("test_acc_std")))
-        row += [mean_std_text(v["weight_norm"], v.get("weight_norm_std")),
-                "" if v["sparsity"] is None else f"{v['sparsity']:.1%}",
-                f"{v['diverged']}/{summary['seeds']}"]
-        rows.append(row)
-    return headers, rows
-
-
-def mean_std_text(mean: float | None, std: float | None) -> str:
-    """``"0.01234 ± 0.0012"`` (4 and 2 significant digits), ``"0.01234"`` without a spread,
-    ``"—"`` without a value: how every table of the lab shows a mean over seeds."""
-    if mean is None:
-        return "—"
-    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"

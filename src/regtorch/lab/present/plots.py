@@ -3,15 +3,15 @@
 Every function returns :class:`matplotlib.figure.Figure` objects drawn on their own
 :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg`: no pyplot, no global state, no backend
 switching, so importing this module changes nothing for a program that uses matplotlib itself.
-:func:`png_bytes` renders a figure; :mod:`regtorch.lab.report` writes and embeds the result.
+:func:`png_bytes` renders a figure; :mod:`regtorch.lab.present.report` writes and embeds the result.
 
 **What a curve is.** Over the members (seeds) of one variant at one strength that did not diverge
 — a member with any record marked ``diverged`` is left out entirely, as the summary leaves it out
 — each point is the mean of the finite values at that epoch, with a band of ±1 standard
-deviation (``ddof=1``, as in :mod:`regtorch.lab.summary`; none with one seed). A ``null`` value is
-skipped; an epoch or λ with no value at all has no point. On a log axis a band whose lower edge
-would reach 0 is clipped at :data:`LOG_BAND_FLOOR` times the mean: an std as large as the mean
-would otherwise stretch the axis down to nothing.
+deviation (``ddof=1``, as in :mod:`regtorch.lab.analysis.summary`; none with one seed). A
+``null`` value is skipped; an epoch or λ with no value at all has no point. On a log axis a band
+whose lower edge would reach 0 is clipped at :data:`LOG_BAND_FLOOR` times the mean: an std as large
+as the mean would otherwise stretch the axis down to nothing.
 
 **Line labels** identify the series for a reader of the figure object (tests, other tools):
 ``"<variant>: train"`` / ``"<variant>: test"`` (loss and accuracy), ``"<variant>: weight norm"`` /
@@ -78,8 +78,8 @@ def study_figures(records: Sequence[dict[str, Any]], summary: dict[str, Any]
     (``summary["variants"][name]["strength"]``); variants are drawn in the summary's order.
 
     Args:
-        records: the rows of ``metrics.jsonl`` (see :mod:`regtorch.lab.engine`).
-        summary: the study's ``summary.json`` (see :mod:`regtorch.lab.summary`).
+        records: the rows of ``metrics.jsonl`` (see :mod:`regtorch.lab.schema`).
+        summary: the study's ``summary.json`` (see :mod:`regtorch.lab.analysis.summary`).
 
     Returns:
         ``{"loss": ..., "weights": ..., ["accuracy": ...]}``.
@@ -109,7 +109,8 @@ def path_figures(summary: dict[str, Any]) -> dict[str, Figure]:
     at the foot of the axes.
 
     Args:
-        summary: a sweep's ``summary.json`` (``"kind": "sweep"``; see :mod:`regtorch.lab.sweep`).
+        summary: a sweep's ``summary.json`` (``"kind": "sweep"``; see
+            :mod:`regtorch.lab.analysis.sweep`).
     """
     title = (f"{summary.get('study', 'sweep')}: {summary.get('penalty', '?')} penalty "
              f"({summary.get('apply', '?')}), mean ± std over {summary.get('seeds', '?')} seeds")

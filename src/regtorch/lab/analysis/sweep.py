@@ -2,8 +2,9 @@ r"""Regularization paths: one penalty at many strengths λ × seeds, and the λ 
 
 A sweep takes a study's data, model and training recipe and trains one penalty at every λ of a
 grid, × the study's seeds, plus the unregularized model (λ = 0, the reference), all as members of
-one vectorized group (:mod:`regtorch.lab.engine`). The **path** is the final train, validation and
-test loss, ‖w‖₂ and sparsity at each λ, mean ± std over the seeds that did not diverge.
+one vectorized group (:mod:`regtorch.lab.train.engine`). The **path** is the final train,
+validation and test loss, ‖w‖₂ and sparsity at each λ, mean ± std over the seeds that did not
+diverge.
 
 **The grid.** Given (``a:b:n``, ``n`` values log-spaced from ``a`` to ``b``, or a list), or else
 found as glmnet does: from a λ_max down to λ_max/100 (:data:`GRID_RATIO`) in :data:`GRID_POINTS`
@@ -47,9 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from regtorch.lab.engine import StudyResult
-from regtorch.lab.study import Study, StudyError, Variant
-from regtorch.lab.summary import final_stats, mean_std_text
+from regtorch.lab.analysis.summary import final_stats
+from regtorch.lab.study.spec import Study, StudyError, Variant
+from regtorch.lab.train.engine import StudyResult
 
 __all__ = [
     "FLAT_RTOL",
@@ -61,12 +62,10 @@ __all__ = [
     "ZERO_FRACTION",
     "Search",
     "SweepSpec",
-    "choice_rows",
     "find_lambda_max",
     "geometric_grid",
     "geometric_points",
     "parse_lambdas",
-    "path_rows",
     "path_study",
     "summarize_sweep",
     "sweep_name",
@@ -342,42 +341,3 @@ def _notes(path: list[dict], reference: dict, best: dict | None, one_se: dict | 
         notes.append("no larger λ is within one standard error of the best: lambda_1se = "
                      "best_lambda")
     return notes
-
-
-def path_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the path table: one row per λ (ascending), then λ = 0."""
-    accuracy = any("test_acc" in p for p in summary["path"])
-    headers = ["λ", "train loss", "val loss", "test loss"]
-    headers += ["test acc"] if accuracy else []
-    headers += ["‖w‖", "sparsity", "diverged", "chosen"]
-    marks: dict[float, str] = {}
-    for key, label in (("best_lambda", "best"), ("lambda_1se", "1se")):
-        if summary.get(key) is not None:
-            marks[summary[key]] = (marks.get(summary[key], "") + " " + label).strip()
-    rows = []
-    entries = [(p["lambda"], p, marks.get(p["lambda"], "")) for p in summary["path"]]
-    entries.append((0.0, summary["unregularized"], "reference"))
-    for lam, p, mark in entries:
-        row = [f"{lam:.4g}"]
-        row += [mean_std_text(p.get(k), p.get(f"{k}_std"))
-                for k in ("train_loss", "val_loss", "test_loss")]
-        if accuracy:
-            row.append(mean_std_text(p.get("test_acc"), p.get("test_acc_std")))
-        row += [mean_std_text(p.get("weight_norm"), p.get("weight_norm_std")),
-                "—" if p.get("sparsity") is None else f"{p['sparsity']:.1%}",
-                f"{p['diverged']}/{p['members']}", mark]
-        rows.append(row)
-    return headers, rows
-
-
-def choice_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """``[choice, λ, validation loss, test loss]`` for best_lambda, lambda_1se and λ = 0."""
-    rows = []
-    for name, lam, entry in (("best_lambda", summary.get("best_lambda"), summary.get("best")),
-                             ("lambda_1se", summary.get("lambda_1se"), summary.get("one_se")),
-                             ("λ = 0", 0.0, summary.get("unregularized"))):
-        entry = entry or {}
-        rows.append([name, "—" if lam is None else f"{lam:.4g}",
-                     mean_std_text(entry.get("val_loss"), entry.get("val_loss_std")),
-                     mean_std_text(entry.get("test_loss"), entry.get("test_loss_std"))])
-    return rows

@@ -142,7 +142,7 @@ def print_study(console: Console, title: str, headers: Sequence[str],
     Args:
         console: where to print (stdout's console).
         title: the table's title (study name, seeds, epochs, time).
-        headers: column names, from :func:`regtorch.lab.summary.table_rows`.
+        headers: column names, from :func:`regtorch.lab.present.tables.table_rows`.
         rows: one row of cell strings per variant, from the same function.
         summary: the ``summary.json`` dict: ``variants`` (name → {"verdict": ...}) and ``notes``.
     """
@@ -180,11 +180,11 @@ def print_sweep(console: Console, title: str, headers: Sequence[str],
     Args:
         console: where to print (stdout's console).
         title: the table's title (sweep name, grid, seeds, epochs, time).
-        headers: column names, from :func:`regtorch.lab.sweep.path_rows`.
+        headers: column names, from :func:`regtorch.lab.present.tables.path_rows`.
         rows: one row of cell strings per λ, from the same function.
         choices: ``[name, λ, validation loss, test loss]`` rows, from
-            :func:`regtorch.lab.sweep.choice_rows`.
-        summary: the sweep's ``summary.json`` dict (see :mod:`regtorch.lab.sweep`).
+            :func:`regtorch.lab.present.tables.choice_rows`.
+        summary: the sweep's ``summary.json`` dict (see :mod:`regtorch.lab.analysis.sweep`).
     """
     print_study(console, title, headers, rows, {})
     lines = Table.grid(padding=(0, 2))

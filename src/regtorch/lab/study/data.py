@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from regtorch.lab.study import DataSpec
+from regtorch.lab.study.spec import DataSpec
 
 __all__ = ["Datasets", "make_data"]
 

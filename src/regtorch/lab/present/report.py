@@ -3,15 +3,16 @@
 A run directory ``DIR/<study>/`` (written by ``regtorch run``, ``regtorch sweep`` or
 ``regtorch demo``) holds ``config.json``, ``metrics.jsonl`` and ``summary.json``. From those files
 alone — no training, so ``regtorch report DIR`` can rebuild every report — :func:`write_report`
-writes next to them, each atomically (:mod:`regtorch.lab.output`):
+writes next to them, each atomically (:mod:`regtorch.lab.atomic`):
 
-* the figures of :mod:`regtorch.lab.plots` as PNG files: ``loss.png``, ``weights.png`` and, for
-  classification, ``accuracy.png`` (a study); ``path_loss.png``, ``path_weights.png`` and
-  ``path_accuracy.png`` (a sweep);
+* the figures of :mod:`regtorch.lab.present.plots` as PNG files: ``loss.png``, ``weights.png``
+  and, for classification, ``accuracy.png`` (a study); ``path_loss.png``, ``path_weights.png``
+  and ``path_accuracy.png`` (a sweep);
 * ``report.html``: a title and what the run was, the comparison table (a study: the console's
-  table, from :func:`regtorch.lab.summary.table_rows`) or the path table with both choices of λ
-  and the test loss at each and at λ = 0 (a sweep: :func:`regtorch.lab.sweep.path_rows`), every
-  verdict, the notes, the plots, and ``config.json`` in a ``<details>`` block.
+  table, from :func:`regtorch.lab.present.tables.table_rows`) or the path table with both
+  choices of λ and the test loss at each and at λ = 0 (a sweep:
+  :func:`regtorch.lab.present.tables.path_rows`), every verdict, the notes, the plots, and
+  ``config.json`` in a ``<details>`` block.
 
 :func:`write_index` writes ``DIR/index.html`` over several run directories (one section per run,
 with a relative link to its ``report.html``); :func:`regenerate` is ``regtorch report DIR``.
@@ -32,24 +33,24 @@ import json
 import os
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import regtorch
-from regtorch.lab.output import atomic_writer, write_bytes
-from regtorch.lab.plots import figure_names, path_figures, png_bytes, study_figures
-from regtorch.lab.summary import mean_std_text, table_rows
-from regtorch.lab.sweep import choice_rows, path_rows
+from regtorch.lab.atomic import atomic_writer, write_bytes
+from regtorch.lab.present.plots import figure_names, path_figures, png_bytes, study_figures
+from regtorch.lab.present.rundir import (
+    INDEX,
+    REPORT,
+    RESULT_FILES,
+    SUMMARY,
+    ReportError,
+    Run,
+    load_run,
+)
+from regtorch.lab.present.tables import choice_rows, mean_std_text, path_rows, table_rows
 
-__all__ = ["FILES", "INDEX", "REPORT", "ReportError", "regenerate", "write_index",
-           "write_report"]
-
-FILES = ("config.json", "metrics.jsonl", "summary.json")
-"""What a run directory holds, and all a report is made from."""
-REPORT = "report.html"
-INDEX = "index.html"
-_RECORD_KEYS = ("variant", "strength", "seed", "epoch", "diverged")
+__all__ = ["ReportError", "regenerate", "write_index", "write_report"]
 
 _CAPTIONS = {
     "loss": "Train (solid) and test (dashed) data loss per epoch, log scale: the mean over the "
@@ -86,28 +87,6 @@ section.run { margin-bottom: 3rem; }
 """
 
 
-class ReportError(ValueError):
-    """Nothing to report, or a run file is missing or malformed; the message names the path."""
-
-
-@dataclass
-class _Run:
-    """What a run directory holds (``records`` only once a study's figures are drawn)."""
-
-    directory: Path
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    records: list[dict[str, Any]] | None = None
-
-    @property
-    def sweep(self) -> bool:
-        return self.summary.get("kind") == "sweep"
-
-    @property
-    def name(self) -> str:
-        return str(self.summary.get("study") or self.directory.name)
-
-
 # -- the public functions -----------------------------------------------------------------------
 def write_report(directory: str | os.PathLike[str]) -> Path:
     """Write the figures (PNG) and ``report.html`` of one study or sweep directory.
@@ -123,7 +102,7 @@ def write_report(directory: str | os.PathLike[str]) -> Path:
         ReportError: the directory or one of its files is missing, or a file is malformed.
         OSError: a file could not be written (what was there before is kept).
     """
-    run = _load(Path(directory))
+    run = load_run(Path(directory))
     images = _draw(run)
     path = run.directory / REPORT
     title = f"{run.name}: regularization path" if run.sweep else run.name
@@ -151,7 +130,7 @@ def write_index(out: str | os.PathLike[str],
     out = Path(out)
     if not directories:
         raise ReportError(f"{out}: no run directory to index")
-    runs = [_load(Path(d)) for d in directories]
+    runs = [load_run(Path(d)) for d in directories]
     parts = [f"<h1>regtorch lab: {_count(len(runs), 'run')}</h1>", "<ul class=\"contents\">"]
     for run in runs:
         kind = "regularization path" if run.sweep else "study"
@@ -188,101 +167,31 @@ def regenerate(path: str | os.PathLike[str]) -> list[Path]:
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"{path}: no such directory")
-    if (path / "summary.json").exists():
+    if (path / SUMMARY).exists():
         return [write_report(path)]
     runs = sorted(d for d in path.iterdir()
-                  if d.is_dir() and all((d / name).is_file() for name in FILES))
+                  if d.is_dir() and all((d / name).is_file() for name in RESULT_FILES))
     if not runs:
         raise ReportError(f"{path}: nothing to report (no summary.json, and no subdirectory "
-                          f"holding {', '.join(FILES)})")
+                          f"holding {', '.join(RESULT_FILES)})")
     reports = [write_report(d) for d in runs]
     return [*reports, write_index(path, runs)]
 
 
-# -- reading the files --------------------------------------------------------------------------
-def _load(directory: Path) -> _Run:
-    if not directory.is_dir():
-        raise ReportError(f"{directory}: no such directory")
-    for name in FILES:
-        if not (directory / name).is_file():
-            raise ReportError(f"{directory}: no {name} (a run directory holds "
-                              f"{', '.join(FILES)})")
-    config = _read_json(directory / "config.json")
-    summary = _read_json(directory / "summary.json")
-    _check_summary(directory / "summary.json", summary)
-    return _Run(directory, config, summary)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ReportError(f"cannot read {path}: {error.strerror or error}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ReportError(f"{path}: malformed JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ReportError(f"{path}: malformed: expected a JSON object, got "
-                          f"{type(value).__name__}")
-    return value
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    records = []
-    try:
-        with path.open(encoding="utf-8") as stream:
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ReportError(f"{path}:{number}: malformed JSON: {error}") from None
-                missing = ([k for k in _RECORD_KEYS if k not in row] if isinstance(row, dict)
-                           else list(_RECORD_KEYS))
-                if missing:
-                    raise ReportError(f"{path}:{number}: malformed record: no "
-                                      f"{', '.join(missing)}")
-                records.append(row)
-    except OSError as error:
-        raise ReportError(f"cannot read {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError as error:
-        raise ReportError(f"{path}: not UTF-8 text: {error}") from None
-    return records
-
-
-def _check_summary(path: Path, summary: dict[str, Any]) -> None:
-    """The keys the pages rely on, so that a foreign JSON file fails here with its name."""
-    if summary.get("kind") == "sweep":
-        ok = (isinstance(summary.get("path"), list)
-              and all(isinstance(p, dict) and "lambda" in p for p in summary["path"])
-              and isinstance(summary.get("unregularized"), dict))
-        expected = "a sweep summary (a 'path' list of λ entries and 'unregularized')"
-    else:
-        ok = (isinstance(summary.get("variants"), dict) and "seeds" in summary
-              and all(isinstance(v, dict) for v in summary["variants"].values()))
-        expected = "a study summary ('seeds' and a 'variants' object)"
-    if not ok:
-        raise ReportError(f"{path}: malformed: not {expected}")
-
-
-def _table_of(run: _Run) -> tuple[list[str], list[list[str]]]:
+def _table_of(run: Run) -> tuple[list[str], list[list[str]]]:
     """The run's table, as the console prints it; a summary missing a value fails by name."""
     try:
         return path_rows(run.summary) if run.sweep else table_rows(run.summary)
     except (KeyError, TypeError, ValueError) as error:
-        raise ReportError(f"{run.directory / 'summary.json'}: malformed: cannot make its "
+        raise ReportError(f"{run.directory / SUMMARY}: malformed: cannot make its "
                           f"table ({type(error).__name__}: {error})") from None
 
 
 # -- figures ------------------------------------------------------------------------------------
-def _draw(run: _Run) -> dict[str, bytes]:
+def _draw(run: Run) -> dict[str, bytes]:
     """Draw the run's figures, write them as PNG files, and return their bytes by name."""
-    if run.sweep:
-        figures = path_figures(run.summary)
-    else:
-        if run.records is None:
-            run.records = _read_records(run.directory / "metrics.jsonl")
-        figures = study_figures(run.records, run.summary)
+    figures = (path_figures(run.summary) if run.sweep
+               else study_figures(run.records, run.summary))
     images = {}
     for name, figure in figures.items():
         images[name] = png_bytes(figure)
@@ -290,9 +199,9 @@ def _draw(run: _Run) -> dict[str, bytes]:
     return images
 
 
-def _reuse(run: _Run) -> dict[str, bytes] | None:
+def _reuse(run: Run) -> dict[str, bytes] | None:
     """The PNG files already written for this run, or None if one is missing or out of date."""
-    newest = max((run.directory / name).stat().st_mtime_ns for name in FILES)
+    newest = max((run.directory / name).stat().st_mtime_ns for name in RESULT_FILES)
     images = {}
     for name in figure_names(run.summary):
         path = run.directory / f"{name}.png"
@@ -329,7 +238,7 @@ def _write_page(path: Path, title: str, body: list[str]) -> None:
         stream.write(page)
 
 
-def _run_body(run: _Run, images: dict[str, bytes], level: int) -> list[str]:
+def _run_body(run: Run, images: dict[str, bytes], level: int) -> list[str]:
     """A run's title, what it was, its table, its words and its plots; headings from ``level``."""
     h, sub = f"h{level}", f"h{level + 1}"
     headers, rows = _table_of(run)
@@ -357,7 +266,7 @@ def _run_body(run: _Run, images: dict[str, bytes], level: int) -> list[str]:
     return parts
 
 
-def _study_meta(run: _Run) -> str:
+def _study_meta(run: Run) -> str:
     summary, info = run.summary, run.config.get("run") or {}
     words = [_count(summary["seeds"], "seed")
              + (f" × {_count(summary['epochs'], 'epoch')}" if summary.get("epochs") else "")]
@@ -371,7 +280,7 @@ def _study_meta(run: _Run) -> str:
     return " · ".join(words + _versions(info))
 
 
-def _sweep_meta(run: _Run) -> str:
+def _sweep_meta(run: Run) -> str:
     s, info = run.summary, run.config.get("run") or {}
     penalty = f"{s.get('penalty')} penalty ({s.get('apply')}"
     penalty += f", on the {s['params']}" if s.get("params") else ""
@@ -458,14 +367,14 @@ def _search(summary: dict[str, Any], level: str) -> list[str]:
             f"</summary>", table, "</details>"]
 
 
-def _figure(run: _Run, name: str, data: bytes) -> str:
+def _figure(run: Run, name: str, data: bytes) -> str:
     source = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     caption = _CAPTIONS.get(name, "")
     return (f"<figure><img src=\"{source}\" alt=\"{_e(run.name)}: {_e(name)} plot\">"
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
-def _config_block(run: _Run) -> str:
+def _config_block(run: Run) -> str:
     text = json.dumps(run.config, indent=2, ensure_ascii=False)
     return (f"<details><summary>Configuration (config.json)</summary><pre>{_e(text)}</pre>"
             f"</details>")
@@ -473,10 +382,10 @@ def _config_block(run: _Run) -> str:
 
 def _footer() -> str:
     return (f"<p class=\"meta\">Written by regtorch {_e(regtorch.__version__)} from "
-            f"{', '.join(FILES)}; <code>regtorch report DIR</code> writes it again.</p>")
+            f"{', '.join(RESULT_FILES)}; <code>regtorch report DIR</code> writes it again.</p>")
 
 
-def _anchor(run: _Run) -> str:
+def _anchor(run: Run) -> str:
     return run.directory.name
 
 

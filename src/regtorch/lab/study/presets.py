@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from regtorch.lab.study import Study, StudyError, parse_study
+from regtorch.lab.study.parse import parse_study
+from regtorch.lab.study.spec import Study, StudyError
 
 __all__ = ["PRESETS", "preset", "preset_names"]
 

@@ -1,0 +1,207 @@
+"""The ``regtorch`` command: list the presets, run one study or all, sweep λ, redraw reports.
+
+Usage::
+
+    regtorch list                                   # every preset and what it shows
+    regtorch run NAME|FILE [--seeds N] [--epochs N] [--out DIR] [--fresh]
+    regtorch demo [--seeds N] [--epochs N] [--out DIR] [--jobs N] [--fresh]
+    regtorch sweep NAME|FILE --penalty l1|l2|elasticnet|group [--lambdas a:b:n | v1,v2,...]
+                   [--apply gradient|prox] [--l1-ratio R] [--groups rows|columns]
+                   [--seeds N] [--epochs N] [--out DIR] [--fresh]
+    regtorch report DIR                             # redraw the reports from the files
+
+``NAME`` is a preset (``regtorch list``); ``FILE`` is a study written in TOML with the vocabulary
+of :mod:`regtorch.lab.study` (a ``.toml`` path, or any existing file). ``--seeds`` and
+``--epochs`` override the study's own. Each study writes, under ``DIR/<study>/`` (``DIR`` is
+``runs`` by default), atomically (:mod:`regtorch.lab.present.rundir`):
+
+* ``config.json``: the study in the file vocabulary (``Study.to_dict()``, with the seeds and
+  epochs actually run; without its ``"run"`` key it parses back with ``parse_study``) and, under
+  ``"run"``, the ``torch`` and ``regtorch`` versions, the training ``groups`` and the ``created``
+  time (UTC, ISO 8601) of the first start;
+* ``metrics.jsonl``: one record per member (variant × λ × seed) per epoch, epoch 0 being before
+  training (see :mod:`regtorch.lab.train.records`);
+* ``summary.json``: :func:`regtorch.lab.analysis.summary.summarize` of the run;
+* ``report.html`` and its plots as PNG files (:mod:`regtorch.lab.present.report`); ``demo`` adds
+  ``DIR/index.html`` over every study;
+* ``checkpoints/``: the training state that lets an interrupted run continue
+  (:mod:`regtorch.lab.train.checkpoints`).
+
+It then prints the comparison table, each variant's verdict and the summary's notes on stdout;
+progress goes to stderr.
+
+**Sweeps** (:mod:`regtorch.lab.analysis.sweep`) write ``DIR/<study>-sweep-<penalty>/``:
+``config.json`` (the study, plus the sweep's arguments under ``"sweep"``), ``metrics.jsonl`` (the
+path's members), ``search.jsonl`` (the λ_max search's, when the grid was searched), ``summary.json``
+(the path, ``best_lambda``, ``lambda_1se``) and the report. ``--apply`` defaults to ``prox`` for
+the sparse penalties (l1, elasticnet, group: exact zeros, so the sparsity path means something)
+and to ``gradient`` for l2.
+
+**Interrupted runs continue.** Run the same command again (same arguments, same ``--out``):
+finished groups are not trained again, the group in progress continues from its last checkpoint
+(``--checkpoint-every`` seconds, 10 by default), and the results are identical to an
+uninterrupted run's. ``--fresh`` starts over; a directory holding another configuration is
+refused, with the first difference named.
+
+Exit status: 0 done; 1 the results could not be written (the reason on stderr); 2 bad input — an
+unknown preset or option, an unreadable or malformed TOML file, an invalid study (unknown penalty,
+negative strength...), ``--seeds 0``, a directory of another configuration, nothing to report,
+or the ``lab`` extra not installed — told in at most two short lines on stderr, never a
+traceback; 130 interrupted (Ctrl-C). Anything else is a bug and raises.
+
+This module is the command line itself (argparse, exit statuses, one-line errors); what each
+command does is :mod:`regtorch.lab.cli.workflow`, and ``demo``'s process pool is
+:mod:`regtorch.lab.cli.parallel`. The ``lab`` extra is checked (:func:`missing_extra`) before the
+workflow, which needs it, is imported: a missing package is one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from regtorch.lab.cli._process import available_cpus, keep_freed_memory
+from regtorch.lab.present.rundir import CHECKPOINT_SECONDS, ConfigMismatchError
+from regtorch.lab.study.spec import StudyError
+
+__all__ = ["DEFAULT_OUT", "DEMO_SEEDS", "LAB_EXTRA", "UsageError", "WriteError", "main",
+           "missing_extra"]
+
+LAB_EXTRA = {"rich": "rich", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+"""The ``lab`` extra: importable module name → the package that provides it."""
+
+DEFAULT_OUT = "runs"
+DEMO_SEEDS = 5
+_MAX_MESSAGE = 200  # characters of an error line; a study value's repr can be long
+
+
+class UsageError(Exception):
+    """Bad input: ``regtorch: <message>`` on stderr, exit status 2."""
+
+
+class WriteError(Exception):
+    """The results could not be written: ``regtorch: <message>`` on stderr, exit status 1."""
+
+
+class _Exit(Exception):  # noqa: N818 -- a control-flow signal, not an error
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line and returns instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"regtorch: error: {message} (see '{self.prog} --help')\n")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise _Exit(status)
+
+
+def missing_extra() -> list[str]:
+    """The packages of the ``lab`` extra that cannot be imported (none when it is installed)."""
+    return [package for module, package in LAB_EXTRA.items()
+            if importlib.util.find_spec(module) is None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``regtorch`` command with ``argv`` (default ``sys.argv[1:]``).
+
+    Returns:
+        the exit status (see the module docstring).
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except _Exit as done:  # --help, or a usage error already reported
+        return done.status
+    missing = missing_extra()
+    if missing:
+        _fail(f'the lab needs the "lab" extra (missing: {", ".join(missing)}); '
+              f'pip install "regtorch[lab]"')
+        return 2
+
+    # Imported only now: the workflow needs the "lab" extra, just checked.
+    from regtorch.lab.cli import workflow
+
+    keep_freed_memory()  # this process is ours: no page faults for memory freed and reused
+    try:
+        workflow.COMMANDS[args.command](args)
+    except (UsageError, StudyError, ConfigMismatchError) as error:
+        _fail(str(error))
+        return 2
+    except WriteError as error:
+        _fail(str(error))
+        return 1
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    return 0
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="regtorch", description="The regtorch lab: regularization experiments, "
+                     "reproduced offline and averaged over seeds.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+    commands.add_parser("list", help="list the preset studies")
+
+    def add_common(sub: argparse.ArgumentParser, seeds_default: int | None) -> None:
+        default = "the study's own" if seeds_default is None else seeds_default
+        sub.add_argument("--seeds", type=int, default=seeds_default, metavar="N",
+                         help=f"init seeds per variant (default: {default})")
+        sub.add_argument("--epochs", type=int, metavar="N",
+                         help="training epochs (default: the study's own)")
+        sub.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                         help=f"results go to DIR/<study>/ (default: {DEFAULT_OUT})")
+        sub.add_argument("--fresh", action="store_true",
+                         help="start over: discard what an earlier run left in the directory "
+                         "(default: continue it)")
+        sub.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_SECONDS,
+                         metavar="SECONDS", help="save the training state this often "
+                         f"(default: {CHECKPOINT_SECONDS:g}; 0: every epoch)")
+
+    run = commands.add_parser("run", help="run one study: a preset name or a TOML file")
+    run.add_argument("study", metavar="NAME|FILE", help="a preset (see `regtorch list`) or a "
+                     "study file (.toml)")
+    add_common(run, None)
+    demo = commands.add_parser("demo", help="run every preset")
+    add_common(demo, DEMO_SEEDS)
+    demo.add_argument("--jobs", type=int, default=min(2, available_cpus()), metavar="N",
+                      help="studies trained at once, in separate processes sharing the CPUs "
+                      "(default: 2, or 1 on one CPU)")
+
+    sweep = commands.add_parser("sweep", help="train one penalty over a grid of λ × seeds and "
+                                "choose λ on validation")
+    sweep.add_argument("study", metavar="NAME|FILE", help="a preset or a study file: its data, "
+                       "model and training recipe")
+    sweep.add_argument("--penalty", required=True, choices=("l1", "l2", "elasticnet", "group"))
+    sweep.add_argument("--lambdas", metavar="a:b:n|v1,v2,...", help="the grid: n values "
+                       "log-spaced from a to b, or a list (default: searched, λ_max down to "
+                       "λ_max/100 in 16 points)")
+    sweep.add_argument("--apply", choices=("gradient", "prox"), help="how the penalty acts "
+                       "(default: prox for l1, elasticnet and group; gradient for l2)")
+    sweep.add_argument("--l1-ratio", type=float, metavar="R", help="elasticnet: l1 = R·λ, "
+                       "l2 = (1−R)·λ (default: 0.5)")
+    sweep.add_argument("--groups", choices=("rows", "columns"), help="group: the groups of "
+                       "each weight matrix (default: rows)")
+    add_common(sweep, None)
+
+    report = commands.add_parser("report", help="redraw the reports of earlier runs from their "
+                                 "files, without training")
+    report.add_argument("directory", metavar="DIR", help="a run directory (DIR/<study>) or the "
+                        "--out directory holding several")
+    return parser
+
+
+def _fail(message: str) -> None:
+    """One line on stderr: ``regtorch: <message>``, shortened if a value made it long."""
+    line = " ".join(message.split())
+    if len(line) > _MAX_MESSAGE:
+        line = line[:_MAX_MESSAGE - 3] + "..."
+    sys.stderr.write(f"regtorch: {line}\n")

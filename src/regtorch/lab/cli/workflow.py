@@ -1,0 +1,286 @@
+"""What each ``regtorch`` command does: load a study, train it, summarize it, write its run
+directory and report, print its table (see :mod:`regtorch.lab.cli.command` for the command line).
+
+:func:`train_and_write` and :func:`sweep_and_write` are the whole workflow of ``run`` and
+``sweep`` for one study; ``demo`` runs several, in parallel processes
+(:mod:`regtorch.lab.cli.parallel`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from rich.console import Console
+
+import regtorch
+from regtorch.lab.analysis.summary import summarize
+from regtorch.lab.analysis.sweep import (
+    SweepSpec,
+    find_lambda_max,
+    geometric_grid,
+    parse_lambdas,
+    path_study,
+    summarize_sweep,
+    sweep_name,
+)
+from regtorch.lab.cli import parallel
+from regtorch.lab.cli.command import UsageError, WriteError
+from regtorch.lab.present import rundir
+from regtorch.lab.present.console import (
+    make_console,
+    print_presets,
+    print_study,
+    print_sweep,
+    print_written,
+    progress,
+)
+from regtorch.lab.present.report import regenerate, write_index, write_report
+from regtorch.lab.present.tables import choice_rows, path_rows, table_rows
+from regtorch.lab.study import PRESETS, Study, parse_study, preset, preset_names, read_toml
+from regtorch.lab.train import Checkpoints, StudyResult, check_study, run_study
+
+__all__ = ["COMMANDS", "load_study", "sweep_and_write", "train_and_write"]
+
+
+# -- the commands ------------------------------------------------------------------------------
+def list_command(args: argparse.Namespace) -> None:
+    print_presets(make_console(sys.stdout),
+                  [(name, PRESETS[name].get("description", "")) for name in preset_names()])
+
+
+def run_command(args: argparse.Namespace) -> None:
+    study = load_study(args.study).with_overrides(seeds=args.seeds, epochs=args.epochs)
+    _run_studies([study], _output_dir(args.out), options=_options(args))
+
+
+def demo_command(args: argparse.Namespace) -> None:
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: must be a positive integer, got {args.jobs}")
+    # Every study is validated before the first one trains: a bad option fails at once.
+    studies = [preset(name).with_overrides(seeds=args.seeds, epochs=args.epochs)
+               for name in preset_names()]
+    out = _output_dir(args.out)
+    _run_studies(studies, out, jobs=args.jobs, options=_options(args))
+    index = _writing(lambda: write_index(out, [out / study.name for study in studies]))
+    print_written(make_console(sys.stdout), out, [index.name])
+
+
+def sweep_command(args: argparse.Namespace) -> None:
+    base = load_study(args.study).with_overrides(seeds=args.seeds, epochs=args.epochs)
+    apply = args.apply or ("gradient" if args.penalty == "l2" else "prox")
+    spec = SweepSpec(args.penalty, apply, l1_ratio=args.l1_ratio, groups=args.groups,
+                     lambdas=None if args.lambdas is None else parse_lambdas(args.lambdas))
+    report = sweep_and_write(base, spec, _output_dir(args.out), **_options(args))
+    _print_report(make_console(sys.stdout), report)
+
+
+def report_command(args: argparse.Namespace) -> None:
+    stdout = make_console(sys.stdout)
+    try:
+        written = _writing(lambda: regenerate(Path(args.directory)))
+    except rundir.ReportError as error:
+        raise UsageError(str(error)) from None
+    for path in written:
+        stdout.print(f"wrote {path}")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "list": list_command, "run": run_command, "demo": demo_command, "sweep": sweep_command,
+    "report": report_command}
+"""The handler of each subcommand."""
+
+
+# -- one study ---------------------------------------------------------------------------------
+def load_study(ref: str) -> Study:
+    """The study ``ref`` names: a preset, or else a TOML study file.
+
+    Raises:
+        UsageError: neither a preset nor a file.
+        StudyError: the file cannot be read, is not TOML, or is not a valid study.
+    """
+    names = preset_names()
+    if ref in names:
+        return preset(ref)
+    path = Path(ref)
+    if path.suffix == ".toml" or path.exists() or "/" in ref or os.sep in ref:
+        return parse_study(read_toml(path), source=ref)
+    raise UsageError(f"unknown preset {ref!r} (presets: {', '.join(names)}; or give a .toml "
+                     f"study file)")
+
+
+def train_and_write(study: Study, out: Path,
+                    on_epoch: Callable[[int, int], None] | None = None, *, fresh: bool = False,
+                    checkpoint_every: float | None = None, report: bool = True
+                    ) -> dict[str, Any]:
+    """Train one study (continuing an interrupted run in ``out/<study>``), write its files and
+    (unless ``report`` is false: the caller draws it) its report; return what the console shows
+    of it."""
+    check_study(study)  # a bad study fails before its directory is made
+    directory = out / study.name
+    config, checkpoints = _prepare(directory, study.to_dict(), fresh, checkpoint_every)
+    start = time.perf_counter()
+    result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints)
+    seconds = time.perf_counter() - start
+    summary = summarize(result)
+    config["run"]["groups"] = result.groups
+    files = _writing(lambda: rundir.write_results(directory, config, result.records, summary))
+    if report:
+        _write_report(directory)
+    members = sum(group["members"] for group in result.groups)
+    title = (f"{study.name}: {_count(study.seeds, 'seed')} × "
+             f"{_count(study.train.epochs, 'epoch')}, {_count(members, 'member')}, "
+             f"{seconds:.1f} s")
+    return {"title": title, "summary": summary, "directory": str(directory),
+            "resumed": result.resumed, "files": [*files, rundir.REPORT]}
+
+
+def sweep_and_write(base: Study, spec: SweepSpec, out: Path, *, fresh: bool = False,
+                    checkpoint_every: float | None = None) -> dict[str, Any]:
+    """Search λ_max when no grid is given, train the path, write its files and report; return
+    what the console shows of it (see :mod:`regtorch.lab.analysis.sweep`)."""
+    check_study(path_study(base, spec, (1.0,)))  # a bad study fails before its directory is made
+    directory = out / sweep_name(base, spec)
+    config, checkpoints = _prepare(directory, {**base.to_dict(), "sweep": spec.to_dict()},
+                                   fresh, checkpoint_every)
+    stderr = make_console(sys.stderr)
+    resumed: list[str] = []
+
+    def train(study: Study, phase: str) -> StudyResult:
+        with progress(stderr, f"{directory.name}: {phase}") as on_epoch:
+            result = run_study(study, on_epoch=on_epoch,
+                               checkpoints=checkpoints.child(f"{phase}-"))
+        resumed.extend(f"{phase} {line}" for line in result.resumed)
+        return result
+
+    start = time.perf_counter()
+    search = None
+    lambdas = spec.lambdas
+    if lambdas is None:
+        search = find_lambda_max(base, spec, train)
+        lambdas = geometric_grid(search.lambda_max)
+    result = train(path_study(base, spec, lambdas), "path")
+    seconds = time.perf_counter() - start
+    summary = summarize_sweep(result, spec, base, search)
+    config["run"]["groups"] = result.groups
+    files = _writing(lambda: rundir.write_results(
+        directory, config, result.records, summary,
+        search=None if search is None else search.records))
+    _write_report(directory)
+    members = sum(group["members"] for group in result.groups)
+    title = (f"{directory.name}: {len(lambdas)} λ × {_count(base.seeds, 'seed')} × "
+             f"{_count(base.train.epochs, 'epoch')}, {_count(members, 'member')}, "
+             f"{seconds:.1f} s")
+    return {"title": title, "summary": summary, "directory": str(directory),
+            "resumed": resumed, "files": [*files, rundir.REPORT]}
+
+
+def _prepare(directory: Path, config: dict[str, Any], fresh: bool,
+             checkpoint_every: float | None) -> tuple[dict[str, Any], Checkpoints]:
+    """Refuse another configuration, clear with ``fresh``, write config.json: the run's
+    configuration (the first start's ``"run"`` metadata when resuming) and its checkpoints."""
+    config = {**config, "run": {
+        "torch": str(torch.__version__), "regtorch": regtorch.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+    config = _writing(lambda: rundir.prepare_directory(directory, config, fresh=fresh),
+                      directory)
+    every = rundir.CHECKPOINT_SECONDS if checkpoint_every is None else checkpoint_every
+    return config, Checkpoints(rundir.checkpoint_directory(directory), every)
+
+
+# -- several studies ---------------------------------------------------------------------------
+def _run_studies(studies: list[Study], out: Path, jobs: int = 1,
+                 options: dict[str, Any] | None = None) -> None:
+    options = options or {}
+    stdout, stderr = make_console(sys.stdout), make_console(sys.stderr)
+    start = time.perf_counter()
+    workers = min(jobs, len(studies))
+    if workers <= 1:
+        for study in studies:
+            with progress(stderr, study.name) as on_epoch:
+                report = train_and_write(study, out, on_epoch, **options)
+            _print_report(stdout, report)
+    else:
+        jobs_args = [(study, str(out), options) for study in studies]
+        for report in parallel.run_in_processes(
+                _train_in_worker, jobs_args, workers, [s.name for s in studies],
+                costs=[parallel.work(s) for s in studies], stderr=stderr,
+                on_done=lambda report: _write_report(Path(report["directory"]))):
+            _print_report(stdout, report)
+    if len(studies) > 1:
+        stdout.print(f"{len(studies)} studies in {time.perf_counter() - start:.1f} s; results "
+                     f"in {out}{os.sep}", style="bold")
+
+
+def _train_in_worker(on_epoch: Callable[[int, int], None], study: Study, out: str,
+                     options: dict[str, Any]) -> dict[str, Any]:
+    """A worker's job: train and write one study; the parent draws its report."""
+    return train_and_write(study, Path(out), on_epoch, report=False, **options)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """How results are kept: ``fresh`` and ``checkpoint_every`` (validated)."""
+    every = args.checkpoint_every
+    if not every >= 0 or every == float("inf"):
+        raise UsageError(f"--checkpoint-every: must be a number of seconds >= 0, got {every}")
+    return {"fresh": args.fresh, "checkpoint_every": every}
+
+
+def _output_dir(out: str) -> Path:
+    """``--out``, created now: an unusable directory fails before any training."""
+    directory = Path(out)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {out}: cannot create the directory: "
+                         f"{error.strerror or error}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: the directory is not writable")
+    return directory
+
+
+# -- printing ----------------------------------------------------------------------------------
+def _print_report(stdout: Console, report: dict[str, Any]) -> None:
+    _print_resumed(make_console(sys.stderr), report)
+    if report["summary"].get("kind") == "sweep":
+        headers, rows = path_rows(report["summary"])
+        print_sweep(stdout, report["title"], headers, rows, choice_rows(report["summary"]),
+                    report["summary"])
+    else:
+        headers, rows = table_rows(report["summary"])
+        print_study(stdout, report["title"], headers, rows, report["summary"])
+    print_written(stdout, Path(report["directory"]), report["files"])
+
+
+def _print_resumed(stderr: Console, report: dict[str, Any]) -> None:
+    if report.get("resumed"):
+        name = Path(report["directory"]).name
+        stderr.print(f"regtorch: {name}: continued an earlier run "
+                     f"({'; '.join(report['resumed'])})")
+
+
+def _write_report(directory: Path) -> None:
+    _writing(lambda: write_report(directory), directory / rundir.REPORT)
+
+
+_T = TypeVar("_T")
+
+
+def _writing(action: Callable[[], _T], path: Path | None = None) -> _T:
+    """``action()``, its ``OSError`` turned into a :class:`WriteError` naming ``path``."""
+    try:
+        return action()
+    except OSError as error:
+        where = path if path is not None else (error.filename or "the results")
+        raise WriteError(f"cannot write {where}: {error.strerror or error}") from None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

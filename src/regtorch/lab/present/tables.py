@@ -1,0 +1,80 @@
+"""The lab's tables as rows of strings: the comparison table of a study, the path table and the
+choices of λ of a sweep. The console (:mod:`regtorch.lab.present.console`) and the HTML reports
+(:mod:`regtorch.lab.present.report`) show the same rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from regtorch.lab.schema import LOSS_KEYS
+
+__all__ = ["choice_rows", "mean_std_text", "path_rows", "table_rows"]
+
+
+def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the comparison table (mean ± std over seeds, final epoch)."""
+    variants = summary["variants"]
+    accuracy = any("test_acc" in v for v in variants.values())
+    headers = ["variant", "λ", "train loss", "val loss", "test loss", "test/train"]
+    headers += ["test acc"] if accuracy else []
+    headers += ["‖w‖", "sparsity", "diverged"]
+    rows = []
+    for name, v in variants.items():
+        row = [name, "" if v.get("strength") is None else f"{v['strength']:g}"]
+        row += [mean_std_text(v[k], v[f"{k}_std"]) for k in LOSS_KEYS]
+        row.append("" if v["test_train_ratio"] is None else f"{v['test_train_ratio']:.3g}")
+        if accuracy:
+            row.append(mean_std_text(v.get("test_acc"), v.get("test_acc_std")))
+        row += [mean_std_text(v["weight_norm"], v.get("weight_norm_std")),
+                "" if v["sparsity"] is None else f"{v['sparsity']:.1%}",
+                f"{v['diverged']}/{summary['seeds']}"]
+        rows.append(row)
+    return headers, rows
+
+
+def path_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the path table: one row per λ (ascending), then λ = 0."""
+    accuracy = any("test_acc" in p for p in summary["path"])
+    headers = ["λ", "train loss", "val loss", "test loss"]
+    headers += ["test acc"] if accuracy else []
+    headers += ["‖w‖", "sparsity", "diverged", "chosen"]
+    marks: dict[float, str] = {}
+    for key, label in (("best_lambda", "best"), ("lambda_1se", "1se")):
+        if summary.get(key) is not None:
+            marks[summary[key]] = (marks.get(summary[key], "") + " " + label).strip()
+    rows = []
+    entries = [(p["lambda"], p, marks.get(p["lambda"], "")) for p in summary["path"]]
+    entries.append((0.0, summary["unregularized"], "reference"))
+    for lam, p, mark in entries:
+        row = [f"{lam:.4g}"]
+        row += [mean_std_text(p.get(k), p.get(f"{k}_std"))
+                for k in ("train_loss", "val_loss", "test_loss")]
+        if accuracy:
+            row.append(mean_std_text(p.get("test_acc"), p.get("test_acc_std")))
+        row += [mean_std_text(p.get("weight_norm"), p.get("weight_norm_std")),
+                "—" if p.get("sparsity") is None else f"{p['sparsity']:.1%}",
+                f"{p['diverged']}/{p['members']}", mark]
+        rows.append(row)
+    return headers, rows
+
+
+def choice_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """``[choice, λ, validation loss, test loss]`` for best_lambda, lambda_1se and λ = 0."""
+    rows = []
+    for name, lam, entry in (("best_lambda", summary.get("best_lambda"), summary.get("best")),
+                             ("lambda_1se", summary.get("lambda_1se"), summary.get("one_se")),
+                             ("λ = 0", 0.0, summary.get("unregularized"))):
+        entry = entry or {}
+        rows.append([name, "—" if lam is None else f"{lam:.4g}",
+                     mean_std_text(entry.get("val_loss"), entry.get("val_loss_std")),
+                     mean_std_text(entry.get("test_loss"), entry.get("test_loss_std"))])
+    return rows
+
+
+def mean_std_text(mean: float | None, std: float | None) -> str:
+    """``"0.01234 ± 0.0012"`` (4 and 2 significant digits), ``"0.01234"`` without a spread,
+    ``"—"`` without a value: how every table of the lab shows a mean over seeds."""
+    if mean is None:
+        return "—"
+    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"

@@ -1,0 +1,148 @@
+"""From the study vocabulary to torch and regtorch objects: penalties, parameter selections,
+optimizers, schedules, losses.
+
+Every object the engine trains with is made here, from the names a study file uses, so the
+meaning of ``penalty = "l2"`` or ``optimizer = "adam"`` is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from regtorch import (
+    ALL,
+    L1,
+    L2,
+    WEIGHTS,
+    ElasticNet,
+    GroupLasso,
+    Penalty,
+    Regularizer,
+    exponential_decay,
+    named,
+)
+from regtorch.lab.study.data import make_data
+from regtorch.lab.study.models import build_model
+from regtorch.lab.study.spec import Recipe, Schedule, Study, StudyError, Variant
+
+__all__ = ["DTYPES", "check_study", "criterion", "make_optimizer", "make_penalty",
+           "make_scheduler", "member_losses", "parameter_names", "selector"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+"""``train.dtype`` → the torch dtype of the data and the models."""
+
+
+def selector(params: str):
+    """The regtorch selector of a variant's ``params``: ``"weights"``, ``"all"`` or a glob."""
+    if params == "weights":
+        return WEIGHTS
+    if params == "all":
+        return ALL
+    return named(params)
+
+
+def make_penalty(v: Variant, lam: float | Tensor, l1_ratio: float | Tensor | None = None
+                 ) -> Penalty:
+    """The regtorch penalty of variant ``v`` at strength ``lam`` (a float or a ``[K]`` tensor)."""
+    if v.penalty == "l2":
+        return L2(lam)
+    if v.penalty == "l1":
+        return L1(lam)
+    if v.penalty == "elasticnet":
+        rho = v.l1_ratio if l1_ratio is None else l1_ratio
+        return ElasticNet(rho * lam, (1 - rho) * lam)
+    if v.penalty == "group":
+        return GroupLasso(lam, groups=v.groups)
+    if v.penalty == "blog":
+        return GroupLasso(lam, groups="tensor", scale="none")
+    raise StudyError(f"variant {v.name!r}: unknown penalty {v.penalty!r}")
+
+
+def check_study(study: Study) -> None:
+    """Raise now what would stop training when a group is built: a ``params`` that selects no
+    parameter of the model, for a penalty or for weight decay.
+
+    Raises:
+        StudyError: naming the variant and its ``params``.
+    """
+    data = make_data(study.data, study.data_seed, DTYPES[study.train.dtype])
+    template = build_model(study.model, inputs=data.features, outputs=data.outputs)
+    for v in study.variants:
+        if v.penalty is not None:
+            try:
+                Regularizer(template, {selector(v.params): make_penalty(v, 0.0)})
+            except ValueError as error:
+                raise StudyError(f"variant {v.name!r}: params = {v.params!r}: {error}") from None
+        if v.weight_decay:
+            parameter_names(template, selector(v.params), what=v)
+
+
+def parameter_names(template: nn.Module, chosen, what: Variant | None = None) -> list[str]:
+    """Names of the template's parameters the selector ``chosen`` picks (regtorch's selection).
+
+    Raises:
+        StudyError: with ``what``, when the selector picks nothing (naming the variant);
+            without, nothing is raised and the list is empty.
+    """
+    try:
+        reg = Regularizer(template, {chosen: L2(0.0)})
+    except ValueError as error:
+        if what is None:
+            return []
+        raise StudyError(f"variant {what.name!r}: params = {what.params!r}: {error}") from None
+    return [name for name, _ in reg.named_parameters()]
+
+
+def make_optimizer(recipe: Recipe, param_groups: list[dict]) -> torch.optim.Optimizer:
+    """torch's optimizer for the recipe, with its fused CPU kernel where torch has one (the same
+    update as the default implementation, in one pass), else the foreach one."""
+    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    options: dict[str, Any] = {"lr": recipe.lr}
+    if recipe.optimizer == "sgd":
+        options["momentum"] = recipe.momentum
+    if recipe.optimizer == "adamw":
+        options["weight_decay"] = 0.0  # only what the variant asks for (AdamW's default is 0.01)
+    try:
+        return kind[recipe.optimizer](param_groups, fused=True, **options)
+    except (RuntimeError, ValueError, TypeError):
+        return kind[recipe.optimizer](param_groups, foreach=True, **options)
+
+
+def make_scheduler(schedule: Schedule, optimizer: Any) -> Any:
+    """The learning-rate scheduler of ``schedule`` on ``optimizer``; None for a constant lr."""
+    if schedule.kind == "exponential":
+        return exponential_decay(optimizer, schedule.rate, schedule.min_lr)
+    if schedule.kind == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, patience=schedule.patience, factor=schedule.factor)
+    return None
+
+
+def criterion(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The training loss ``train.loss`` names, averaged over the batch."""
+    if name == "mse":
+        return F.mse_loss
+    if name == "half-mse":
+        return _half_mse
+    return F.cross_entropy
+
+
+def member_losses(name: str, out: Tensor, y: Tensor) -> Tensor:
+    """The loss of each member, ``[K]``, from stacked outputs ``[K, n, outputs]`` (the same
+    reductions as :func:`criterion`'s, without a vmap per call)."""
+    if name == "cross-entropy":
+        members, n = out.shape[:2]
+        return F.cross_entropy(out.flatten(0, 1), y.repeat(members), reduction="none"
+                               ).view(members, n).mean(1)
+    squares = (out - y).square().flatten(1).mean(1)
+    return 0.5 * squares if name == "half-mse" else squares
+
+
+def _half_mse(out: Tensor, y: Tensor) -> Tensor:
+    """d2l's squared loss ½(ŷ − y)², averaged over the batch."""
+    return 0.5 * F.mse_loss(out, y)

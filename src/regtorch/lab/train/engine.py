@@ -1,0 +1,225 @@
+"""Training a study: every member (variant × λ × seed), grouped by recipe, a group in one pass.
+
+**Members and groups** are planned by :mod:`regtorch.lab.train.plan`: members sharing a training
+recipe form a group, whatever their penalties, which become ``[K]``-shaped strengths.
+
+**One vectorized pass per group.** The members' parameters are stacked with
+:func:`torch.func.stack_module_state` and stepped by :class:`~regtorch.lab.train.step.StackedStep`
+(``vmap(grad_and_value(loss))``, traced once into a graph of batched ops). One optimizer steps all
+members at once (torch's optimizers are element-wise); the penalties are added with
+``Regularizer.add_grad_`` and proximal steps run through :class:`regtorch.Proximal`
+(:mod:`regtorch.lab.train.units`). Nothing couples the members (no global gradient clipping; a
+member that diverges leaves the others untouched). A model ``vmap`` cannot handle — one with
+buffers, such as BatchNorm's running statistics — trains member by member in a plain loop with the
+same data, init and recipe; so does a group of one member, which stacking would only slow down.
+
+**Common random numbers.** Member seed ``s`` starts from the weights drawn from seed ``s`` in every
+variant, and every member sees the batches in the same order: the order of epoch ``e`` is the
+``e``-th permutation drawn from ``data_seed``. Differences between variants are then differences
+of the regularization, not of the luck of the draw.
+
+**Records** (:mod:`regtorch.lab.train.records`): after every epoch and once before training
+(epoch 0), one :class:`regtorch.lab.schema.Record` per member.
+
+**Resuming.** Given :class:`~regtorch.lab.train.checkpoints.Checkpoints`, a finished group is
+saved (records and final parameters) and skipped when the study runs again; a group in progress
+saves its whole training state after an epoch every ``checkpoints.interval`` seconds and continues
+from there: the parameters, the optimizer and scheduler state, the random-number state that draws
+dropout masks and the batch-order generator. The results equal an uninterrupted run's exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import stack_module_state
+
+from regtorch import WEIGHTS
+from regtorch.lab.schema import GroupInfo, Record
+from regtorch.lab.study.data import Datasets, make_data
+from regtorch.lab.study.models import build_model
+from regtorch.lab.study.spec import Study
+from regtorch.lab.train.build import DTYPES, criterion, parameter_names
+from regtorch.lab.train.checkpoints import Checkpoints
+from regtorch.lab.train.plan import Member, group_members, members_of
+from regtorch.lab.train.records import EvaluationSet, record_epoch
+from regtorch.lab.train.step import StackedStep
+from regtorch.lab.train.units import SingleUnit, StackedUnit, Unit
+
+__all__ = ["StudyResult", "run_study"]
+
+MemberKey = tuple[str, float, int]
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` returns: per-epoch records and each member's final parameters."""
+
+    study: Study
+    data: Datasets
+    records: list[Record] = field(default_factory=list)
+    finals: dict[MemberKey, dict[str, Tensor]] = field(default_factory=dict)
+    groups: list[GroupInfo] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    """What came from checkpoints, e.g. ``"group 1: finished"``, ``"group 2: from epoch 14"``."""
+
+
+def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = None,
+              checkpoints: Checkpoints | None = None) -> StudyResult:
+    """Train every member of ``study`` and record its metrics.
+
+    Args:
+        study: the study (seeds and epochs as given in it; see ``Study.with_overrides``).
+        on_epoch: called after every group epoch with (member-epochs done, member-epochs in all).
+        checkpoints: where finished groups and the state of the group in progress are saved,
+            and found again when the same study runs a second time (see the module docstring).
+            The caller makes sure they belong to this study
+            (:func:`regtorch.lab.present.rundir.prepare_directory`).
+
+    Returns:
+        the records (one per member per epoch, epoch 0 = before training), each member's
+        final parameters and a description of the groups.
+    """
+    dtype = DTYPES[study.train.dtype]
+    data = make_data(study.data, study.data_seed, dtype)
+    result = StudyResult(study, data)
+    groups = group_members(study, members_of(study))
+    total = sum(len(g) for g in groups) * study.train.epochs
+    done = 0
+
+    def tick(count: int) -> None:
+        nonlocal done
+        done += count
+        if on_epoch is not None:
+            on_epoch(done, total)
+
+    traces: dict[tuple, Callable] = {}  # traced steps, shared by groups of the same shapes
+    for index, members in enumerate(groups):
+        name = f"group-{index}"
+        finished = checkpoints.load(name) if checkpoints is not None else None
+        if finished is not None:
+            result.records.extend(finished["records"])
+            result.finals.update({(v, lam, seed): tensors
+                                  for v, lam, seed, tensors in finished["finals"]})
+            result.groups.append(finished["group"])
+            result.resumed.append(f"group {index + 1}: finished")
+            tick(len(members) * study.train.epochs)
+            continue
+        trainer = _Group(study, data, members, dtype, seed=study.data_seed * 7919 + index,
+                         traces=traces)
+        group: GroupInfo = {"variants": sorted({m.variant.name for m in members}),
+                            "members": len(members),
+                            "mode": "vectorized" if trainer.vectorized else "loop"}
+        records: list[Record] = []
+        partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
+        first_epoch = trainer.run(records, tick, partial)
+        if first_epoch > 1:
+            result.resumed.append(f"group {index + 1}: from epoch {first_epoch}")
+        finals = trainer.finals()
+        if checkpoints is not None:
+            checkpoints.save(name, {"records": records, "group": group, "finals": [
+                [*key, tensors] for key, tensors in finals.items()]})
+            checkpoints.remove(f"{name}-partial")
+        result.records.extend(records)
+        result.finals.update(finals)
+        result.groups.append(group)
+    return result
+
+
+class _Group:
+    """Members sharing a recipe, trained together (one stacked unit) or one by one (a single
+    unit each)."""
+
+    def __init__(self, study: Study, data: Datasets, members: list[Member], dtype: torch.dtype,
+                 seed: int, traces: dict[tuple, Callable]) -> None:
+        self.study, self.data, self.members, self.seed = study, data, members, seed
+        first = members[0].variant
+        build = dict(inputs=data.features, outputs=data.outputs, dropout=first.dropout,
+                     dtype=dtype)
+        template = build_model(study.model, **build)
+        models = [build_model(study.model, seed=m.seed, **build) for m in members]
+        # vmap cannot carry buffers (BatchNorm's running statistics); a lone member gains nothing
+        # from stacking and trains faster as the plain module.
+        self.vectorized = next(template.buffers(), None) is None and len(members) > 1
+        loss = criterion(study.train.loss)
+        self.weight_names = parameter_names(template, WEIGHTS)
+        self.evaluation = EvaluationSet(data)
+        options = dict(schedule=study.schedule_of(first), loss=loss,
+                       train_data=data.split("train"))
+        self.units: list[Unit]
+        if self.vectorized:
+            stacked, _ = stack_module_state(models)
+            step = StackedStep(template, list(stacked), loss, random=bool(first.dropout),
+                               traces=traces)
+            self.units = [StackedUnit(study, template, members, stacked, step, **options)]
+        else:
+            self.units = [SingleUnit(study, template, m, model, **options)
+                          for m, model in zip(members, models)]
+
+    def run(self, records: list[Record], tick: Callable[[int], None],
+            partial: tuple[Checkpoints, str] | None = None) -> int:
+        """Train every epoch, appending the records; return the first epoch trained here (> 1
+        when the state saved as ``partial`` was resumed)."""
+        recipe = self.study.train
+        x_train, y_train = self.data.split("train")
+        n = x_train.shape[0]
+        batch = recipe.batch_size or n
+        order = torch.Generator().manual_seed(self.study.data_seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # dropout masks
+            state = partial[0].load(partial[1]) if partial is not None else None
+            if state is None:
+                first_epoch = 1
+                records.extend(self._record(0))
+            else:
+                first_epoch = self._restore(state, records, order)
+                tick(len(self.members) * (first_epoch - 1))
+            saved = time.monotonic()
+            for epoch in range(first_epoch, recipe.epochs + 1):
+                perm = torch.randperm(n, generator=order)
+                for start in range(0, n, batch):
+                    index = perm[start:start + batch]
+                    x, y = x_train[index], y_train[index]
+                    for unit in self.units:
+                        unit.train_step(x, y)
+                for unit in self.units:
+                    unit.end_epoch()
+                records.extend(self._record(epoch))
+                tick(len(self.members))
+                if partial is not None and epoch < recipe.epochs \
+                        and time.monotonic() - saved >= partial[0].interval:
+                    partial[0].save(partial[1], self._state(records, epoch, order))
+                    saved = time.monotonic()
+        return first_epoch
+
+    def _record(self, epoch: int) -> list[Record]:
+        return record_epoch(self.units, self.members, epoch, self.evaluation,
+                            loss=self.study.train.loss,
+                            classification=self.study.classification,
+                            weight_names=self.weight_names)
+
+    def _state(self, records: list[Record], epoch: int, order: torch.Generator
+               ) -> dict[str, Any]:
+        """Everything the epochs after ``epoch`` depend on (see the module docstring)."""
+        return {"epoch": epoch, "records": records, "order": order.get_state(),
+                "rng": torch.get_rng_state(), "units": [unit.state() for unit in self.units]}
+
+    def _restore(self, state: dict[str, Any], records: list[Record],
+                 order: torch.Generator) -> int:
+        records.extend(state["records"])
+        order.set_state(state["order"])
+        torch.set_rng_state(state["rng"])
+        for unit, saved in zip(self.units, state["units"], strict=True):
+            unit.load_state(saved)
+        return state["epoch"] + 1
+
+    def finals(self) -> dict[MemberKey, dict[str, Tensor]]:
+        out: dict[MemberKey, dict[str, Tensor]] = {}
+        for unit in self.units:
+            out.update(unit.finals())
+        return out

@@ -1,0 +1,66 @@
+"""The lab's layout: every module imports, declares its public names, and the layers follow the
+data flow (study → train → analysis → present → cli; matplotlib only in present)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import regtorch.lab
+
+MODULES = sorted(info.name for info in pkgutil.walk_packages(regtorch.lab.__path__,
+                                                              "regtorch.lab.")
+                 if info.name != "regtorch.lab.__main__")
+LAYERS = ["study", "train", "analysis", "present", "cli"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_public_names_import(name):
+    module = importlib.import_module(name)
+    assert len(set(module.__all__)) == len(module.__all__)
+    for public in module.__all__:
+        assert getattr(module, public) is not None
+
+
+def _lab_imports(name: str) -> set[str]:
+    """The ``regtorch.lab`` modules that module ``name`` imports (anywhere in its source)."""
+    source = importlib.util.find_spec(name).origin
+    tree = ast.parse(Path(source).read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("regtorch.lab.")}
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m.split(".")[2] in LAYERS])
+def test_a_layer_imports_no_later_layer(name):
+    layer = name.split(".")[2]
+    later = set(LAYERS[LAYERS.index(layer) + 1:])
+    wrong = sorted(m for m in _lab_imports(name) if m.split(".")[2] in later)
+    assert not wrong, f"{name} imports {wrong}"
+
+
+def test_matplotlib_only_in_present():
+    code = ("import sys, regtorch.lab.cli.workflow, regtorch.lab.analysis; "
+            "print('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    # workflow draws reports (present.report), so matplotlib is loaded there; the analysis
+    # alone must not load it
+    assert done.stdout.strip() == "True"
+    code = ("import sys, regtorch.lab.analysis, regtorch.lab.train; "
+            "print('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stdout.strip() == "False"
