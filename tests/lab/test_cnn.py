@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from regtorch.lab.cnn import CnnSpec, build_cnn, cnn_output_shape
 from regtorch.lab.study import StudyError
+from regtorch.lab.study.cnn import CnnSpec, build_cnn, cnn_output_shape
 
 F64 = torch.float64
 

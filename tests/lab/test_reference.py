@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from regtorch.lab.reference import lasso_reference
-from regtorch.lab.sources import SklearnSource, load_source
+from regtorch.lab.analysis.reference import lasso_reference
+from regtorch.lab.study.sources import SklearnSource, load_source
 
 KKT_TOL = 1e-8  # coordinate descent stops on a duality gap of 1e-12: gradients agree to ~1e-9
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from sklearn.datasets import load_diabetes, load_digits, load_iris
 
-from regtorch.lab.sources import (
+from regtorch.lab.study import StudyError
+from regtorch.lab.study.sources import (
     CLASS_LIMIT,
     SKLEARN_DATASETS,
     CsvSource,
@@ -26,7 +27,6 @@ from regtorch.lab.sources import (
     load_source,
     source_dict,
 )
-from regtorch.lab.study import StudyError
 
 F64 = torch.float64
 

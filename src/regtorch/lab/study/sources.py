@@ -1,7 +1,7 @@
 """The user's data: a CSV file, NumPy arrays, a Python factory or a scikit-learn bundled set.
 
 Each kind is a small frozen spec; :func:`load_source` turns one into the lab's
-:class:`~regtorch.lab.data.Datasets` (train / validation / test tensors). Nothing downloads.
+:class:`~regtorch.lab.study.data.Datasets` (train / validation / test tensors). Nothing downloads.
 
 * ``csv`` (:class:`CsvSource`): read with pandas. ``target`` names one column (several for
   multi-output regression); ``features`` lists the inputs (default: every other column). The task
@@ -38,8 +38,8 @@ per input value, e.g. per pixel) is always fitted on the train split alone.
 number of rows, unless ``missing = "drop"`` drops those rows (reported in the notes).
 
 Every failure — a missing file, column or array, a factory that cannot be imported, raises or
-returns the wrong thing, a NaN in the target — is a :class:`~regtorch.lab.study.StudyError` whose
-one line names the key and the value.
+returns the wrong thing, a NaN in the target — is a :class:`~regtorch.lab.study.spec.StudyError`
+whose one line names the key and the value.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from regtorch.lab.data import Datasets
-from regtorch.lab.study import StudyError
+from regtorch.lab.study.data import Datasets
+from regtorch.lab.study.spec import StudyError
 
 __all__ = [
     "CLASS_LIMIT",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from regtorch.lab.study import StudyError
+from regtorch.lab.study.spec import StudyError
 
 __all__ = ["CnnSpec", "build_cnn", "cnn_output_shape"]
 
