@@ -1,5 +1,6 @@
 """Lightning's ModelParallelStrategy (FSDP2 ``fully_shard``) with 2 CPU processes and gloo: the
-callback's three modes against single-process training of the full model, written here."""
+callback's three modes against single-process training of the full model, written here, on
+even (6 hidden units) and uneven (1 output row over 2 ranks) shards."""
 
 from __future__ import annotations
 
@@ -22,11 +23,6 @@ import lightning_fsdp_worker as worker  # noqa: E402
 # The issue's bar for sharded training: float64, 3 steps, equal to single-process to 1e-10 (the
 # ranks average two half-batch means where one process takes one mean).
 RTOL, ATOL = 1e-10, 1e-12
-# Until the Regularizer is DTensor-correct (issue 12, item 1): the loss term fails on DTensor
-# parameters ("mixed torch.Tensor and DTensor") and the L1 proximal step has no sharding
-# strategy for _foreach_copy_. (The fused gradient and its value already work for L1.)
-DTENSOR_PENDING = pytest.mark.xfail(reason="the Regularizer is not DTensor-correct yet "
-                                           "(issue 12 item 1)", strict=False)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +66,7 @@ def result(ranks: list[dict], mode: str, rank: int) -> dict:
     return got
 
 
-@pytest.mark.parametrize("mode", ["grad", pytest.param("loss", marks=DTENSOR_PENDING),
-                                  pytest.param("prox", marks=DTENSOR_PENDING)])
+@pytest.mark.parametrize("mode", ["grad", "loss", "prox"])
 def test_sharded_training_equals_single_process(ranks, mode):
     expected, _ = reference(mode)
     for rank in range(2):
@@ -83,8 +78,7 @@ def test_sharded_training_equals_single_process(ranks, mode):
                                        msg=f"rank {rank}: {name} differs")
 
 
-@pytest.mark.parametrize("mode", ["grad", pytest.param("loss", marks=DTENSOR_PENDING),
-                                  pytest.param("prox", marks=DTENSOR_PENDING)])
+@pytest.mark.parametrize("mode", ["grad", "loss", "prox"])
 def test_every_rank_logs_the_global_penalty(ranks, mode):
     _, penalties = reference(mode)
     for rank in range(2):
