@@ -252,3 +252,40 @@ def test_invalid_configurations_raise():
         fit(ManualModule(), Regularization(L1(LAM), mode="loss"), epochs=1)
     with pytest.raises(TypeError, match="has no proximal step"):
         fit(Module(), Regularization(Orthogonal(LAM), mode="prox"), epochs=1)
+
+
+# float16 autocast: the same float32 weights and operations as the plain loop below, rounded the
+# same way; kept apart from the float64 RTOL because it is another precision.
+FLOAT16_AMP_RTOL, FLOAT16_AMP_ATOL = 1e-6, 1e-7
+
+
+@pytest.mark.parametrize("mode", ["grad", "loss"])
+def test_grad_and_loss_modes_under_a_gradient_scaler(mode):
+    """Lightning's 16-mixed plugin with a GradScaler (on CPU, passed explicitly): the fused
+    gradient is added after unscaling, so it is the true ∇R (added before, it would be 2¹⁶×
+    too small), and both modes equal a plain autocast + GradScaler loop."""
+    module = Module()
+    module.model.float()
+    scaler = torch.amp.GradScaler("cpu")
+    precision = pl.plugins.precision.MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    trainer = pl.Trainer(max_epochs=STEPS, accelerator="cpu", devices=1, plugins=[precision],
+                         logger=False, callbacks=[Regularization(L1(LAM), mode=mode)],
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    x, y = (t.float() for t in data())
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=64))
+    assert scaler.get_scale() > 1.0, "no loss scaling happened: the test proves nothing"
+
+    model = make_model().float()
+    optimizer = make_optimizer("sgd-momentum", model.parameters())
+    plain_scaler = torch.amp.GradScaler("cpu")
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.mse_loss(model(x), y)
+        plain_scaler.scale(loss + l1(model)).backward()
+        plain_scaler.step(optimizer)
+        plain_scaler.update()
+    for (name, a), b in zip(module.model.named_parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=FLOAT16_AMP_RTOL, atol=FLOAT16_AMP_ATOL,
+                                   msg=f"{name} differs")

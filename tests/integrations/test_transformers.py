@@ -236,3 +236,28 @@ def test_decay_parameter_names_become_the_trainers_decay_group(tmp_path):
     names = decay_parameter_names(model)
     assert "classifier.weight" in names and "classifier.bias" not in names
     assert not any("LayerNorm" in n for n in names)
+
+
+class Recorder(transformers.TrainerCallback):
+    """Stands for a report_to integration: keeps the logs it is given."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict[str, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def test_callbacks_placed_before_it_see_the_penalty_once_it_is_moved_first(tmp_path):
+    model = Net()
+    callback, recorder = Regularization(L1(LAM), mode="prox"), Recorder()
+    args = transformers.TrainingArguments(
+        str(tmp_path), per_device_train_batch_size=N, max_steps=2, learning_rate=LR,
+        logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model, args, train_dataset=Samples(),
+                                   callbacks=[recorder, callback])
+    trainer.callback_handler.callbacks.insert(0, trainer.pop_callback(callback))
+    trainer.train()
+    train_logs = [logs for logs in recorder.logs if "loss" in logs]
+    assert len(train_logs) == 2
+    assert all("penalty" in logs for logs in train_logs)
