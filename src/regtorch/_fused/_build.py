@@ -1,0 +1,128 @@
+"""Build and load the fused C++ kernel at first use (private).
+
+The kernel (``kernel.cpp``) is compiled with :func:`torch.utils.cpp_extension.load` the first
+time it is needed, once per machine: the shared library is cached under
+``$REGTORCH_CACHE_DIR`` (default ``$XDG_CACHE_HOME/regtorch``, else ``~/.cache/regtorch``) in a
+directory named after the torch version, the CPU capability and a hash of the source, so a torch
+upgrade, another CPU or an edited kernel builds anew and an unchanged one loads in milliseconds.
+
+It is compiled for the instruction set torch itself dispatches to on this CPU
+(:func:`torch.backends.cpu.get_cpu_capability`: ``AVX512``, ``AVX2`` or the portable
+``DEFAULT``), never ``-march=native``. Building logs one line (``logging``, logger
+``"regtorch"``); without a C++ compiler, or when the build fails, one line says so and the
+pure-PyTorch path is used. ``REGTORCH_FUSED=0`` disables the kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+__all__ = ["ENV_CACHE", "ENV_DISABLE", "build_flags", "cache_dir", "load_kernel"]
+
+logger = logging.getLogger("regtorch")
+
+ENV_DISABLE = "REGTORCH_FUSED"
+ENV_CACHE = "REGTORCH_CACHE_DIR"
+_SOURCE = Path(__file__).with_name("kernel.cpp")
+
+# Flags per capability torch reports; torch's own per-ISA kernels use the same sets.
+_ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+# -ffp-contract=off: multiply-adds are fused only where the source says std::fma, as in torch's
+# kernels (so gradients match them bit for bit); -fno-math-errno lets sqrt vectorize.
+_COMMON_FLAGS = ["-O3", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno"]
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def capability() -> str:
+    """The instruction set to build for: torch's dispatch capability on x86, else DEFAULT."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return cap if cap in _ISA_FLAGS else "DEFAULT"
+
+
+def build_flags(cap: str | None = None) -> list[str]:
+    """Compiler flags for capability ``cap`` (default: this CPU's)."""
+    return _COMMON_FLAGS + _ISA_FLAGS.get(cap or capability(), [])
+
+
+def cache_dir() -> Path:
+    """Where built kernels live (one subdirectory per torch version, capability and source)."""
+    root = os.environ.get(ENV_CACHE)
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "regtorch"
+
+
+def _build_name(cap: str) -> str:
+    digest = hashlib.sha256(_SOURCE.read_bytes())
+    digest.update(" ".join(build_flags(cap)).encode())
+    version = torch.__version__.replace("+", "_").replace(".", "_")
+    return f"regtorch_fused_{version}_{cap.lower()}_{digest.hexdigest()[:12]}"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
+def disabled() -> bool:
+    """True when ``REGTORCH_FUSED`` is set to 0 / false / off / no."""
+    return os.environ.get(ENV_DISABLE, "").strip().lower() in {"0", "false", "off", "no"}
+
+
+def load_kernel() -> SimpleNamespace | None:
+    """The kernel's ops (``torch.ops.regtorch_fused``), building them on first use; ``None`` when
+    disabled, without a compiler, or when the build failed (each said once in the log)."""
+    if "ops" in _state:
+        return _state["ops"]  # type: ignore[return-value]
+    with _lock:
+        if "ops" not in _state:
+            _state["ops"] = _load()
+    return _state["ops"]  # type: ignore[return-value]
+
+
+def _load() -> SimpleNamespace | None:
+    if disabled():
+        logger.info("regtorch: fused kernel disabled (%s=%s); using the pure-PyTorch path",
+                    ENV_DISABLE, os.environ.get(ENV_DISABLE))
+        return None
+    if _compiler() is None:
+        logger.warning("regtorch: no C++ compiler found (set CXX or install g++ or clang++ for "
+                       "the fused kernel); using the pure-PyTorch path")
+        return None
+    cap = capability()
+    name = _build_name(cap)
+    directory = cache_dir() / name
+    built = any(directory.glob(f"{name}*.so"))
+    if not built:
+        logger.warning("regtorch: building the fused penalty kernel for %s in %s (once; about "
+                       "a minute)", cap, directory)
+    started = time.perf_counter()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=build_flags(cap),
+                           build_directory=str(directory), is_python_module=False,
+                           verbose=False)
+    except Exception as error:  # a failed build must never break training: fall back
+        logger.warning("regtorch: the fused kernel failed to build (%s: %s); using the "
+                       "pure-PyTorch path", type(error).__name__, str(error).splitlines()[0]
+                       if str(error) else "")
+        return None
+    if not built:
+        logger.warning("regtorch: fused kernel built in %.0f s", time.perf_counter() - started)
+    return torch.ops.regtorch_fused
