@@ -288,8 +288,9 @@ def test_disabled_by_environment(monkeypatch, caplog):
         "regtorch: fused kernel disabled (REGTORCH_FUSED=0); using the pure-PyTorch path"]
 
 
-def test_without_a_compiler_one_line_and_the_fallback(monkeypatch, caplog):
+def test_without_a_compiler_one_line_and_the_fallback(monkeypatch, caplog, tmp_path):
     monkeypatch.delenv(_build.ENV_DISABLE, raising=False)
+    monkeypatch.setenv(_build.ENV_CACHE, str(tmp_path))  # nothing cached there
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     with caplog.at_level(logging.INFO, logger="regtorch"):
         assert _build._load() is None
@@ -300,3 +301,22 @@ def test_without_a_compiler_one_line_and_the_fallback(monkeypatch, caplog):
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(_build.ENV_CACHE, str(tmp_path))
     assert _build.cache_dir() == tmp_path
+
+
+def test_a_cached_build_loads_without_a_compiler(ops, monkeypatch, caplog):
+    monkeypatch.delenv(_build.ENV_DISABLE, raising=False)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with caplog.at_level(logging.INFO, logger="regtorch"):
+        assert _build._load() is not None
+    assert caplog.messages == []
+
+
+def test_a_failed_build_falls_back_with_one_line(monkeypatch, caplog, tmp_path):
+    monkeypatch.delenv(_build.ENV_DISABLE, raising=False)
+    monkeypatch.setenv(_build.ENV_CACHE, str(tmp_path))
+    monkeypatch.setenv("CXX", shutil.which("false") or "false")  # a "compiler" that fails
+    monkeypatch.setattr(_build, "_build_name", lambda cap: "regtorch_fused_test_failure")
+    with caplog.at_level(logging.WARNING, logger="regtorch"):
+        assert _build._load() is None
+    assert caplog.messages[0].startswith("regtorch: building the fused penalty kernel")
+    assert caplog.messages[-1].startswith("regtorch: the fused kernel failed to build")

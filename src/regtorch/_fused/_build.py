@@ -99,17 +99,23 @@ def _load() -> SimpleNamespace | None:
         logger.info("regtorch: fused kernel disabled (%s=%s); using the pure-PyTorch path",
                     ENV_DISABLE, os.environ.get(ENV_DISABLE))
         return None
+    cap = capability()
+    name = _build_name(cap)
+    directory = cache_dir() / name
+    library = directory / f"{name}.so"
+    if library.is_file():  # built before: load it directly (cpp_extension.load costs ~1 s)
+        try:
+            torch.ops.load_library(str(library))
+            return torch.ops.regtorch_fused
+        except OSError as error:
+            logger.warning("regtorch: could not load the cached fused kernel %s (%s); "
+                           "rebuilding", library, error)
     if _compiler() is None:
         logger.warning("regtorch: no C++ compiler found (set CXX or install g++ or clang++ for "
                        "the fused kernel); using the pure-PyTorch path")
         return None
-    cap = capability()
-    name = _build_name(cap)
-    directory = cache_dir() / name
-    built = any(directory.glob(f"{name}*.so"))
-    if not built:
-        logger.warning("regtorch: building the fused penalty kernel for %s in %s (once; about "
-                       "a minute)", cap, directory)
+    logger.warning("regtorch: building the fused penalty kernel for %s in %s (once; about "
+                   "a minute)", cap, directory)
     started = time.perf_counter()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -119,10 +125,9 @@ def _load() -> SimpleNamespace | None:
                            build_directory=str(directory), is_python_module=False,
                            verbose=False)
     except Exception as error:  # a failed build must never break training: fall back
+        message = str(error).splitlines()[0] if str(error) else ""
         logger.warning("regtorch: the fused kernel failed to build (%s: %s); using the "
-                       "pure-PyTorch path", type(error).__name__, str(error).splitlines()[0]
-                       if str(error) else "")
+                       "pure-PyTorch path", type(error).__name__, message)
         return None
-    if not built:
-        logger.warning("regtorch: fused kernel built in %.0f s", time.perf_counter() - started)
+    logger.info("regtorch: fused kernel built in %.0f s", time.perf_counter() - started)
     return torch.ops.regtorch_fused

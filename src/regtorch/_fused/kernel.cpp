@@ -146,6 +146,27 @@ at::Tensor elementwise_grad(at::TensorList params, at::TensorList grads, double 
   return at::scalar_tensor(total, at::TensorOptions().dtype(at::kDouble));
 }
 
+// Σ x² in float64 over kLanes partial sums (see elementwise_grad_loop).
+template <typename T>
+double sum_of_squares(const T* __restrict w, int64_t n) {
+  double partial[kLanes] = {0.0};
+  const int64_t body = n - n % kLanes;
+  for (int64_t i = 0; i < body; i += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const double x = static_cast<double>(w[i + j]);
+      partial[j] += x * x;
+    }
+  }
+  double total = 0.0;
+  for (int64_t i = body; i < n; ++i) {
+    const double x = static_cast<double>(w[i]);
+    total += x * x;
+  }
+  for (int64_t j = 0; j < kLanes; ++j) total += partial[j];
+  return total;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Group lasso gradient: g_grp += (lam·c)·w_grp / max(‖w_grp‖, floor); Σ c·‖w_grp‖ in float64.
 // A tensor is viewed as [R, C, K]: "rows" groups are w[r, :, :] (C = K = 1 collapsed), "columns"
@@ -158,13 +179,7 @@ double group_rows_loop(const T* __restrict w, T* __restrict g, int64_t rows, int
   for (int64_t r = 0; r < rows; ++r) {
     const T* wr = w + r * cols;
     T* gr = g + r * cols;
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < cols; ++j) {
-      const double x = static_cast<double>(wr[j]);
-      s += x * x;
-    }
-    const double norm = std::sqrt(s);
+    const double norm = std::sqrt(sum_of_squares(wr, cols));
     total += norm;
     if (!update) continue;
     const T denominator = std::max(static_cast<T>(norm), floor);
@@ -178,16 +193,20 @@ template <typename T>
 double group_columns_loop(const T* __restrict w, T* __restrict g, int64_t d0, int64_t d1,
                           int64_t inner, T scale, T floor, bool update) {
   std::vector<double> sums(static_cast<size_t>(d1), 0.0);
-  for (int64_t i = 0; i < d0; ++i) {
-    for (int64_t c = 0; c < d1; ++c) {
-      const T* wc = w + (i * d1 + c) * inner;
-      double s = 0.0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < inner; ++k) {
-        const double x = static_cast<double>(wc[k]);
-        s += x * x;
+  if (inner == 1) {  // a matrix: accumulate whole rows into the column sums (vectorized over c)
+    double* acc = sums.data();
+    for (int64_t i = 0; i < d0; ++i) {
+      const T* wi = w + i * d1;
+#pragma omp simd
+      for (int64_t c = 0; c < d1; ++c) {
+        const double x = static_cast<double>(wi[c]);
+        acc[c] += x * x;
       }
-      sums[c] += s;
+    }
+  }
+  for (int64_t i = 0; inner > 1 && i < d0; ++i) {
+    for (int64_t c = 0; c < d1; ++c) {
+      sums[c] += sum_of_squares(w + (i * d1 + c) * inner, inner);
     }
   }
   double total = 0.0;

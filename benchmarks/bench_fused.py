@@ -1,0 +1,360 @@
+"""Step-time overhead of the fused single-pass kernel (regtorch._fused) against today's paths.
+
+One training step = ``zero_grad`` + forward + loss + backward (+ the penalty) + optimizer step
+(+ the proximal step), on fixed random data. Variants, each on its own copy of the same initial
+model with its own optimizer:
+
+* ``none`` (the baseline) and ``none (2nd copy)`` (an A/A control: the noise floor);
+* ``builtin``: torch's ``weight_decay`` on the weights (``regtorch.param_groups``);
+* ``P add_grad_(value=True)`` for P in L2, L1, ElasticNet, GroupLasso: today's
+  ``reg.add_grad_(value=True)`` (the pure-PyTorch path every user without a compiler gets);
+* ``P fused(value=True)``: the fused kernel on the same parameters and gradients, value included
+  (``regtorch._fused.elementwise_grad_`` / ``group_grad_``);
+* ``L1 Proximal``: ``Proximal(opt, Regularizer(model, L1))``; ``L1 fused prox``: ``opt.step()``
+  then the fused proximal step with the same effective step (Adam: ``lr/(√v̂+ε)`` from the
+  optimizer's ``exp_avg_sq``, in the kernel; SGD: ``lr/(1−μ)``);
+* ``L2 reg()``: ``loss + reg()`` through autograd; ``L2 reg() Function``: ``loss +`` the loss-mode
+  ``autograd.Function`` (``regtorch._fused.penalty_term``).
+
+Method (as ``bench_penalty.py``): 1 thread, warm-up steps for every variant, then rounds; each
+round runs every variant in a freshly shuffled order for a few steps, the fastest step counting;
+a variant's overhead is the median over rounds of its paired ratio to ``none`` of the same round,
+minus 1 (IQR in the tables). Models: the seed MLP 784-200-100-10 (batch 32), the deep MLP
+64 × [Linear 256, LayerNorm, ReLU], the wide MLP 4 × Linear 2048 and a small resnet-style CNN
+defined below (no torchvision). Optimizers: SGD(lr=1e-3, momentum=0.9), Adam(lr=1e-3).
+
+Usage::
+
+    python benchmarks/bench_fused.py [--models seed,deep,wide,cnn] [--optims sgd,adam]
+                                     [--rounds N] [--threads 1] [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gc
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from bench_penalty import MODELS as PENALTY_MODELS
+from bench_penalty import OPTIMIZERS, Workload, overheads, parse_arguments, set_up
+from torch import Tensor, nn
+
+import regtorch
+from regtorch import L1, L2, ElasticNet, GroupLasso, Proximal, Regularizer
+from regtorch import _fused as fused
+
+SEED = 0
+LAM = 1e-4
+L1_LAM = 1e-5
+
+
+class _Block(nn.Module):
+    """A basic residual block: conv-BN-ReLU-conv-BN plus a (strided 1×1) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
+                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                       nn.BatchNorm2d(cout)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class _SmallResNet(nn.Module):
+    """resnet-style CNN for 16×16×3 inputs: stem 32, stages 32/64/128 (two blocks each), 0.7 M
+    parameters (resnet18's stages have 11 M; kept small so 1 thread stays quick)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32),
+                                  nn.ReLU())
+        blocks = []
+        cin = 32
+        for cout, stride in [(32, 1), (64, 2), (128, 2)]:
+            blocks += [_Block(cin, cout, stride), _Block(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def _cnn(quick: bool) -> Workload:
+    batch = 4 if quick else 16
+    return Workload(f"small resnet-style CNN (stem 32, 3 stages × 2 basic blocks, 32/64/128), "
+                    f"16×16×3, batch {batch}, cross-entropy", _SmallResNet(),
+                    torch.randn(batch, 3, 16, 16), torch.randint(0, 10, (batch,)),
+                    F.cross_entropy, steps_per_round=1 if quick else 2,
+                    rounds=3 if quick else 20, warmup=1 if quick else 2)
+
+
+def _seed(quick: bool) -> Workload:
+    work = PENALTY_MODELS["seed"](quick)
+    if not quick:
+        work.rounds = 100
+    return work
+
+
+MODELS: dict[str, Callable[[bool], Workload]] = {
+    "seed": _seed, "deep": PENALTY_MODELS["deep"], "wide": PENALTY_MODELS["wide"], "cnn": _cnn,
+}
+
+Step = Callable[[], None]
+
+
+def _step(model, optimizer, work, *, penalty=None, after_backward=None, after_step=None) -> Step:
+    def step() -> None:
+        optimizer.zero_grad()
+        loss = work.criterion(model(work.x), work.y)
+        if penalty is not None:
+            loss = loss + penalty()
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+
+    return step
+
+
+def _none(model, make_optimizer, work):
+    return _step(model, make_optimizer(model.parameters()), work)
+
+
+def _builtin(model, make_optimizer, work):
+    return _step(model, make_optimizer(regtorch.param_groups(model, weight_decay=LAM)), work)
+
+
+PENALTIES: dict[str, Callable[[], regtorch.Penalty]] = {
+    "L2": lambda: L2(LAM),
+    "L1": lambda: L1(L1_LAM),
+    "ElasticNet": lambda: ElasticNet(L1_LAM, LAM),
+    "GroupLasso": lambda: GroupLasso(LAM),
+}
+
+
+def _today(name):
+    def factory(model, make_optimizer, work):
+        reg = Regularizer(model, PENALTIES[name]())
+        return _step(model, make_optimizer(model.parameters()), work,
+                     after_backward=functools.partial(reg.add_grad_, value=True))
+
+    return factory
+
+
+def _fused_grad(name):
+    """The kernel on the regularizer's parameters: what add_grad_ would call once wired."""
+
+    def factory(model, make_optimizer, work):
+        reg = Regularizer(model, PENALTIES[name]())
+        params = list(reg.parameters())
+        penalty = PENALTIES[name]()
+        if name == "GroupLasso":
+            coefficients = [math.sqrt(p[0].numel()) for p in params]
+
+            def add_grad():
+                fused.group_grad_(params, [p.grad for p in params], penalty.lam, "rows",
+                                  coefficients, value=True)
+        else:
+            l1 = {"L1": L1_LAM, "ElasticNet": L1_LAM}.get(name, 0.0)
+            l2 = {"L2": LAM, "ElasticNet": LAM}.get(name, 0.0)
+
+            def add_grad():
+                fused.elementwise_grad_(params, [p.grad for p in params], l1, l2, value=True)
+
+        return _step(model, make_optimizer(model.parameters()), work, after_backward=add_grad)
+
+    return factory
+
+
+def _proximal(model, make_optimizer, work):
+    reg = Regularizer(model, L1(L1_LAM))
+    return _step(model, Proximal(make_optimizer(model.parameters()), reg), work)
+
+
+def _fused_prox(model, make_optimizer, work):
+    reg = Regularizer(model, L1(L1_LAM))
+    params = list(reg.parameters())
+    optimizer = make_optimizer(model.parameters())
+    group = optimizer.param_groups[0]
+    if isinstance(optimizer, torch.optim.Adam):
+        beta2 = group["betas"][1]
+
+        def prox():
+            state = optimizer.state[params[0]]
+            scale = math.sqrt(1.0 - beta2 ** float(state["step"]))  # one read, all tensors
+            n = len(params)
+            fused.adam_prox_(params, [optimizer.state[p]["exp_avg_sq"] for p in params],
+                             [group["lr"]] * n, [scale] * n, [group["eps"]] * n, L1_LAM, 0.0)
+    else:
+        def prox():
+            step = group["lr"] / (1.0 - group["momentum"])
+            fused.elementwise_prox_(params, [step] * len(params), L1_LAM, 0.0)
+
+    return _step(model, optimizer, work, after_step=torch.no_grad()(prox))
+
+
+def _loss_autograd(model, make_optimizer, work):
+    reg = Regularizer(model, L2(LAM))
+    return _step(model, make_optimizer(model.parameters()), work, penalty=reg)
+
+
+def _loss_function(model, make_optimizer, work):
+    reg = Regularizer(model, L2(LAM))
+    penalty, params = reg.rules[0][1], list(reg.parameters())
+    return _step(model, make_optimizer(model.parameters()), work,
+                 penalty=lambda: fused.penalty_term(penalty, params).to(torch.float32))
+
+
+def _fused_grad_only(model, make_optimizer, work):
+    """L2 gradient by the kernel, no value: the reference for the loss mode's 1.3× target."""
+    reg = Regularizer(model, L2(LAM))
+    params = list(reg.parameters())
+    return _step(model, make_optimizer(model.parameters()), work,
+                 after_backward=lambda: fused.elementwise_grad_(
+                     params, [p.grad for p in params], 0.0, LAM, value=False))
+
+
+VARIANTS: dict[str, Callable] = {
+    "none": _none,
+    "none (2nd copy)": _none,
+    "builtin weight_decay": _builtin,
+}
+for _name in PENALTIES:
+    VARIANTS[f"{_name} add_grad_(value=True)"] = _today(_name)
+    VARIANTS[f"{_name} fused(value=True)"] = _fused_grad(_name)
+VARIANTS["L2 fused (no value)"] = _fused_grad_only
+VARIANTS["L1 Proximal"] = _proximal
+VARIANTS["L1 fused prox"] = _fused_prox
+VARIANTS["L2 reg() autograd"] = _loss_autograd
+VARIANTS["L2 reg() Function"] = _loss_function
+
+
+def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> dict[str, list]:
+    steps = {name: factory(copy.deepcopy(work.model), make_optimizer, work)
+             for name, factory in VARIANTS.items()}
+    for step in steps.values():
+        for _ in range(work.warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            gc.collect()
+            rng.shuffle(names)
+            for name in names:
+                fastest = math.inf
+                for _ in range(work.steps_per_round):
+                    start = time.perf_counter()
+                    steps[name]()
+                    fastest = min(fastest, time.perf_counter() - start)
+                times[name].append(fastest)
+    finally:
+        gc.enable()
+    return times
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.1f}%"
+
+
+TARGETS = [  # (what, variant, reference variant, allowed points above it, seed / other models)
+    ("L2 value: fused ≤ builtin + 2 (seed) / + 1", "L2 fused(value=True)", "builtin weight_decay",
+     2.0, 1.0),
+    ("L1 value: fused ≤ L2 fused + 4 (seed) / + 2", "L1 fused(value=True)", "L2 fused(value=True)",
+     4.0, 2.0),
+    ("ElasticNet value: fused ≤ L2 fused + 4 / + 2", "ElasticNet fused(value=True)",
+     "L2 fused(value=True)", 4.0, 2.0),
+    ("GroupLasso value: fused ≤ L2 fused + 4 / + 2", "GroupLasso fused(value=True)",
+     "L2 fused(value=True)", 4.0, 2.0),
+    ("L1 prox: fused ≤ builtin + 8", "L1 fused prox", "builtin weight_decay", 8.0, 8.0),
+]
+
+
+def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
+    columns = list(results)
+    stats = {c: overheads(results[c]) for c in columns}
+    print("### Summary: median overhead vs none (1 thread)\n")
+    print("| variant | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    print("| `none` ms/step | " + " | ".join(
+        f"{1e3 * statistics.median(results[c]['none']):.2f}" for c in columns) + " |")
+    for name in VARIANTS:
+        if name != "none":
+            print(f"| {name} | " + " | ".join(_pct(stats[c][name][0]) for c in columns) + " |")
+    print("\n### Targets (issue 14)\n")
+    print("| target | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for what, variant, reference, seed_points, other_points in TARGETS:
+        cells = []
+        for c in columns:
+            allowed = seed_points if c.startswith("seed") else other_points
+            excess = stats[c][variant][0] - stats[c][reference][0]
+            cells.append(f"{excess:+.1f} ({'met' if excess <= allowed else 'MISSED'})")
+        print(f"| {what} | " + " | ".join(cells) + " |")
+    cells = []
+    for c in columns:
+        function, gradient = stats[c]["L2 reg() Function"][0], stats[c]["L2 fused (no value)"][0]
+        # a ratio of two overheads near the noise floor means nothing: compare with 1.3× the
+        # gradient's overhead, or with the noise floor (the A/A control) when that is larger
+        allowed = max(1.3 * gradient, abs(stats[c]["none (2nd copy)"][0]))
+        cells.append(f"{function:+.1f} vs {allowed:+.1f} "
+                     f"({'met' if function <= allowed else 'MISSED'})")
+    print("| loss mode: Function's overhead ≤ 1.3 × fused gradient's | " + " | ".join(cells)
+          + " |\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv, __doc__.split("\n\n")[0], MODELS, "seed,deep,wide,cnn",
+                           "~15 min in all", "smoke run: 3 rounds, small batches")
+    if "--threads" not in " ".join(argv or sys.argv[1:]):
+        args.threads = 1
+    warnings.filterwarnings("ignore")
+    set_up(args)
+    if fused.load_kernel() is None:
+        print("the fused kernel is not available here: its variants run the pure-PyTorch "
+              "reference\n")
+    results: dict[str, dict[str, list[float]]] = {}
+    for model_name in args.models:
+        torch.manual_seed(SEED)
+        work = MODELS[model_name](args.quick)
+        rounds = args.rounds or work.rounds
+        for optim_name in args.optims:
+            label, make_optimizer = OPTIMIZERS[optim_name]
+            torch.manual_seed(SEED)
+            load = os.getloadavg()[0]
+            times = measure(work, make_optimizer, rounds, random.Random(SEED))
+            results[f"{model_name}/{optim_name}"] = times
+            print(f"{work.description} · {label} · {rounds} rounds: none "
+                  f"{1e3 * statistics.median(times['none']):.2f} ms/step, load "
+                  f"{load:.1f} → {os.getloadavg()[0]:.1f}", flush=True)
+    print()
+    print_summary(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "quick": args.quick, "times": results}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
