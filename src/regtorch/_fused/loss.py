@@ -2,10 +2,12 @@ r"""Loss mode as one :class:`torch.autograd.Function` (private).
 
 ``loss + reg()`` through autograd records every op of the penalty's value (``pow``, ``sum``,
 chunked dots, a float64 cast) and runs each one's backward: for L2 that is several passes over
-every weight where one suffices. :func:`penalty_term` instead returns R(w) from one node whose
-backward is the penalty's closed-form gradient (``penalty.add_grad_`` into fresh buffers, scaled
-by the incoming gradient): the same value and the same gradients, with no graph through the
-value's ops.
+every weight where one suffices. :func:`penalty_term` instead returns R(w) from one node: its
+forward runs ``penalty.add_grad_(value=True)`` into fresh buffers (value and closed-form gradient
+together, one pass with the fused kernel), its backward hands those buffers to autograd, scaled by
+the incoming gradient. The same value and the same gradients, with no graph through the value's
+ops. (The gradient is computed even if no backward follows: a term built under grad mode is
+normally differentiated.)
 
 The plain autograd path (``penalty.value(params)``) is kept where the function cannot be used:
 
@@ -65,31 +67,30 @@ def penalty_term(penalty, params: Sequence[Tensor]) -> Tensor:
 
 
 class _PenaltyTerm(torch.autograd.Function):
-    """R(w) forward; backward ``grad_output · ∇R(w)`` in closed form."""
+    """R(w) forward, computed together with ∇R(w) by one ``add_grad_(value=True)`` into fresh
+    buffers (one pass with the fused kernel); backward returns ``grad_output · ∇R(w)``."""
 
     @staticmethod
-    def forward(penalty, *params: Tensor) -> Tensor:
-        return penalty.value(list(params))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.penalty = inputs[0]
-        ctx.save_for_backward(*inputs[1:])
+    def forward(ctx, penalty, *params: Tensor) -> Tensor:
+        grads = [torch.zeros_like(p) for p in params]
+        value = penalty.add_grad_(list(params), grads, value=True)
+        ctx.penalty = penalty
+        ctx.grads = grads
+        ctx.save_for_backward(*params)
+        return value
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        params = list(ctx.saved_tensors)
         needed = ctx.needs_input_grad[1:]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            params = list(ctx.saved_tensors)
             leaves = [p for p, need in zip(params, needed) if need]
             value = ctx.penalty.value(params)
             found = iter(torch.autograd.grad(value, leaves, grad_output, create_graph=True,
                                              allow_unused=True))
-            grads = [next(found) if need else None for need in needed]
-            return (None, *grads)
-        grads = [torch.zeros_like(p) for p in params]
-        ctx.penalty.add_grad_(params, grads)
+            return (None, *(next(found) if need else None for need in needed))
+        grads, ctx.grads = ctx.grads, None
         # The usual case is d(loss)/d(R) = 1: skip the scaling pass (a CPU scalar costs no sync).
         if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
-            torch._foreach_mul_(grads, grad_output.to(params[0].dtype))
+            torch._foreach_mul_(grads, grad_output.to(grads[0].dtype))
         return (None, *(g if need else None for g, need in zip(grads, needed)))
