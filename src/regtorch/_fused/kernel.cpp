@@ -13,7 +13,9 @@
 // pure-PyTorch path bit for bit: torch's vectorized `add(alpha)` is a fused multiply-add
 // (vec::fmadd), so `madd` is std::fma where the target has FMA; `addcdiv` is
 // self + (value * t1) / t2; clamps and divisions are exactly rounded.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
 #include <algorithm>
