@@ -10,7 +10,7 @@ Conventions (strengths ≥ 0 floats; ``[K]`` strengths are not part of this cont
 
 - ``elementwise_grad_``: ``g += l1·sign(w)``, then ``g += l2·w``; value
   :math:`l_1 Σ|w| + \frac{l_2}{2} Σ w^2`;
-- ``group_grad_``: ``g += (lam·c)·w / max(‖w_g‖, √tiny)`` per group; value
+- ``group_grad_``: ``g += w · ((lam·c) / max(‖w_g‖, √tiny))`` per group; value
   :math:`λ Σ_t c_t Σ_g ‖w_g‖_2`, groups ``"rows"`` (slices along dim 0), ``"columns"`` (along
   dim 1) or ``"tensor"``;
 - ``elementwise_prox_``: ``w ← w − clamp(w, −t·l1, t·l1)``, then ``w ← w / (1 + t·l2)``;
@@ -82,7 +82,8 @@ def group_grad_(params: Sequence[Tensor], grads: Sequence[Tensor], lam: float, g
             total = total + c * norms.sum()
         if lam != 0.0:
             floor = math.sqrt(torch.finfo(p.dtype).tiny)
-            g.addcdiv_(p, norms.to(p.dtype).clamp_min_(floor), value=lam * c)
+            factor = (lam * c) / norms.to(p.dtype).clamp_min_(floor)
+            g.addcmul_(p, factor)
     return lam * total if value else None
 
 
