@@ -16,6 +16,9 @@ pl = pytest.importorskip("lightning.pytorch", reason="the lightning extra is not
 from regtorch import L1, Orthogonal  # noqa: E402
 from regtorch.integrations.lightning import Regularization  # noqa: E402
 
+# Most fits here train without validation data, although the module can validate.
+pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")
+
 # Lightning and the plain loop run the same float64 operations in the same order; what differs is
 # the summation order of a few reductions (e.g. a loss divided by accumulate_grad_batches).
 RTOL, ATOL = 1e-10, 1e-12

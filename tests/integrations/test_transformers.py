@@ -261,3 +261,50 @@ def test_callbacks_placed_before_it_see_the_penalty_once_it_is_moved_first(tmp_p
     train_logs = [logs for logs in recorder.logs if "loss" in logs]
     assert len(train_logs) == 2
     assert all("penalty" in logs for logs in train_logs)
+
+
+def test_prox_mode_on_a_bert_built_from_a_config(tmp_path):
+    """A transformers model with the Trainer's own AdamW (two param groups, built from args):
+    the same weights and zeros as AdamW plus soft-thresholding by lr/(√v̂ + ε), by hand."""
+    rules = {"classifier.weight": L1(LAM), "bert.pooler.dense.weight": L1(LAM)}
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 32, (16, 8), generator=g)
+    labels = torch.randint(0, 2, (16,), generator=g)
+    samples = [{"input_ids": i, "labels": t} for i, t in zip(ids, labels)]
+
+    def model() -> nn.Module:
+        torch.manual_seed(2)
+        config = transformers.BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=16,
+                                         max_position_embeddings=16, num_labels=2,
+                                         hidden_dropout_prob=0.0,
+                                         attention_probs_dropout_prob=0.0)
+        return transformers.BertForSequenceClassification(config).double()
+
+    trained = model()
+    args = transformers.TrainingArguments(
+        str(tmp_path), per_device_train_batch_size=16, max_steps=10, learning_rate=LR,
+        lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, optim="adamw_torch",
+        report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    transformers.Trainer(trained, args, train_dataset=samples,
+                         callbacks=[Regularization(rules, mode="prox")]).train()
+
+    expected = model()
+    optimizer = torch.optim.AdamW(expected.parameters(), lr=LR, weight_decay=0.0)
+    penalized = [expected.get_parameter(name) for name in rules]
+    for _ in range(10):
+        optimizer.zero_grad()
+        expected(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for w in penalized:
+                state, group = optimizer.state[w], optimizer.param_groups[0]
+                bias_correction = 1 - group["betas"][1] ** float(state["step"])
+                soft_threshold_(w, LR / ((state["exp_avg_sq"] / bias_correction).sqrt()
+                                         + group["eps"]) * LAM)
+    for name in rules:
+        a, b = trained.get_parameter(name), expected.get_parameter(name)
+        assert torch.equal(a == 0, b == 0), f"zero pattern of {name} differs"
+        assert int((a == 0).sum()) > 0, f"no exact zero in {name}: proves nothing"
+    for (name, a), b in zip(trained.named_parameters(), expected.parameters()):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=f"{name} differs")
