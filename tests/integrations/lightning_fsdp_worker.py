@@ -1,6 +1,7 @@
-"""One rank of the Lightning FSDP2 test (run by tests/integrations/test_lightning_fsdp.py under
-``torch.distributed.run`` with 2 CPU processes and gloo): for each mode, fit a small MLP with
-``ModelParallelStrategy`` and write the full weights and the logged penalties to JSON."""
+"""One rank of the Lightning distributed test (run by tests/integrations/test_lightning_fsdp.py
+under ``torch.distributed.run`` with 2 CPU processes and gloo): for each strategy (FSDP2 through
+``ModelParallelStrategy``, and DDP) and mode, fit a small MLP and write the full weights and the
+logged penalties to JSON."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 STEPS, LR, MOMENTUM, LAM, N = 3, 0.05, 0.5, 0.02, 64
+STRATEGIES = ("fsdp2", "ddp")
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,9 +32,9 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(10, 6), nn.Tanh(), nn.Linear(6, 1)).double()
 
 
-def fit(mode: str) -> dict[str, Any]:
+def fit(strategy_name: str, mode: str) -> dict[str, Any]:
     import lightning.pytorch as pl
-    from lightning.pytorch.strategies import ModelParallelStrategy
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
     from torch.distributed.fsdp import fully_shard
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -45,6 +47,8 @@ def fit(mode: str) -> dict[str, Any]:
             self.model = make_model()
 
         def configure_model(self) -> None:
+            if strategy_name != "fsdp2":
+                return
             mesh = self.device_mesh["data_parallel"]
             for layer in (self.model[0], self.model[2]):
                 fully_shard(layer, mesh=mesh)
@@ -75,28 +79,31 @@ def fit(mode: str) -> dict[str, Any]:
             pass
 
     module, logger = Module(), Penalties()
+    strategy = (ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+                if strategy_name == "fsdp2" else DDPStrategy(process_group_backend="gloo"))
     trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=2, num_nodes=1,
-                         strategy=ModelParallelStrategy(data_parallel_size=2,
-                                                        tensor_parallel_size=1),
+                         strategy=strategy,
                          callbacks=[Regularization(L1(LAM), mode=mode)], logger=logger,
                          log_every_n_steps=1, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0)
     # The distributed sampler gives each rank half of the one batch of N samples.
     trainer.fit(module, DataLoader(TensorDataset(*data()), batch_size=N // 2))
-    weights = {name: p.full_tensor().tolist() for name, p in module.model.named_parameters()}
+    weights = {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).tolist()
+               for name, p in module.model.named_parameters()}
     return {"weights": weights, "penalties": logger.penalties}
 
 
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
-    for mode in ("grad", "loss", "prox"):
-        try:
-            results[mode] = fit(mode)
-        except Exception as error:  # a mode that fails must not hide the others
-            results[mode] = {"error": f"{type(error).__name__}: {error}",
-                             "traceback": traceback.format_exc()}
+    for strategy in STRATEGIES:
+        for mode in ("grad", "loss", "prox"):
+            try:
+                results[f"{strategy}-{mode}"] = fit(strategy, mode)
+            except Exception as error:  # a failing case must not hide the others
+                results[f"{strategy}-{mode}"] = {"error": f"{type(error).__name__}: {error}",
+                                                 "traceback": traceback.format_exc()}
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
 

@@ -1,9 +1,10 @@
-"""Lightning's ModelParallelStrategy (FSDP2 ``fully_shard``) with 2 CPU processes and gloo: the
-callback's three modes against single-process training of the full model, written here, on
-even (6 hidden units) and uneven (1 output row over 2 ranks) shards."""
+"""Lightning's ModelParallelStrategy (FSDP2 ``fully_shard``) and DDP with 2 CPU processes and
+gloo: the callback's three modes against single-process training of the full model, written
+here; FSDP2 on even (6 hidden units) and uneven (1 output row over 2 ranks) shards."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("lightning.pytorch", reason="the lightning extra is not installed")
+# The ranks import lightning; this process only needs to know it is there.
+if importlib.util.find_spec("lightning") is None:
+    pytest.skip("the lightning extra is not installed", allow_module_level=True)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -60,17 +63,21 @@ def reference(mode: str) -> tuple[nn.Module, list[float]]:
     return model, penalties
 
 
-def result(ranks: list[dict], mode: str, rank: int) -> dict:
-    got = ranks[rank][mode]
+def result(ranks: list[dict], case: str, rank: int) -> dict:
+    got = ranks[rank][case]
     assert "error" not in got, got.get("traceback")
     return got
 
 
-@pytest.mark.parametrize("mode", ["grad", "loss", "prox"])
-def test_sharded_training_equals_single_process(ranks, mode):
+CASES = pytest.mark.parametrize(("strategy", "mode"), [(s, m) for s in worker.STRATEGIES
+                                                        for m in ("grad", "loss", "prox")])
+
+
+@CASES
+def test_distributed_training_equals_single_process(ranks, strategy, mode):
     expected, _ = reference(mode)
     for rank in range(2):
-        got = result(ranks, mode, rank)["weights"]
+        got = result(ranks, f"{strategy}-{mode}", rank)["weights"]
         for name, p in expected.named_parameters():
             actual = torch.tensor(got[name], dtype=torch.float64)
             assert torch.equal(actual == 0, p.detach() == 0), f"rank {rank}: zeros of {name}"
@@ -78,8 +85,9 @@ def test_sharded_training_equals_single_process(ranks, mode):
                                        msg=f"rank {rank}: {name} differs")
 
 
-@pytest.mark.parametrize("mode", ["grad", "loss", "prox"])
-def test_every_rank_logs_the_global_penalty(ranks, mode):
+@CASES
+def test_every_rank_logs_the_global_penalty(ranks, strategy, mode):
     _, penalties = reference(mode)
     for rank in range(2):
-        assert result(ranks, mode, rank)["penalties"] == pytest.approx(penalties, rel=RTOL)
+        logged = result(ranks, f"{strategy}-{mode}", rank)["penalties"]
+        assert logged == pytest.approx(penalties, rel=RTOL)
