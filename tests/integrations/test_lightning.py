@@ -218,6 +218,20 @@ def test_fit_leaves_the_module_and_optimizer_as_they_were():
                                                                         "model.2.weight"]
 
 
+def test_an_instance_training_step_is_used_and_put_back():
+    module = Module()
+    calls = []
+
+    def training_step(batch, batch_idx):
+        calls.append(batch_idx)
+        return Module.training_step(module, batch, batch_idx)
+
+    module.training_step = training_step
+    fit(module, Regularization(L1(LAM), mode="loss"), epochs=2)
+    assert calls == [0, 0]
+    assert vars(module)["training_step"] is training_step
+
+
 def test_strengths_go_into_checkpoints():
     callback = Regularization(L1(LAM))
     fit(Module(), callback, epochs=1)

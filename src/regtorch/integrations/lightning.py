@@ -55,6 +55,8 @@ from regtorch.regularizer import Regularizer
 
 __all__ = ["Regularization"]
 
+_NOT_SET = object()  # the module had no training_step of its own (the class's method)
+
 
 class Regularization(pl.Callback):
     """Regularize the LightningModule being fitted: loss term, fused gradient or proximal step.
@@ -94,6 +96,7 @@ class Regularization(pl.Callback):
         self._optimizer: Optimizer | None = None
         self._handle: Any = None
         self._pending_state: dict[str, Any] | None = None
+        self._shadowed: Any = None  # the instance's own training_step attribute, if any
         self._data_loss: Tensor | None = None
         self._penalty: Tensor | None = None
 
@@ -117,6 +120,7 @@ class Regularization(pl.Callback):
         """Shadow ``training_step`` on the instance (Lightning and its strategy wrappers look it
         up there): record the data loss, and add R(w) to it in ``"loss"`` mode."""
         training_step = pl_module.training_step
+        self._shadowed = vars(pl_module).get("training_step", _NOT_SET)
 
         def regularized_training_step(*args: Any, **kwargs: Any) -> Any:
             output = training_step(*args, **kwargs)
@@ -139,8 +143,12 @@ class Regularization(pl.Callback):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if "training_step" in vars(pl_module):
-            del pl_module.training_step
+        if self._shadowed is not None:  # put back what the instance had before the fit
+            if self._shadowed is _NOT_SET:
+                vars(pl_module).pop("training_step", None)
+            else:
+                pl_module.training_step = self._shadowed  # type: ignore[method-assign]
+            self._shadowed = None
         self._optimizer = None
 
     # -- the step ------------------------------------------------------------------------------

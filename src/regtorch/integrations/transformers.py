@@ -83,7 +83,8 @@ class Regularization(transformers.TrainerCallback):
             before); change strengths through ``regularizer_.rules``.
 
     Raises:
-        ValueError: an unknown mode; penalized parameters the optimizer does not update.
+        ValueError: an unknown mode; in ``"prox"`` mode, penalized parameters the optimizer
+            does not update (at ``on_train_begin``).
         TypeError: ``"prox"`` with a penalty without a proximal step or an optimizer whose
             effective step regtorch does not know (at ``on_train_begin``).
         RuntimeError: ``"loss"`` mode whose :meth:`compute_loss_func` the Trainer never called
