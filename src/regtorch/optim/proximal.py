@@ -1,20 +1,21 @@
-r"""Proximal: an optimizer step followed by the regularizer's proximal step, at the right step size.
+r"""The proximal step attached to the user's own optimizer, at the step size it actually takes.
 
 Proximal gradient descent minimizes f(w) + R(w) by a gradient step on f and a proximal step on R:
 
 .. math::  w \leftarrow \mathrm{prox}_{tR}(w - t∇f(w))
 
 and its fixed points are exactly the minimizers (0 ∈ ∇f(w) + ∂R(w)) *only* if the proximal step
-``t`` equals the step the optimizer actually took along the gradient. :class:`Proximal` reads that
-*effective* step from the optimizer at every step, at the group's *current* learning rate (so LR
-schedulers keep working):
+``t`` equals the step the optimizer actually took along the gradient. :func:`attach_prox` registers
+a step post-hook on the optimizer (torch's public ``Optimizer.register_step_post_hook``) that reads
+that *effective* step from the optimizer after every ``step()``, at each group's *current* learning
+rate (so LR schedulers keep working), and runs ``regularizer.prox_`` with it:
 
 =====================================  ==========================================================
 optimizer                              effective step ``t``
 =====================================  ==========================================================
 ``SGD``                                ``lr``
 ``SGD(momentum=μ, dampening=d)``       ``lr·(1−d)/(1−μ)``; Nesterov too (same steady state)
-``Adam``, ``AdamW`` (``amsgrad`` too)  ``lr / (√v̂ + ε)`` per element, ``v̂ = v/(1−β₂ᵗ)`` from the
+``Adam``, ``AdamW`` (``amsgrad`` too)  ``lr / (√v̂ + ε)`` per element, ``v̂ = v/(1−β₂ᵏ)`` from the
                                        optimizer's own ``exp_avg_sq`` (``max_exp_avg_sq``)
 ``Adagrad``                            ``lr / (1 + (k−1)·lr_decay) / (√G + ε)`` per element
 ``RMSprop``                            ``lr / (√v + ε)`` per element (centered: ``√(v − m²)``),
@@ -29,17 +30,22 @@ With a diagonal step the proximal step is exact for the separable penalties (L1,
 net); :class:`~regtorch.GroupLasso` uses each group's mean step, so its fixed point is then only
 approximately the group-lasso solution (a warning says so).
 
-Parameters without a gradient at a step (``.grad is None``) were not updated by the optimizer and
-get no proximal step either.
+The step count ``k`` is read from the optimizer's ``state["step"]`` tensors as tensors, once per
+param group (never ``float(state["step"])`` per parameter: that would synchronize the host with
+the device at every parameter under fused or capturable Adam, and ``torch.compile`` traces it
+wrongly). Parameters without a gradient at a step (``.grad is None``) were not updated by the
+optimizer and get no proximal step either.
+
+Because the hook runs inside ``optimizer.step()``, whatever skips that call skips the proximal
+step too: ``torch.amp.GradScaler.step`` does not call ``step()`` when the gradients hold inf/NaN,
+and then no proximal step runs — as it must, the weights did not move.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,69 +54,85 @@ from torch.optim import SGD, Adagrad, Adam, Optimizer, RMSprop
 from regtorch.penalties import GroupLasso
 from regtorch.regularizer import Regularizer
 
-__all__ = ["Proximal"]
+__all__ = ["ProxHandle", "Proximal", "attach_prox"]
 
 Step = float | Tensor
 
-# Optimizers whose effective step Proximal knows, and whether that step is preconditioned
+# Optimizers whose effective step is known, and whether that step is preconditioned
 # (element-wise). AdamW is an Adam subclass.
 _PRECONDITIONED: dict[type[Optimizer], bool] = {SGD: False, Adam: True, Adagrad: True,
                                                 RMSprop: True}
 
-
-def _family(optimizer: Optimizer) -> type[Optimizer]:
-    for cls in _PRECONDITIONED:
-        if isinstance(optimizer, cls):
-            return cls
-    names = ", ".join(cls.__name__ for cls in _PRECONDITIONED)
-    raise TypeError(f"Proximal does not know the effective step of {type(optimizer).__name__} "
-                    f"(supported: {names} and AdamW); call reg.prox_(step) yourself after "
-                    f"optimizer.step() with the step size that optimizer takes")
-
-
-class Proximal(Optimizer):
-    """Wrap an optimizer: ``step()`` runs it, then ``regularizer.prox_`` with its effective step.
-
-    ``Proximal`` is a :class:`torch.optim.Optimizer` that shares the wrapped optimizer's
-    ``param_groups``, ``state`` and ``defaults``: LR schedulers, ``ReduceLROnPlateau`` and
-    ``GradScaler.step`` accept it, and a scheduler attached to the wrapped optimizer acts on it
-    too. ``zero_grad``, ``add_param_group``, ``state_dict`` and ``load_state_dict`` are the wrapped
-    optimizer's (the regularizer's strengths have their own ``state_dict``).
-
-    Args:
-        optimizer: ``SGD``, ``Adam``, ``AdamW``, ``Adagrad`` or ``RMSprop`` (or a subclass) over at
-            least the parameters the regularizer penalizes.
+_ARGS_DOC = """optimizer: ``SGD``, ``Adam``, ``AdamW``, ``Adagrad`` or ``RMSprop`` (or a subclass)
+            over at least the parameters the regularizer penalizes; with ``maximize=False``.
         regularizer: the penalties to apply by their proximal step; every one must have one
             (:class:`~regtorch.Orthogonal` has none: apply it as ``reg()`` with a second
             Regularizer).
         preconditioned: use the optimizer's element-wise step (Adam, Adagrad, RMSprop) instead of
             the plain ``lr``. ``None`` (default): on for those optimizers, off for SGD, which has
-            no preconditioner (``True`` with SGD raises).
+            no preconditioner (``True`` with SGD raises)."""
+
+_RAISES_DOC = """TypeError: an optimizer whose effective step is unknown (e.g. ``LBFGS``,
+            ``NAdam``), or a penalty without a proximal step.
+        ValueError: a penalized parameter the optimizer does not update; ``maximize=True`` in a
+            param group (the proximal step minimizes: refused here, before anything steps, and
+            before any later step whose groups gained it); ``preconditioned=True`` with SGD;
+            momentum ``>= 1``."""
+
+
+def attach_prox(optimizer: Optimizer, regularizer: Regularizer, *,
+                preconditioned: bool | None = None) -> ProxHandle:
+    """Run ``regularizer.prox_`` with the optimizer's effective step after each of its steps.
+
+    The optimizer stays the user's object: LR schedulers, ``GradScaler``, checkpoints and
+    frameworks that own it (Lightning, the Hugging Face Trainer) keep working. The proximal step
+    is a step post-hook (``optimizer.register_step_post_hook``), plus a pre-hook that refuses
+    ``maximize=True`` before a step runs. ``handle.remove()`` detaches both.
+
+    Args:
+        {args}
+
+    Returns:
+        A :class:`ProxHandle`: ``effective_steps()`` and ``remove()``.
 
     Raises:
-        TypeError: an optimizer whose effective step is unknown (e.g. ``LBFGS``, ``NAdam``), or a
-            penalty without a proximal step.
-        ValueError: a penalized parameter the optimizer does not update; ``maximize=True`` (the
-            proximal step minimizes); ``preconditioned=True`` with SGD; momentum ``>= 1``.
+        {raises}
 
     Warns:
-        UserWarning: a :class:`~regtorch.GroupLasso` with an element-wise step (see above).
+        UserWarning: a :class:`~regtorch.GroupLasso` with an element-wise step (its proximal
+        step then uses each group's mean step).
 
     Example:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
         >>> model = nn.Linear(20, 1)
-        >>> reg = Regularizer(model, L1(0.1))
-        >>> optimizer = Proximal(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5), reg)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+        >>> handle = attach_prox(optimizer, Regularizer(model, L1(0.1)))
         >>> x, y = torch.randn(64, 20), torch.randn(64, 1)
         >>> for _ in range(50):
         ...     optimizer.zero_grad()
         ...     nn.functional.mse_loss(model(x), y).backward()
         ...     _ = optimizer.step()
-        >>> optimizer.effective_steps()  # lr / (1 - momentum) for the one penalized tensor
+        >>> handle.effective_steps()  # lr / (1 - momentum) for the one penalized tensor
         [0.1]
         >>> bool((model.weight == 0).any())  # exact zeros, which a subgradient never gives
         True
+        >>> handle.remove()  # from here on, optimizer.step() is torch's alone
+    """
+    return ProxHandle(optimizer, regularizer, preconditioned=preconditioned)
+
+
+if attach_prox.__doc__:  # None under python -OO
+    attach_prox.__doc__ = attach_prox.__doc__.format(args=_ARGS_DOC, raises=_RAISES_DOC)
+
+
+class ProxHandle:
+    """The proximal step attached to an optimizer by :func:`attach_prox`.
+
+    Attributes:
+        optimizer: the optimizer it is attached to.
+        regularizer: the penalties it applies.
+        preconditioned: whether it uses the optimizer's element-wise step.
     """
 
     def __init__(self, optimizer: Optimizer, regularizer: Regularizer, *,
@@ -138,161 +160,184 @@ class Proximal(Optimizer):
                 warnings.warn(f"Rule {selector!r} -> {penalty!r}: with {type(optimizer).__name__}"
                               f"'s element-wise step the group-lasso proximal step uses each "
                               f"group's mean step, so the fixed point is only approximately "
-                              f"the group-lasso solution", UserWarning, stacklevel=2)
+                              f"the group-lasso solution", UserWarning, stacklevel=3)
         self.optimizer = optimizer
         self.regularizer = regularizer
         self.preconditioned = preconditioned
-        self._effective_step: Callable[[dict[str, Any], Tensor], Any] = (
-            getattr(self, f"_{family.__name__.lower()}_step"))
-        # Per-instance hook tables, as torch.optim.Optimizer.__init__ creates them (it is not
-        # called: the parameters, state and groups are the wrapped optimizer's).
-        for name in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
-                     "load_state_dict_pre", "load_state_dict_post"):
-            setattr(self, f"_optimizer_{name}_hooks", OrderedDict())
-        self._group_of = self._locate()
-
-    # -- the wrapped optimizer's state, shared ---------------------------------------------------
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
+        self._group_steps: Callable[[dict[str, Any], list[Tensor]], list[Step]] = (
+            getattr(self, f"_{family.__name__.lower()}_steps"))
+        # The adaptive families read per-parameter state, which exists once a parameter has
+        # been stepped.
+        self._stateful = family is not SGD
+        self._check_groups()
+        self._members = self._locate()
+        self._hooks = [optimizer.register_step_pre_hook(self._before_step),
+                       optimizer.register_step_post_hook(self._after_step)]
 
     @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
+    def attached(self) -> bool:
+        """Whether the hooks are still registered (false after :meth:`remove`)."""
+        return bool(self._hooks)
 
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.defaults
+    def remove(self) -> None:
+        """Detach: later ``optimizer.step()`` calls run no proximal step. Idempotent."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+    # -- the hooks -----------------------------------------------------------------------------
+    def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self._check_groups()
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.optimizer.add_param_group(param_group)
-        self._group_of = self._locate()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict)
-
-    # -- the step ------------------------------------------------------------------------------
-    @Optimizer.profile_hook_step
-    def step(self, closure: Callable[[], float] | None = None) -> Any:
-        """Run the optimizer's step, then ``regularizer.prox_(self.effective_steps())``.
-
-        Returns:
-            What the wrapped optimizer's ``step`` returns (the closure's loss, if given).
-        """
-        loss = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         self.regularizer.prox_(self.effective_steps())
-        return loss
 
+    def _check_groups(self) -> None:
+        """Refuse what would make the proximal step wrong, before the optimizer steps."""
+        for index, group in enumerate(self.optimizer.param_groups):
+            if group.get("maximize", False):
+                raise ValueError(f"Invalid maximize value: True in param group {index} (the "
+                                 f"proximal step minimizes; negate the loss instead)")
+            _momentum(group)
+
+    # -- effective steps -----------------------------------------------------------------------
     @torch.no_grad()
     def effective_steps(self) -> list[Step]:
         """The step size of each penalized parameter (``regularizer.parameters()`` order) at the
-        current learning rates and optimizer state: a float, or a tensor of the parameter's
-        shape for element-wise steps; 0 for a parameter the optimizer does not update at this
-        step (no gradient, or frozen and left out of the optimizer)."""
-        if len(self._group_of) != sum(len(g["params"]) for g in self.param_groups):
-            self._group_of = self._locate()
-        steps: list[Step | _Elementwise] = []
-        for p in self.regularizer.parameters():
-            index = self._group_of.get(id(p))
-            if index is None or p.grad is None:  # not updated by the optimizer at this step
-                steps.append(0.0)
+        current learning rates and optimizer state: a float (or a 0-d tensor when the group's
+        ``lr`` or step count enters as a tensor), or a tensor of the parameter's shape for
+        element-wise steps; 0 for a parameter the optimizer does not update at this step (no
+        gradient, or frozen and left out of the optimizer)."""
+        groups = self.optimizer.param_groups
+        if sum(len(g["params"]) for g in groups) != self._optimized:
+            self._members = self._locate()  # add_param_group
+        steps: list[Step] = [0.0] * self._penalized
+        # One batch per param group: the step count, bias corrections and denominators are
+        # computed with a few fused ops per group, not per parameter.
+        for index, positions in self._members.items():
+            group = groups[index]
+            state = self.optimizer.state
+            updated = [(k, p) for k, p in positions
+                       if p.grad is not None and (not self._stateful or state.get(p))]
+            if not updated:
                 continue
-            group = self.param_groups[index]
-            if group.get("maximize", False):
-                raise ValueError("Invalid maximize value: True (the proximal step minimizes)")
-            steps.append(self._effective_step(group, p))
-        return _evaluate(steps)
+            for (k, _), step in zip(updated, self._group_steps(group, [p for _, p in updated])):
+                steps[k] = step
+        return steps
 
-    def _locate(self) -> dict[int, int]:
-        """Map each optimized tensor to its param group; every penalized tensor that is still
-        trainable must be there (a frozen one may have been left out of the optimizer)."""
-        group_of = {id(p): index for index, group in enumerate(self.param_groups)
-                    for p in group["params"]}
-        missing = [name for name, p in self.regularizer.named_parameters()
-                   if p.requires_grad and id(p) not in group_of]
+    def _locate(self) -> dict[int, list[tuple[int, Tensor]]]:
+        """Map each param group to its penalized tensors with their positions in
+        ``regularizer.parameters()``; every penalized tensor that is still trainable must be
+        optimized (a frozen one may have been left out of the optimizer)."""
+        groups = self.optimizer.param_groups
+        group_of = {id(p): index for index, group in enumerate(groups) for p in group["params"]}
+        members: dict[int, list[tuple[int, Tensor]]] = {}
+        missing = []
+        penalized = list(self.regularizer.named_parameters())
+        for k, (name, p) in enumerate(penalized):
+            index = group_of.get(id(p))
+            if index is not None:
+                members.setdefault(index, []).append((k, p))
+            elif p.requires_grad:
+                missing.append(name)
         if missing:
             raise ValueError(f"Penalized parameters not updated by the optimizer: "
                              f"{', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''} "
                              f"(give the optimizer every parameter the regularizer penalizes)")
-        return group_of
+        self._optimized = len(group_of)
+        self._penalized = len(penalized)
+        return members
 
-    # Effective steps per optimizer family: the steady-state step along the gradient estimate,
-    # a float, or the element-wise lr / (√v / scale + ε) evaluated in one batch by _evaluate.
-    def _sgd_step(self, group: dict[str, Any], p: Tensor) -> Step:
-        lr, momentum = float(group["lr"]), _momentum(group)
-        if momentum == 0.0:
-            return lr
-        return lr * (1.0 - float(group["dampening"])) / (1.0 - momentum)
+    # Effective steps per optimizer family, for the updated penalized tensors of one group: the
+    # steady-state step along the gradient estimate, a float, or the element-wise
+    # lr / (√v / scale + ε).
+    def _sgd_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Step]:
+        lr, momentum = group["lr"], _momentum(group)
+        if momentum != 0.0:
+            lr = lr * (1.0 - float(group["dampening"])) / (1.0 - momentum)
+        return [lr] * len(params)
 
-    def _adam_step(self, group: dict[str, Any], p: Tensor) -> Step | _Elementwise:
-        lr = float(group["lr"])
-        state = self.state.get(p)
+    def _adam_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Step]:
         if not self.preconditioned:
-            return lr
-        if not state:
-            return 0.0
-        v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
-        bias_correction2 = 1.0 - float(group["betas"][1]) ** float(state["step"])
-        return _Elementwise(v, math.sqrt(bias_correction2), float(group["eps"]), lr)
+            return [group["lr"]] * len(params)
+        states = [self.optimizer.state[p] for p in params]
+        key = "max_exp_avg_sq" if group["amsgrad"] else "exp_avg_sq"
+        # √(1 − β₂ᵏ) from the step tensors, in float64 as torch's Adam computes it from the
+        # Python number.
+        beta2 = float(group["betas"][1])
+        scales = [(1.0 - beta2 ** k).sqrt() for k in _step_counts(states)]
+        return _elementwise([s[key] for s in states], scales, float(group["eps"]),
+                            group["lr"])
 
-    def _adagrad_step(self, group: dict[str, Any], p: Tensor) -> Step | _Elementwise:
-        state = self.state.get(p)
-        if not state:
-            return 0.0
-        lr = float(group["lr"]) / (1.0 + (float(state["step"]) - 1.0) * float(group["lr_decay"]))
+    def _adagrad_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Step]:
+        states = [self.optimizer.state[p] for p in params]
+        lr, lr_decay = group["lr"], float(group["lr_decay"])
+        if lr_decay == 0.0:
+            lrs: list[Any] = [lr] * len(params)
+        else:
+            lrs = [lr / (1.0 + (k - 1.0) * lr_decay) for k in _step_counts(states)]
         if not self.preconditioned:
-            return lr
-        return _Elementwise(state["sum"], 1.0, float(group["eps"]), lr)
+            return lrs
+        return _elementwise([s["sum"] for s in states], None, float(group["eps"]), lrs)
 
-    def _rmsprop_step(self, group: dict[str, Any], p: Tensor) -> Step | _Elementwise:
-        lr = float(group["lr"]) / (1.0 - _momentum(group))
-        state = self.state.get(p)
+    def _rmsprop_steps(self, group: dict[str, Any], params: list[Tensor]) -> list[Step]:
+        lr = group["lr"] / (1.0 - _momentum(group))
         if not self.preconditioned:
-            return lr
-        if not state:
-            return 0.0
-        v = state["square_avg"]
+            return [lr] * len(params)
+        states = [self.optimizer.state[p] for p in params]
         if group["centered"]:
-            v = v.addcmul(state["grad_avg"], state["grad_avg"], value=-1)
-        return _Elementwise(v, 1.0, float(group["eps"]), lr)
+            v = [s["square_avg"].addcmul(s["grad_avg"], s["grad_avg"], value=-1) for s in states]
+        else:
+            v = [s["square_avg"] for s in states]
+        return _elementwise(v, None, float(group["eps"]), lr)
 
     def __repr__(self) -> str:
-        inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
-        return (f"Proximal(\n{inner},\n    {self.regularizer!r},\n"
-                f"    preconditioned={self.preconditioned}\n)")
+        state = "attached to" if self.attached else "removed from"
+        return (f"ProxHandle({state} {type(self.optimizer).__name__}, {self.regularizer!r}, "
+                f"preconditioned={self.preconditioned})")
 
 
+def _family(optimizer: Optimizer) -> type[Optimizer]:
+    for cls in _PRECONDITIONED:
+        if isinstance(optimizer, cls):
+            return cls
+    names = ", ".join(cls.__name__ for cls in _PRECONDITIONED)
+    raise TypeError(f"attach_prox does not know the effective step of "
+                    f"{type(optimizer).__name__} (supported: {names} and AdamW); call "
+                    f"reg.prox_(step) yourself after optimizer.step() with the step size that "
+                    f"optimizer takes")
 
-class _Elementwise(NamedTuple):
-    """The element-wise step ``lr / (√v / scale + eps)`` of an adaptive optimizer, to evaluate."""
 
-    v: Tensor
-    scale: float
-    eps: float
-    lr: float
+def _step_counts(states: Sequence[dict[str, Any]]) -> list[Tensor]:
+    """The step count ``k`` of each state as a float64 0-d tensor on its step's device, stacked
+    per device (a few ops per group; no host synchronization)."""
+    steps = [torch.as_tensor(s["step"]) for s in states]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, k in enumerate(steps):
+        by_device.setdefault(k.device, []).append(i)
+    counts: list[Tensor] = [steps[0]] * len(steps)
+    for indices in by_device.values():
+        stacked = torch.stack([steps[i] for i in indices]).to(torch.float64)
+        for i, k in zip(indices, stacked.unbind()):
+            counts[i] = k
+    return counts
 
 
-def _evaluate(steps: list[Step | _Elementwise]) -> list[Step]:
-    """Evaluate the element-wise steps with fused kernels, in the order torch's optimizers
-    compute their denominators (``√v / scale + eps``)."""
-    todo = [i for i, s in enumerate(steps) if isinstance(s, _Elementwise)]
-    if not todo:
-        return steps  # type: ignore[return-value]
-    pending = [steps[i] for i in todo]
-    denominators = torch._foreach_sqrt([s.v for s in pending])
-    torch._foreach_div_(denominators, [s.scale for s in pending])
-    torch._foreach_add_(denominators, [s.eps for s in pending])
+def _elementwise(v: list[Tensor], scales: list[Tensor] | None, eps: float,
+                 lr: Any) -> list[Step]:
+    """``lr / (√v / scale + eps)`` with fused kernels, in the order torch's optimizers compute
+    their denominators; ``lr`` one value for all, or one per tensor."""
+    denominators = torch._foreach_sqrt(v)
+    if scales is not None:
+        torch._foreach_div_(denominators, scales)
+    torch._foreach_add_(denominators, eps)
     torch._foreach_reciprocal_(denominators)
-    torch._foreach_mul_(denominators, [s.lr for s in pending])
-    for i, step in zip(todo, denominators):
-        steps[i] = step
-    return steps  # type: ignore[return-value]
+    if isinstance(lr, list):
+        for d, lr_i in zip(denominators, lr):
+            d.mul_(lr_i)
+    else:
+        torch._foreach_mul_(denominators, lr)
+    return list(denominators)
 
 
 def _momentum(group: dict[str, Any]) -> float:
@@ -301,3 +346,89 @@ def _momentum(group: dict[str, Any]) -> float:
         raise ValueError(f"Invalid momentum value: {momentum} (the effective step "
                          f"lr/(1-momentum) needs 0 <= momentum < 1)")
     return momentum
+
+
+class Proximal(Optimizer):
+    """An optimizer whose ``step()`` runs the wrapped optimizer's step, then the proximal step.
+
+    A thin convenience over :func:`attach_prox` for code that wants one object:
+    ``Proximal(optimizer, reg)`` attaches the proximal step to ``optimizer`` (so
+    ``optimizer.step()`` runs it too) and is itself a :class:`torch.optim.Optimizer` sharing the
+    wrapped optimizer's ``param_groups``, ``state`` and ``defaults``: LR schedulers,
+    ``ReduceLROnPlateau`` and ``GradScaler.step`` accept either. ``zero_grad``,
+    ``add_param_group``, ``state_dict`` and ``load_state_dict`` are the wrapped optimizer's (the
+    regularizer's strengths have their own ``state_dict``). When a framework owns the optimizer,
+    use :func:`attach_prox` on it instead.
+
+    Args:
+        {args}
+
+    Raises:
+        {raises}
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Linear(20, 1)
+        >>> reg = Regularizer(model, L1(0.1))
+        >>> optimizer = Proximal(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5), reg)
+        >>> x, y = torch.randn(64, 20), torch.randn(64, 1)
+        >>> for _ in range(50):
+        ...     optimizer.zero_grad()
+        ...     nn.functional.mse_loss(model(x), y).backward()
+        ...     _ = optimizer.step()
+        >>> optimizer.effective_steps()
+        [0.1]
+        >>> bool((model.weight == 0).any())
+        True
+    """
+
+    def __init__(self, optimizer: Optimizer, regularizer: Regularizer, *,
+                 preconditioned: bool | None = None) -> None:
+        self.handle = attach_prox(optimizer, regularizer, preconditioned=preconditioned)
+        # torch's own __init__ builds this object's hook tables; the groups, state and defaults
+        # are then the wrapped optimizer's very objects.
+        super().__init__([p for g in optimizer.param_groups for p in g["params"]], {})
+        self.optimizer = optimizer
+        self.regularizer = regularizer
+        self.preconditioned = self.handle.preconditioned
+        self.param_groups = optimizer.param_groups
+        self.state = optimizer.state
+        self.defaults = optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not hasattr(self, "optimizer"):  # torch's __init__, before the groups are shared
+            super().add_param_group(param_group)
+            return
+        self.optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def step(self, closure: Callable[[], float] | None = None) -> Any:
+        """Run the wrapped optimizer's step (which runs the attached proximal step). torch's
+        ``Optimizer.__init__`` wraps this method so that hooks registered on this object run.
+
+        Returns:
+            What the wrapped optimizer's ``step`` returns (the closure's loss, if given).
+        """
+        return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+
+    def effective_steps(self) -> list[Step]:
+        """:meth:`ProxHandle.effective_steps` of the attached proximal step."""
+        return self.handle.effective_steps()
+
+    def __repr__(self) -> str:
+        inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
+        return (f"Proximal(\n{inner},\n    {self.regularizer!r},\n"
+                f"    preconditioned={self.preconditioned}\n)")
+
+
+if Proximal.__doc__:
+    Proximal.__doc__ = Proximal.__doc__.format(args=_ARGS_DOC, raises=_RAISES_DOC)
