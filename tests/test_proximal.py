@@ -399,6 +399,9 @@ def test_delegates_zero_grad_state_dict_and_param_groups():
     assert saved.keys() == optimizer.optimizer.state_dict().keys()
     twin.load_state_dict(model.state_dict())
     twin_optimizer.load_state_dict(copy.deepcopy(saved))  # load_state_dict aliases tensors
+    # torch's load_state_dict replaces the wrapped optimizer's groups and state: still shared.
+    assert twin_optimizer.param_groups is twin_optimizer.optimizer.param_groups
+    assert twin_optimizer.state is twin_optimizer.optimizer.state
     for m, o in ((model, optimizer), (twin, twin_optimizer)):
         o.zero_grad()
         backward(m, x, y)

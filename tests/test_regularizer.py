@@ -182,7 +182,7 @@ def test_stacked_models_with_member_strengths_equal_separate_models():
 
 
 def test_parameters_mapping_must_cover_penalized_names():
-    with pytest.raises(ValueError, match=r"no tensor for the penalized parameter '0\.weight'"):
+    with pytest.raises(ValueError, match=r"no tensor for the parameter '0\.weight'"):
         Regularizer(mlp(), L2(0.1), parameters={"3.weight": torch.zeros(3, 5)})
 
 

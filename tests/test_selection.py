@@ -91,7 +91,8 @@ class CustomParams(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.pos_bias = nn.Parameter(torch.zeros(3, 4))
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(5, 2))
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(5, 2))  # a position table
+        self.scale_table = nn.Parameter(torch.zeros(5, 2))  # no bias, no position name
         self.kernel = nn.Parameter(torch.zeros(2, 3, 4))
         self.gains = nn.Parameter(torch.ones(4))
         self.temperature = nn.Parameter(torch.ones(()))
@@ -134,8 +135,9 @@ LAYER_CASES = [
     ),
     pytest.param(
         CustomParams,
-        ["pos_bias", "relative_position_bias_table", "kernel", "gains", "temperature"],
-        ["relative_position_bias_table", "kernel"],
+        ["pos_bias", "relative_position_bias_table", "scale_table", "kernel", "gains",
+         "temperature"],
+        ["scale_table", "kernel"],
         id="custom-pos_bias",
     ),
 ]
@@ -338,9 +340,12 @@ VIT_ALL = [
     ],
 )
 def test_no_weight_decay_declarations(no_decay, weights):
+    """What no_weight_decay() takes away, seen without the position-table exemption (which
+    would take cls_token and pos_embed away by name anyway: see the next test)."""
     model = ViTLike(no_decay)
     assert selected(model, ALL) == VIT_ALL
-    assert selected(model) == weights
+    assert selected(model, regtorch.weights(position_tables=True)) == weights
+    assert selected(model) == [n for n in weights if n not in ("cls_token", "pos_embed")]
 
 
 def test_submodule_declares_no_weight_decay_relative_to_itself():
@@ -358,7 +363,6 @@ def test_no_weight_decay_only_narrows_weights_not_explicit_rules():
     reg = Regularizer(model, {"cls_token": L1(0.1), WEIGHTS: L2(0.1)})
     assert penalized(reg) == [
         "cls_token",
-        "pos_embed",
         "blocks.0.proj.weight",
         "blocks.1.proj.weight",
         "head.weight",
@@ -422,7 +426,7 @@ def test_wrapped_model_has_the_unwrapped_names(wrap, prefix):
 
 @pytest.mark.parametrize(("wrap", "prefix"), WRAPPERS)
 def test_wrapped_model_keeps_its_no_weight_decay(wrap, prefix):
-    assert selected(wrap(ViTLike(("cls_token",)))) == [
+    assert selected(wrap(ViTLike(("cls_token",))), regtorch.weights(position_tables=True)) == [
         "pos_embed",
         "blocks.0.proj.weight",
         "blocks.1.proj.weight",

@@ -19,7 +19,19 @@ from regtorch.dropout import dropout_modules, set_dropout
 from regtorch.optim import ProxHandle, Proximal, attach_prox, exponential_decay, param_groups
 from regtorch.penalties import L1, L2, ElasticNet, GroupLasso, Orthogonal, Penalty, Sum
 from regtorch.regularizer import Regularizer
-from regtorch.selection import ALL, NORM_LAYERS, WEIGHTS, Selector, inside, named, where
+from regtorch.selection import (
+    ALL,
+    NORM_LAYERS,
+    POSITION_NAMES,
+    POSITION_TABLES,
+    WEIGHTS,
+    Selector,
+    inside,
+    named,
+    select,
+    weights,
+    where,
+)
 from regtorch.structure import (
     ChannelGroups,
     ChannelLasso,
@@ -38,6 +50,8 @@ __all__ = [
     "L1",
     "L2",
     "NORM_LAYERS",
+    "POSITION_NAMES",
+    "POSITION_TABLES",
     "WEIGHTS",
     "ActivityRegularizer",
     "ChannelGroups",
@@ -70,6 +84,8 @@ __all__ = [
     "inside",
     "named",
     "param_groups",
+    "select",
     "set_dropout",
+    "weights",
     "where",
 ]

@@ -39,7 +39,7 @@ from regtorch import _distributed
 from regtorch._strength import Strength
 from regtorch._table import Row, binding_summary, binding_table
 from regtorch.penalties import Penalty, Scratch
-from regtorch.selection import Selector, bind
+from regtorch.selection import Selector, bind, bound_tensor
 
 __all__ = ["Regularizer"]
 
@@ -105,7 +105,8 @@ class Regularizer:
         self._all, bound = bind(model, penalty_or_rules, Penalty, "a regtorch penalty or None")
         self._groups: list[_Group] = []
         for label, selector, penalty, got in bound:
-            tensors = [_bound(info.name, info.param, parameters) for info in got]
+            tensors = [info.param if parameters is None else bound_tensor(info.name, parameters)
+                       for info in got]
             for info, tensor in zip(got, tensors):
                 try:
                     penalty.check(tensor)
@@ -297,13 +298,3 @@ def _sum(values: list[Tensor]) -> Tensor:
     if not values:
         return torch.zeros((), dtype=torch.float64)
     return sum(values[1:], values[0])
-
-
-def _bound(name: str, param: Tensor, parameters: Mapping[str, Tensor] | None) -> Tensor:
-    if parameters is None:
-        return param
-    for key in (name, "module." + name, "_orig_mod." + name):
-        if key in parameters:
-            return parameters[key]
-    raise ValueError(f"parameters= has no tensor for the penalized parameter {name!r} "
-                     f"(given: {', '.join(list(parameters)[:8])})")

@@ -2,8 +2,19 @@
 
 A :class:`Selector` is a predicate over the trainable parameters of a model. The default,
 :data:`WEIGHTS`, picks every trainable parameter with ``ndim >= 2`` that does not belong to a
-normalization layer and whose name does not end in ``bias``, minus what the model (or any submodule)
-declares in ``no_weight_decay()`` — the timm convention, done once for every mode of regtorch.
+normalization layer and whose name does not end in ``bias``, minus the position tables (below) and
+what the model (or any submodule) declares in ``no_weight_decay()`` — the timm convention, done
+once for every mode of regtorch. :func:`select` lists what a selector picks.
+
+Position tables are exempt by name, as timm's ``no_weight_decay()`` lists and torchvision's
+training recipe (``--transformer-embedding-decay``) and the Hugging Face Trainer treat them: a
+parameter any of whose dotted name components is in :data:`POSITION_NAMES` — position embeddings
+(``pos_embed``, ``pos_embedding``, ``absolute_pos_embed``), class and distillation tokens
+(``cls_token``, ``class_token``, ``dist_token``) and relative position bias tables
+(``relative_position_bias_table``, T5's ``relative_attention_bias``). Token embedding tables
+(``nn.Embedding`` of a vocabulary, BERT's ``position_embeddings``, GPT-2's ``wpe``) stay weights,
+as the Hugging Face Trainer and nanoGPT decay them. ``weights(position_tables=True)`` is
+:data:`WEIGHTS` without this exemption (:data:`POSITION_TABLES` selects the tables alone).
 
 Selectors come from specs: a name glob (``"encoder.*"``), a module type (``nn.Linear``), a module
 instance (``model.head``), a predicate ``f(name, param) -> bool``, :data:`WEIGHTS`, :data:`ALL`,
@@ -40,6 +51,8 @@ from torch.nn.utils import parametrize
 __all__ = [
     "ALL",
     "NORM_LAYERS",
+    "POSITION_NAMES",
+    "POSITION_TABLES",
     "WEIGHTS",
     "Binding",
     "ParamInfo",
@@ -54,7 +67,10 @@ __all__ = [
     "named",
     "parse_rules",
     "rule_labels",
+    "select",
+    "stores_in_out",
     "unwrap",
+    "weights",
     "where",
 ]
 
@@ -69,6 +85,24 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = tuple(
         getattr(nn, "RMSNorm", None),
     ) if cls is not None
 )
+
+POSITION_NAMES: frozenset[str] = frozenset({
+    "pos_embed",  # timm ViT, DeiT, BEiT, CaiT, XCiT ... (no_weight_decay())
+    "pos_embedding",  # torchvision ViT (encoder.pos_embedding), lucidrains' vit-pytorch
+    "absolute_pos_embed",  # timm and Microsoft Swin (no_weight_decay())
+    "cls_token",  # timm ViT family, Hugging Face ViT/DeiT/BEiT
+    "class_token",  # torchvision ViT
+    "dist_token",  # timm DeiT distilled (no_weight_decay())
+    "relative_position_bias_table",  # Swin, MaxViT, BEiT (timm, torchvision, Hugging Face)
+    "relative_attention_bias",  # T5 (an nn.Embedding: relative_attention_bias.weight)
+})
+"""Names of position tables that :data:`WEIGHTS` exempts (matched against every dotted component
+of a parameter's name)."""
+
+# Layers that store a weight as (in, out), the transpose of nn.Linear's (out, in): Hugging Face's
+# GPT-2-style Conv1D. Matched by qualified class name, so transformers is never imported.
+_IN_OUT_LAYERS = {("transformers.pytorch_utils", "Conv1D"),
+                  ("transformers.modeling_utils", "Conv1D")}
 
 
 class ParamInfo(NamedTuple):
@@ -135,22 +169,64 @@ class Selector:
         return self._description
 
 
-def _is_weight(info: ParamInfo) -> bool:
-    return (
-        isinstance(info.param, Tensor)  # a module (activity selection) is never a weight
-        and info.param.ndim >= 2
-        and info.whole
-        and not isinstance(info.module, NORM_LAYERS)
-        and not info.name.endswith("bias")
-        and not info.tensor_name.endswith("bias")
-        and not info.declared_no_decay
-    )
+def _why_not_weight(info: ParamInfo, position_tables: bool = False) -> str | None:
+    """Why :data:`WEIGHTS` leaves a trainable parameter out, as the plural noun of its kind
+    (``None``: it is a weight)."""
+    if not isinstance(info.param, Tensor):  # a module (activity selection) is never a weight
+        return "modules"
+    if not info.whole:
+        return "parametrization gains"
+    if isinstance(info.module, NORM_LAYERS):
+        return "normalization-layer parameters"
+    if info.name.endswith("bias") or info.tensor_name.endswith("bias"):
+        return "biases"
+    if info.param.ndim < 2:
+        return "tensors with ndim < 2"
+    if info.declared_no_decay:
+        return "names declared in no_weight_decay()"
+    if not position_tables and _is_position_table(info):
+        return "position tables"
+    return None
 
 
-WEIGHTS = Selector(_is_weight, "WEIGHTS")
+def _is_position_table(info: ParamInfo) -> bool:
+    return any(part in POSITION_NAMES for name in {info.name, info.alias}
+               for part in name.split("."))
+
+
+def weights(*, position_tables: bool = False) -> Selector:
+    """The weights selector: trainable parameters with ``ndim >= 2``, not in a normalization
+    layer, not named ``*bias``, not declared in ``no_weight_decay()`` and — unless
+    ``position_tables`` — not a position table (:data:`POSITION_NAMES`).
+    ``weights()`` is :data:`WEIGHTS`.
+
+    Example:
+        >>> weights(position_tables=True)
+        weights(position_tables=True)
+    """
+    if not isinstance(position_tables, bool):
+        raise TypeError(f"Invalid position_tables value: {position_tables!r} (expected a bool)")
+    if not position_tables:
+        return WEIGHTS
+    return Selector(lambda i: _why_not_weight(i, True) is None, "weights(position_tables=True)")
+
+
+WEIGHTS = Selector(lambda i: _why_not_weight(i) is None, "WEIGHTS")
 """Trainable parameters with ``ndim >= 2``, not in a normalization layer, not named ``*bias``, not
-declared in ``no_weight_decay()``; see the module docstring for parametrizations. Matches no
-module."""
+declared in ``no_weight_decay()``, not a position table (:data:`POSITION_NAMES`); see the module
+docstring for parametrizations. Matches no module."""
+
+POSITION_TABLES = Selector(lambda i: isinstance(i.param, Tensor) and _is_position_table(i),
+                           "POSITION_TABLES")
+"""Trainable parameters with a component of :data:`POSITION_NAMES` in their name (any ndim)."""
+
+
+def stores_in_out(module: nn.Module) -> bool:
+    """Whether ``module`` stores its ``weight`` as ``(in, out)``, the transpose of
+    ``nn.Linear``'s ``(out, in)`` (Hugging Face's ``Conv1D``, in GPT-2 and its relatives)."""
+    return any((cls.__module__, cls.__qualname__) in _IN_OUT_LAYERS
+               for cls in type(module).__mro__)
+
 
 ALL = Selector(lambda info: True, "ALL")
 """Every trainable parameter (what ``torch.optim``'s ``weight_decay`` decays)."""
@@ -288,6 +364,46 @@ def collect(model: nn.Module) -> list[ParamInfo]:
     return infos
 
 
+def select(model: nn.Module, selector: Any = None) -> list[tuple[str, Tensor]]:
+    """What a selector picks: ``(name, parameter)`` of every trainable parameter it matches.
+
+    Names are those of the unwrapped model (no ``module.`` or ``_orig_mod.`` prefix), in
+    ``named_parameters()`` order; a tied tensor appears once, under its first name; frozen
+    parameters never appear. An empty list is not an error here (a :class:`~regtorch.Regularizer`
+    rule that matches nothing is).
+
+    Args:
+        model: the model (``DataParallel``/``DistributedDataParallel`` and ``torch.compile``
+            wrappers looked through).
+        selector: a selector spec — a name glob, a module type or instance, a predicate
+            ``f(name, param) -> bool``, a :class:`Selector` — or ``None`` for :data:`WEIGHTS`.
+
+    Returns:
+        A list of ``(name, parameter)`` pairs.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 1))
+        >>> [name for name, _ in select(model)]
+        ['0.weight', '2.weight']
+        >>> [name for name, _ in select(model, WEIGHTS & "2.*")]
+        ['2.weight']
+        >>> [name for name, _ in select(model, nn.LayerNorm)]
+        ['1.weight', '1.bias']
+    """
+    chosen = WEIGHTS if selector is None else as_selector(selector)
+    return [(info.name, info.param) for info in collect(model) if chosen(info)]
+
+
+def bound_tensor(name: str, parameters: Mapping[str, Tensor]) -> Tensor:
+    """The tensor that ``parameters`` (an explicit name → tensor mapping) holds for the model's
+    parameter ``name``, under that name or with a ``module.``/``_orig_mod.`` prefix."""
+    for key in (name, "module." + name, "_orig_mod." + name):
+        if key in parameters:
+            return parameters[key]
+    raise ValueError(f"parameters= has no tensor for the parameter {name!r} (given: "
+                     f"{', '.join(list(parameters)[:8])}{', ...' if len(parameters) > 8 else ''})")
+
+
 def collect_modules(model: nn.Module) -> list[ParamInfo]:
     """Every module of ``model`` once, as records the selectors accept, in ``named_modules()``
     order: the unwrapped root first (name ``""``), a module shared by two parents once, under
@@ -343,13 +459,16 @@ def bind(model: nn.Module, spec: Any, kind: type, what: str) -> tuple[list[Param
 
     ``spec`` is a single ``kind`` object (applied to :data:`WEIGHTS`) or rules whose values are
     ``kind`` objects or ``None`` (``what`` names them in errors). Returns every trainable
-    parameter and the rules with a value, in order; raises as :func:`assign` for a rule that
-    matches nothing.
+    parameter and the rules with a value, in order; raises ``ValueError`` for empty rules and as
+    :func:`assign` for a rule that matches nothing.
     """
     if isinstance(spec, kind):
         rules = [(WEIGHTS, spec)]
     else:
         rules = parse_rules(spec, lambda v: v is None or isinstance(v, kind), what)
+        if not rules:  # it would bind nothing, silently
+            raise ValueError(f"Invalid rules: {spec!r} (no rule: give at least one (selector, "
+                             f"{what}) pair, or a single one to apply to WEIGHTS)")
     infos = collect(model)
     claimed = assign(infos, rules)
     bound = [Binding(label, selector, value, got)
@@ -387,6 +506,7 @@ def assign(infos: Sequence[ParamInfo], rules: Sequence[tuple[Selector, Any]], *,
             if selector(info):
                 claimed[index].append(info)
                 break
+    taken = {id(i.param) for got in claimed for i in got}
     for (selector, value), got in zip(rules, claimed):
         if not got and require_match:
             # The root module's name is "": show it as ''.
@@ -394,5 +514,25 @@ def assign(infos: Sequence[ParamInfo], rules: Sequence[tuple[Selector, Any]], *,
             more = f", ... ({len(infos)} in all)" if len(infos) > 8 else ""
             raise ValueError(f"Rule {selector!r} -> {value!r} matches no {what} "
                              f"(none, or only ones claimed by earlier rules); "
-                             f"{what}s: {sample}{more}")
+                             f"{what}s: {sample}{more}"
+                             f"{_exclusions(selector, infos, taken)}")
     return claimed
+
+
+def _exclusions(selector: Selector, infos: Sequence[ParamInfo], taken: set[int]) -> str:
+    """For a rule built on the weights selector that matched nothing: the unclaimed parameters
+    that selector left out, by reason (normalization-layer parameters, biases, ...)."""
+    text = repr(selector)
+    if "WEIGHTS" not in text and "weights(" not in text:
+        return ""
+    reasons: dict[str, list[str]] = {}
+    for info in infos:
+        if id(info.param) not in taken and isinstance(info.param, Tensor):
+            reason = _why_not_weight(info)
+            if reason is not None:
+                reasons.setdefault(reason, []).append(info.name)
+    if not reasons:
+        return ""
+    parts = [f"{reason} ({len(names)}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+             for reason, names in reasons.items()]
+    return "; WEIGHTS leaves out " + ", ".join(parts)

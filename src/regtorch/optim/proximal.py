@@ -348,6 +348,9 @@ def _momentum(group: dict[str, Any]) -> float:
     return momentum
 
 
+_SHARED = ("param_groups", "state", "defaults")
+
+
 class Proximal(Optimizer):
     """An optimizer whose ``step()`` runs the wrapped optimizer's step, then the proximal step.
 
@@ -386,15 +389,34 @@ class Proximal(Optimizer):
     def __init__(self, optimizer: Optimizer, regularizer: Regularizer, *,
                  preconditioned: bool | None = None) -> None:
         self.handle = attach_prox(optimizer, regularizer, preconditioned=preconditioned)
-        # torch's own __init__ builds this object's hook tables; the groups, state and defaults
-        # are then the wrapped optimizer's very objects.
+        # torch's own __init__ builds this object's hook tables (the groups, state and defaults
+        # it sets aside are dropped: from here on they are the wrapped optimizer's, read through
+        # the properties below, which also follow its load_state_dict replacing them).
         super().__init__([p for g in optimizer.param_groups for p in g["params"]], {})
         self.optimizer = optimizer
         self.regularizer = regularizer
         self.preconditioned = self.handle.preconditioned
-        self.param_groups = optimizer.param_groups
-        self.state = optimizer.state
-        self.defaults = optimizer.defaults
+        for name in _SHARED:
+            self.__dict__.pop("_own_" + name, None)
+
+    # -- the wrapped optimizer's state, shared ---------------------------------------------------
+    param_groups = property(lambda self: self._shared("param_groups"),
+                            lambda self, value: self._share("param_groups", value))
+    state = property(lambda self: self._shared("state"),
+                     lambda self, value: self._share("state", value))
+    defaults = property(lambda self: self._shared("defaults"),
+                        lambda self, value: self._share("defaults", value))
+
+    def _shared(self, name: str) -> Any:
+        if "optimizer" in self.__dict__:
+            return getattr(self.optimizer, name)
+        return self.__dict__["_own_" + name]  # inside torch's __init__
+
+    def _share(self, name: str, value: Any) -> None:
+        if "optimizer" in self.__dict__:
+            setattr(self.optimizer, name, value)
+        else:
+            self.__dict__["_own_" + name] = value
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
