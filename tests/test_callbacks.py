@@ -530,6 +530,10 @@ BAD_CONFIG = {
     "restore-best-str": (dict(restore_best="yes"), TypeError,
                          "Invalid restore_best value: 'yes'"),
     "sink-not-callable": (dict(sink="log"), TypeError, "Invalid sink value: 'log'"),
+    "baseline-nan": (dict(baseline=NAN), ValueError, "Invalid baseline value: nan"),
+    "baseline-inf": (dict(baseline=-INF), ValueError, "Invalid baseline value: -inf"),
+    "baseline-str": (dict(baseline="0.5"), TypeError, "Invalid baseline value: '0.5'"),
+    "baseline-bool": (dict(baseline=True), TypeError, "Invalid baseline value: True"),
 }
 
 
@@ -565,13 +569,65 @@ def test_restore_best_needs_the_model():
     assert stopper.epoch_ == 0
 
 
+# --------------------------------------------------------------------------------------------
+# baseline: Keras's rule (keras/src/callbacks/early_stopping.py, on_epoch_end: an improvement
+# restarts the count only if it also beats the baseline; the stop check runs on epochs that do
+# not improve).
+# --------------------------------------------------------------------------------------------
+
+
+def test_baseline_keras_test_case():
+    """Keras' own test (callbacks_test, baseline): losses 0.9, 0.8, 0.7, 0.71, 0.72, 0.73 with
+    patience 5 and baseline 0.5 stop after 5 epochs and restore epoch 2."""
+    model = nn.Linear(2, 1)
+    messages = []
+    stopper = EarlyStopping(patience=5, baseline=0.5, sink=messages.append)
+    weights = {}
+    returned = []
+    for epoch, value in enumerate([0.9, 0.8, 0.7, 0.71, 0.72, 0.73]):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        weights[epoch] = model.weight.detach().clone()
+        returned.append(stopper.step(value, model))
+        if returned[-1]:
+            break
+    assert returned == [False, False, False, False, True]
+    assert (stopper.stopped_epoch_, stopper.best_epoch_, stopper.best_) == (4, 2, 0.7)
+    assert torch.equal(model.weight, weights[2])
+    assert messages == ["EarlyStopping: stopped at epoch 4 (baseline 0.5 not beaten for 5 "
+                        "epochs); best 0.7 at epoch 2; weights restored"]
+
+
+@pytest.mark.parametrize(("config", "values", "returned", "wait"), [
+    # Once beaten, the baseline no longer matters: the usual patience from the last best.
+    (dict(patience=2, baseline=0.5), [0.9, 0.4, 0.45, 0.46], [False] * 3 + [True], 2),
+    # Improving but above the baseline: counted, never stopped on an improving epoch...
+    (dict(patience=2, baseline=0.5), [0.9, 0.8, 0.7, 0.6], [False] * 4, 4),
+    # ... and stopped at the first epoch that does not improve.
+    (dict(patience=2, baseline=0.5), [0.9, 0.8, 0.7, 0.6, 0.6], [False] * 4 + [True], 5),
+    # Beating the baseline takes min_delta too: 0.5 - 0.25 is not < 0.5 - 0.25.
+    (dict(patience=1, baseline=0.5, min_delta=0.25), [0.75, 0.25, 0.5], [False, False, True],
+     3),
+    (dict(patience=1, baseline=0.5, min_delta=0.25), [0.75, 0.125, 0.5], [False, False, True],
+     1),
+    # max mode: the baseline is a value to exceed.
+    (dict(mode="max", patience=1, baseline=0.9), [0.5, 0.6, 0.6], [False, False, True], 3),
+    (dict(mode="max", patience=1, baseline=0.9), [0.5, 0.95, 0.9], [False, False, True], 1),
+], ids=["beaten", "improving-above", "stalls-above", "min-delta-edge", "min-delta-beaten",
+        "max-not-reached", "max-reached"])
+def test_baseline_counts_like_keras(config, values, returned, wait):
+    stopper = EarlyStopping(restore_best=False, **config)
+    assert [stopper.step(v) for v in values] == returned
+    assert stopper.wait_ == wait
+
+
 def test_repr_shows_the_configuration():
     stopper = EarlyStopping(mode="max", patience=3, min_delta=0.01, start_from_epoch=2,
                             restore_best=False)
     assert repr(stopper) == ("EarlyStopping(mode='max', patience=3, min_delta=0.01, "
-                             "start_from_epoch=2, restore_best=False)")
+                             "start_from_epoch=2, baseline=None, restore_best=False)")
     assert repr(EarlyStopping()) == ("EarlyStopping(mode='min', patience=10, min_delta=0.0, "
-                                     "start_from_epoch=0, restore_best=True)")
+                                     "start_from_epoch=0, baseline=None, restore_best=True)")
 
 
 def test_public_export():

@@ -240,3 +240,90 @@ def test_everything_frozen_later_gives_zero(make, stacked):
     assert reg().item() == 0.0 and reg.value().item() == 0.0
     assert reg.add_grad_(value=True).item() == 0.0
     assert all(t.grad is None for t in tensors)
+
+
+# -- state_dict kinds, construction checks, printing -------------------------------------------
+
+
+def test_state_dict_records_kinds_and_refuses_swapped_rules():
+    model = mlp()
+    saved = Regularizer(model, {"0.*": L1(0.1), "3.*": L2(0.2)}).state_dict()
+    assert saved["kinds"] == ["L1", "L2"]
+    swapped = Regularizer(model, {"0.*": L2(1.0), "3.*": L1(1.0)})
+    with pytest.raises(ValueError, match=r"rule 0 \(named\('0\.\*'\)\) was saved as L1, this "
+                                         r"regularizer has L2"):
+        swapped.load_state_dict(saved)
+    assert [p.lam for _, p in swapped.rules] == [1.0, 1.0]  # nothing half-loaded
+    same = Regularizer(model, {"0.*": L1(1.0), "3.*": L2(1.0)})
+    same.load_state_dict(saved)
+    assert [p.lam for _, p in same.rules] == [0.1, 0.2]
+
+
+def test_state_dict_kind_of_a_sum_names_its_terms():
+    from regtorch import Sum
+    reg = Regularizer(mlp(), Sum(L1(0.1), GroupLasso(0.2)))
+    assert reg.state_dict()["kinds"] == ["Sum(L1, GroupLasso)"]
+    assert Regularizer(mlp(), L1(0.1) + L2(0.1)).state_dict()["kinds"] == ["ElasticNet"]
+
+
+def test_state_dict_saved_without_kinds_loads_by_position():
+    reg = Regularizer(mlp(), L1(1.0))
+    reg.load_state_dict({"strengths": [{"lam": 0.5}]})
+    assert reg.rules[0][1].lam == 0.5
+
+
+def test_empty_rules_raise():
+    with pytest.raises(ValueError, match=r"Invalid rules: \{\} \(no rule"):
+        Regularizer(mlp(), {})
+    with pytest.raises(ValueError, match=r"Invalid rules: \[\] \(no rule"):
+        Regularizer(mlp(), [])
+
+
+def test_no_match_names_the_parameters_excluded_as_norm_layer_parameters():
+    model = nn.Sequential(nn.LayerNorm(3), nn.BatchNorm1d(3), nn.Linear(3, 3))
+    with pytest.raises(ValueError) as error:
+        Regularizer(model, {"2.*": None, WEIGHTS: L2(0.1)})
+    message = str(error.value)
+    assert message.startswith("Rule WEIGHTS -> L2(0.1) matches no trainable parameter")
+    assert message.endswith("; WEIGHTS leaves out normalization-layer parameters (4: 0.weight, "
+                            "0.bias, 1.weight, 1.bias)")
+    # A name glob that matches nothing gets no such note: WEIGHTS is not involved.
+    with pytest.raises(ValueError) as error:
+        Regularizer(model, {"3.*": L2(0.1)})
+    assert "leaves out" not in str(error.value)
+
+
+class _Stack(nn.Module):
+    """A GPT-2-like stack: 12 blocks of LayerNorm + two Linear layers, and a final norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = nn.ModuleList(nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 32), nn.Linear(32, 8))
+                               for _ in range(12))
+        self.ln_f = nn.LayerNorm(8)
+        self.embed = nn.Embedding(1000, 8)
+
+
+def test_print_on_a_large_model_collapses_layers_and_wraps():
+    """GPT-2 printed 98 left-out names on one 3,007-character line and 124318464 unseparated."""
+    assert str(Regularizer(_Stack(), L2(1e-4))) == (
+        "Regularizer: 25 tensors (14,144 elements) penalized, 50 tensors (688 elements) not\n"
+        "  parameter         shape      rule     penalty\n"
+        "  h.*.1.weight ×12  (32, 8)    WEIGHTS  L2(0.0001)\n"
+        "  h.*.2.weight ×12  (8, 32)    WEIGHTS  L2(0.0001)\n"
+        "  embed.weight      (1000, 8)  WEIGHTS  L2(0.0001)\n"
+        "  not penalized: h.*.0.weight\u00a0×12, h.*.0.bias\u00a0×12, h.*.1.bias\u00a0×12, "
+        "h.*.2.bias\u00a0×12, ln_f.weight,\n"
+        "    ln_f.bias")
+
+
+def test_print_wraps_a_long_list_of_names():
+    from collections import OrderedDict
+    model = nn.Sequential(OrderedDict([(f"normalization_{i}", nn.LayerNorm(2)) for i in range(5)]
+                                      + [("head", nn.Linear(2, 2))]))
+    lines = str(Regularizer(model, L2(1.0))).splitlines()
+    assert lines[-3:] == [
+        "  not penalized: normalization_0.weight, normalization_0.bias, normalization_1.weight,",
+        "    normalization_1.bias, normalization_2.weight, normalization_2.bias, "
+        "normalization_3.weight,",
+        "    normalization_3.bias, normalization_4.weight, normalization_4.bias, head.bias"]

@@ -123,6 +123,13 @@ class EarlyStopping:
     - On an improvement: ``best_ = v``, ``best_epoch_ = epoch``, ``wait_ = 0`` and, with
       ``restore_best``, the model's weights are copied. Otherwise ``wait_ += 1``, and training
       stops when ``wait_ >= patience`` (``patience=0``: at the first epoch without improvement).
+    - With a ``baseline`` ``b``, an improvement resets ``wait_`` to 0 only if it also beats the
+      baseline (``v < b − min_delta``, resp. ``v > b + min_delta``); one that does not still
+      becomes the best (weights copied) but counts as a waiting epoch, ``wait_ += 1``, without
+      stopping at that epoch. So a run that never reaches the baseline stops ``patience``
+      epochs after its start, at the first epoch that does not improve — Keras's rule exactly:
+      with values ``0.9, 0.8, 0.7, 0.71, 0.72, 0.73``, ``patience=5``, ``baseline=0.5`` it
+      stops at epoch 4 (after 5 epochs) and restores epoch 2.
     - A NaN or infinite value means the run diverged: training stops at once, at any epoch,
       warm-up included (Keras needs a separate ``TerminateOnNaN``; here it is never silently
       skipped). The value is not monitored: ``best_`` and ``wait_`` keep their values.
@@ -158,6 +165,8 @@ class EarlyStopping:
         patience: epochs without improvement after which training stops (an int ≥ 0).
         min_delta: the smallest change that counts as an improvement (finite, ≥ 0).
         start_from_epoch: number of warm-up epochs not monitored (an int ≥ 0).
+        baseline: the value to reach (a finite real number), or ``None``: until a monitored
+            value beats it, improvements do not reset the patience count (see above).
         restore_best: keep a copy of the best epoch's weights (its ``state_dict``: parameters and
             buffers, on the model's device) and load it back when stopping. Costs one copy of the
             model in memory; with ``False`` nothing is copied and the model is never touched.
@@ -173,10 +182,11 @@ class EarlyStopping:
 
     Raises:
         ValueError: ``mode`` is not ``"min"`` or ``"max"``, ``patience`` or ``start_from_epoch``
-            is negative, ``min_delta`` is negative, NaN or infinite.
+            is negative, ``min_delta`` is negative, NaN or infinite, ``baseline`` is NaN or
+            infinite.
         TypeError: ``patience`` or ``start_from_epoch`` is not an int (``bool`` included),
-            ``min_delta`` is not a real number, ``restore_best`` is not a bool, ``sink`` is not
-            callable.
+            ``min_delta`` or ``baseline`` is not a real number, ``restore_best`` is not a bool,
+            ``sink`` is not callable.
 
     Example:
         >>> model = nn.Linear(2, 1)
@@ -195,14 +205,21 @@ class EarlyStopping:
     """
 
     def __init__(self, *, mode: str = "min", patience: int = 10, min_delta: float = 0.0,
-                 start_from_epoch: int = 0, restore_best: bool = True,
-                 sink: Callable[[str], None] | None = None) -> None:
+                 start_from_epoch: int = 0, baseline: float | None = None,
+                 restore_best: bool = True, sink: Callable[[str], None] | None = None) -> None:
         if mode not in _MODES:
             raise ValueError(f"Invalid mode value: {mode!r} (expected 'min' or 'max')")
         if isinstance(min_delta, bool) or not isinstance(min_delta, Real):
             raise TypeError(f"Invalid min_delta value: {min_delta!r} (expected a real number)")
         if not math.isfinite(min_delta) or min_delta < 0:
             raise ValueError(f"Invalid min_delta value: {min_delta!r} (must be finite and >= 0)")
+        if baseline is not None:
+            if isinstance(baseline, bool) or not isinstance(baseline, Real):
+                raise TypeError(f"Invalid baseline value: {baseline!r} (expected a real number "
+                                f"or None)")
+            if not math.isfinite(baseline):
+                raise ValueError(f"Invalid baseline value: {baseline!r} (must be finite)")
+            baseline = float(baseline)
         if not isinstance(restore_best, bool):
             raise TypeError(f"Invalid restore_best value: {restore_best!r} (expected a bool)")
         if sink is not None and not callable(sink):
@@ -211,6 +228,7 @@ class EarlyStopping:
         self.patience = _check_count(patience, "patience")
         self.min_delta = float(min_delta)
         self.start_from_epoch = _check_count(start_from_epoch, "start_from_epoch")
+        self.baseline = baseline
         self.restore_best = restore_best
         self.sink = sink if sink is not None else logger.info
         self.reset()
@@ -256,14 +274,24 @@ class EarlyStopping:
         if epoch < self.start_from_epoch:
             return False
         if _is_improvement(current, self.best_, self.mode, self.min_delta):
-            self.best_, self.best_epoch_, self.wait_ = current, epoch, 0
+            self.best_, self.best_epoch_ = current, epoch
             if self.restore_best:
                 self._best_weights = _copy_state(model.state_dict(), into=self._best_weights)
+            # Only a value that also beats the baseline restarts the count (Keras).
+            if self.baseline is None or _is_improvement(current, self.baseline, self.mode,
+                                                        self.min_delta):
+                self.wait_ = 0
+            else:
+                self.wait_ += 1
             return False
         self.wait_ += 1
         if self.wait_ >= self.patience:
-            return self._stop(epoch, model, f" (no improvement for {_epochs(self.wait_)})",
-                              diverged=False)
+            if self.baseline is not None and not _is_improvement(self.best_, self.baseline,
+                                                                 self.mode, self.min_delta):
+                why = f" (baseline {self.baseline:.6g} not beaten for {_epochs(self.wait_)})"
+            else:
+                why = f" (no improvement for {_epochs(self.wait_)})"
+            return self._stop(epoch, model, why, diverged=False)
         return False
 
     def _stop(self, epoch: int, model: nn.Module | None, reason: str, *, diverged: bool) -> bool:
@@ -331,4 +359,4 @@ class EarlyStopping:
     def __repr__(self) -> str:
         return (f"EarlyStopping(mode={self.mode!r}, patience={self.patience}, "
                 f"min_delta={self.min_delta}, start_from_epoch={self.start_from_epoch}, "
-                f"restore_best={self.restore_best})")
+                f"baseline={self.baseline}, restore_best={self.restore_best})")

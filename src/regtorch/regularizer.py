@@ -255,17 +255,38 @@ class Regularizer:
 
     # -- strengths ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The strengths of every rule's penalty (tensors cloned)."""
-        return {"strengths": [
-            {k: v.clone() if isinstance(v, Tensor) else v for k, v in g.penalty.strengths().items()}
-            for g in self._groups]}
+        """The kind and strengths of every rule's penalty (tensors cloned).
+
+        ``{"kinds": [...], "strengths": [...]}``, one entry per rule with a penalty, in rule
+        order; a kind is the penalty's class name, with its terms for a sum
+        (``"Sum(L1, GroupLasso)"``).
+        """
+        return {"kinds": [_kind(g.penalty) for g in self._groups],
+                "strengths": [{k: v.clone() if isinstance(v, Tensor) else v
+                               for k, v in g.penalty.strengths().items()}
+                              for g in self._groups]}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore strengths saved by :meth:`state_dict` (same rules)."""
+        """Restore strengths saved by :meth:`state_dict` (same rules, same penalty kinds).
+
+        Raises:
+            ValueError: a different number of rules, or a rule whose penalty kind differs from
+                the saved one (e.g. rules saved as ``{L1, L2}`` loaded into ``{L2, L1}``: the
+                strengths would silently swap meanings). A ``state_dict`` without ``"kinds"``
+                (saved before kinds were recorded) is loaded by position.
+        """
         strengths: list[dict[str, Strength]] = list(state_dict.get("strengths", ()))
         if len(strengths) != len(self._groups):
             raise ValueError(f"Invalid state_dict: {len(strengths)} rules saved, this "
                              f"regularizer has {len(self._groups)}")
+        kinds = state_dict.get("kinds")
+        if kinds is not None:
+            for index, (group, saved) in enumerate(zip(self._groups, kinds)):
+                if saved != _kind(group.penalty):
+                    raise ValueError(f"Invalid state_dict: rule {index} ({group.label}) was "
+                                     f"saved as {saved}, this regularizer has "
+                                     f"{_kind(group.penalty)} there (same rules, in the same "
+                                     f"order, are needed)")
         for group, values in zip(self._groups, strengths):
             group.penalty.load_strengths(values)
 
@@ -290,6 +311,15 @@ def _loss_dtype(groups: Sequence[_Group]) -> torch.dtype:
             if p.dtype == torch.float64 and p.requires_grad:
                 return torch.float64
     return torch.float32
+
+
+def _kind(penalty: Penalty) -> str:
+    """What a state_dict records of a penalty: its class name, with the terms of a sum."""
+    name = type(penalty).__name__
+    terms = penalty.terms
+    if len(terms) > 1 and name == "Sum":
+        return f"Sum({', '.join(type(t).__name__ for t in terms)})"
+    return name
 
 
 def _sum(values: list[Tensor]) -> Tensor:
