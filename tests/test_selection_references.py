@@ -161,3 +161,72 @@ def test_vision_position_tables_are_exempt(make, weights):
     model = make()
     assert [n for n, _ in select(model)] == weights
     assert [n for n, _ in select(model, WEIGHTS)] == weights
+
+
+# -- Hugging Face Conv1D: weights stored (in, out) ---------------------------------------------
+
+
+def conv1d_and_linear(seed: int = 0):
+    """A Conv1D(nf=3, nx=4) and the nn.Linear(4, 3) computing the same map (weight transposed)."""
+    conv = transformers.pytorch_utils.Conv1D(3, 4).double()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        conv.weight.copy_(3 * torch.randn(4, 3, dtype=torch.float64))
+    linear = nn.Linear(4, 3).double()
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+        linear.bias.copy_(conv.bias)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), linear(x), rtol=1e-12, atol=1e-12)  # the same layer
+    return conv, linear
+
+
+@pytest.mark.parametrize("constraint", [regtorch.MaxNorm(1.0), regtorch.UnitNorm(),
+                                        regtorch.MinMaxNorm(0.5, 1.0, rate=0.5)], ids=repr)
+def test_norm_constraints_on_conv1d_act_on_output_units_as_for_linear(constraint):
+    conv, linear = conv1d_and_linear()
+    regtorch.Constraints(conv, constraint).apply_()
+    regtorch.Constraints(linear, constraint).apply_()
+    torch.testing.assert_close(conv.weight.T, linear.weight, rtol=1e-12, atol=0)
+    # Reference: norms over the inputs of each output unit, the columns of the (in, out) weight.
+    norms = conv.weight.detach().norm(dim=0)
+    if isinstance(constraint, regtorch.MaxNorm):
+        assert bool((norms <= 1.0).all())
+
+
+@pytest.mark.parametrize("penalty", [regtorch.GroupLasso(0.1, groups="rows"),
+                                     regtorch.GroupLasso(0.1, groups="columns"),
+                                     regtorch.L1(0.1) + regtorch.GroupLasso(0.1),
+                                     regtorch.Orthogonal(0.1)], ids=repr)
+def test_rows_or_columns_on_conv1d_are_refused_with_the_fix(penalty):
+    conv, _ = conv1d_and_linear()
+    with pytest.raises(ValueError, match=r"stores its weight as \(in, out\).*in a rule of its "
+                                         r"own"):
+        regtorch.Regularizer(conv, penalty)
+
+
+@pytest.mark.parametrize("penalty", [regtorch.L1(0.1), regtorch.L2(0.1),
+                                     regtorch.GroupLasso(0.1, groups="tensor")], ids=repr)
+def test_layout_free_penalties_on_conv1d_equal_linear(penalty):
+    conv, linear = conv1d_and_linear()
+    values = [float(regtorch.Regularizer(m, penalty).value()) for m in (conv, linear)]
+    assert values[0] == pytest.approx(values[1], rel=1e-12)
+
+
+def test_gpt2_group_lasso_on_output_units_in_two_rules():
+    """The fix the message suggests, on a real GPT-2: columns for Conv1D, rows elsewhere."""
+    gpt2 = tiny("gpt2")
+    conv1d = transformers.pytorch_utils.Conv1D
+    rules = {regtorch.inside(conv1d) & WEIGHTS: regtorch.GroupLasso(0.1, groups="columns"),
+             WEIGHTS: regtorch.GroupLasso(0.1, groups="rows")}
+    with pytest.raises(ValueError, match="as_stored=True"):
+        regtorch.Regularizer(gpt2, rules)
+    reg = regtorch.Regularizer(gpt2, rules, as_stored=True)
+    assert len(list(reg.parameters())) == len(select(gpt2))
+    # Output-unit groups of a Conv1D are its columns: the same value as the equivalent Linear's
+    # rows.
+    conv, linear = conv1d_and_linear()
+    as_conv = regtorch.Regularizer(conv, regtorch.GroupLasso(0.1, groups="columns"),
+                                   as_stored=True).value()
+    as_linear = regtorch.Regularizer(linear, regtorch.GroupLasso(0.1, groups="rows")).value()
+    assert float(as_conv) == pytest.approx(float(as_linear), rel=1e-12)

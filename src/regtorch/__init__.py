@@ -2,12 +2,13 @@
 
 Penalties (:class:`L1`, :class:`L2`, :class:`ElasticNet`, :class:`GroupLasso`, :class:`Orthogonal`)
 bound to a model's parameters by a :class:`Regularizer`, applied as a loss term (``reg()``), a fused
-gradient (``reg.add_grad_()``) or a proximal step (``reg.prox_(step)``, or :func:`attach_prox` on
-the user's own optimizer, :class:`Proximal` around it); :func:`select` lists what a selector picks
-and :func:`param_groups` gives torch's built-in ``weight_decay`` the same selection. Training
-companions: :func:`exponential_decay`, :class:`EarlyStopping`, :class:`ActivityRegularizer`, the
-constraints (:class:`MaxNorm`, :class:`UnitNorm`, :class:`MinMaxNorm`, :class:`NonNeg`,
-:class:`Constraints`) and the dropout helpers (:func:`set_dropout`, :func:`dropout_modules`).
+gradient (``reg.add_grad_()``, or :func:`attach_grad` before each step of the user's optimizer) or
+a proximal step (``reg.prox_(step)``, or :func:`attach_prox` after each step, :class:`Proximal`
+around the optimizer); :func:`select` lists what a selector picks and :func:`param_groups` gives
+torch's built-in ``weight_decay`` the same selection. Training companions:
+:func:`exponential_decay`, :class:`EarlyStopping`, :class:`ActivityRegularizer`, the constraints
+(:class:`MaxNorm`, :class:`UnitNorm`, :class:`MinMaxNorm`, :class:`NonNeg`, :class:`Constraints`)
+and the dropout helpers (:func:`set_dropout`, :func:`dropout_modules`).
 Structured sparsity: :func:`channel_groups`, :class:`ChannelLasso`, :class:`ChannelSparsity`,
 :func:`compact`, :func:`carry_optimizer` (:mod:`regtorch.structure`).
 """
@@ -16,7 +17,15 @@ from regtorch.activity import ActivityRegularizer
 from regtorch.callbacks import EarlyStopping
 from regtorch.constraints import Constraint, Constraints, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
 from regtorch.dropout import dropout_modules, set_dropout
-from regtorch.optim import ProxHandle, Proximal, attach_prox, exponential_decay, param_groups
+from regtorch.optim import (
+    GradHandle,
+    ProxHandle,
+    Proximal,
+    attach_grad,
+    attach_prox,
+    exponential_decay,
+    param_groups,
+)
 from regtorch.penalties import L1, L2, ElasticNet, GroupLasso, Orthogonal, Penalty, Sum
 from regtorch.regularizer import Regularizer
 from regtorch.selection import (
@@ -62,6 +71,7 @@ __all__ = [
     "Constraints",
     "EarlyStopping",
     "ElasticNet",
+    "GradHandle",
     "GroupLasso",
     "MaxNorm",
     "MinMaxNorm",
@@ -74,6 +84,7 @@ __all__ = [
     "Selector",
     "Sum",
     "UnitNorm",
+    "attach_grad",
     "attach_prox",
     "carry_optimizer",
     "channel_groups",

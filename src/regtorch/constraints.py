@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from regtorch._reduce import accumulation_dtype
 from regtorch._table import Row, binding_summary, binding_table
-from regtorch.selection import bind
+from regtorch.selection import bind, stores_in_out
 
 __all__ = ["Constraint", "Constraints", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm"]
 
@@ -56,8 +56,11 @@ _UNITS_DOC = """Norms are Euclidean, one per output unit: over every dim but dim
     as ``(in, out)`` and a Conv2D kernel as ``(kh, kw, in, out)``, and its default ``axis`` (0,
     resp. ``[0, 1, 2]``) takes the norm over the inputs of each output unit: the same norm as
     here on the equivalent torch layer. (A ``ConvTranspose`` weight is stored
-    ``(in, out/groups, *kernel)``: there dim 0 is the input channel.) Norms are computed in the
-    tensor's dtype, half types in float32; a zero unit stays exactly zero."""
+    ``(in, out/groups, *kernel)``: there dim 0 is the input channel.) Hugging Face's ``Conv1D``
+    (GPT-2) stores its weight ``(in, out)``: :class:`Constraints` bound to a model knows it and
+    takes the norms over its output units (the columns) as for ``nn.Linear``; ``apply_`` on bare
+    tensors cannot, and takes dim 0. Norms are computed in the tensor's dtype, half types in
+    float32; a zero unit stays exactly zero."""
 
 
 def _splice_units_doc(cls: type) -> type:
@@ -296,6 +299,7 @@ class _Group:
     constraint: Constraint
     names: list[str]
     params: list[Tensor]
+    in_out: list[bool]  # stored (in, out): constrained through the transpose
 
 
 class Constraints:
@@ -343,7 +347,11 @@ class Constraints:
 
     def __init__(self, model: nn.Module, rules: Constraint | Any) -> None:
         self._all, bound = bind(model, rules, Constraint, "a regtorch constraint or None")
-        self._groups = [_Group(label, constraint, [i.name for i in got], [i.param for i in got])
+        # A weight stored (in, out) (transformers' Conv1D) is constrained through its transpose,
+        # so that units are output units there too.
+        self._groups = [_Group(label, constraint, [i.name for i in got], [i.param for i in got],
+                               [i.tensor_name == "weight" and stores_in_out(i.module)
+                                for i in got])
                         for label, _, constraint, got in bound]
         logger.info("regtorch: %s", binding_summary(self._rows(),
                                                     [(i.name, i.param) for i in self._all],
@@ -353,7 +361,10 @@ class Constraints:
     def apply_(self) -> None:
         """Apply every rule's constraint in place to its parameters (those still trainable)."""
         for group in self._groups:
-            params = [p for p in group.params if p.requires_grad]
+            # The transposed view is taken here, not stored: it follows a parameter whose data
+            # is replaced (model.to(...)).
+            params = [p.T if transposed else p
+                      for p, transposed in zip(group.params, group.in_out) if p.requires_grad]
             if params:
                 group.constraint.apply_(params)
 

@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from regtorch import _distributed
 from regtorch._strength import Strength
 from regtorch._table import Row, binding_summary, binding_table
-from regtorch.penalties import Penalty, Scratch
-from regtorch.selection import Selector, bind, bound_tensor
+from regtorch.penalties import GroupLasso, Orthogonal, Penalty, Scratch
+from regtorch.selection import Selector, bind, bound_tensor, stores_in_out
 
 __all__ = ["Regularizer"]
 
@@ -79,11 +79,19 @@ class Regularizer:
             model then only decides selection) — e.g. the stacked ``[K, ...]`` parameters of K
             copies of the model from :func:`torch.func.stack_module_state`, used with ``[K]``
             strengths.
+        as_stored: let ``GroupLasso(groups="rows"/"columns")`` and ``Orthogonal(mode=...)`` act
+            on the weights of layers that store them ``(in, out)`` — Hugging Face's ``Conv1D``
+            (GPT-2) — with "rows" and "columns" meaning the *stored* tensor's dims 0 and 1 (there:
+            input features, resp. output units). By default (``False``) such a rule is refused,
+            because on ``nn.Linear`` "rows" are output units and a rule over both kinds of layer
+            would silently mean opposite things; write ``"columns"`` for Conv1D's output units in
+            a rule of its own with ``as_stored=True``.
 
     Raises:
         TypeError: for a rule whose value is not a penalty or ``None``, or a bad selector.
-        ValueError: for a rule matching no parameter, or a penalty that cannot act on a parameter
-            (the message names the parameter, its shape and the penalty).
+        ValueError: for empty rules, a rule matching no parameter, or a penalty that cannot act
+            on a parameter (the message names the parameter, its shape and the penalty; a
+            rows/columns penalty on a Conv1D weight without ``as_stored=True`` included).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 1))
@@ -101,7 +109,10 @@ class Regularizer:
     """
 
     def __init__(self, model: nn.Module, penalty_or_rules: Penalty | Any, *,
-                 parameters: Mapping[str, Tensor] | None = None) -> None:
+                 parameters: Mapping[str, Tensor] | None = None,
+                 as_stored: bool = False) -> None:
+        if not isinstance(as_stored, bool):
+            raise TypeError(f"Invalid as_stored value: {as_stored!r} (expected a bool)")
         self._all, bound = bind(model, penalty_or_rules, Penalty, "a regtorch penalty or None")
         self._groups: list[_Group] = []
         for label, selector, penalty, got in bound:
@@ -110,6 +121,9 @@ class Regularizer:
             for info, tensor in zip(got, tensors):
                 try:
                     penalty.check(tensor)
+                    if (not as_stored and info.tensor_name == "weight"
+                            and stores_in_out(info.module)):
+                        _check_in_out_layout(penalty)
                 except ValueError as error:
                     raise ValueError(f"Rule {label} -> {penalty!r} cannot act on parameter "
                                      f"{info.name!r} of shape {tuple(tensor.shape)}: {error}"
@@ -311,6 +325,27 @@ def _loss_dtype(groups: Sequence[_Group]) -> torch.dtype:
             if p.dtype == torch.float64 and p.requires_grad:
                 return torch.float64
     return torch.float32
+
+
+def _check_in_out_layout(penalty: Penalty) -> None:
+    """Refuse rows/columns groups on a weight stored ``(in, out)`` (Hugging Face's ``Conv1D``):
+    there "rows" would be input features, the opposite of what they mean for ``nn.Linear``."""
+    for term in penalty.terms:
+        if isinstance(term, GroupLasso):
+            keyword, axis = "groups", term.groups
+        elif isinstance(term, Orthogonal):
+            keyword, axis = "mode", term.mode
+        else:
+            continue
+        if axis in ("rows", "columns"):
+            other = "columns" if axis == "rows" else "rows"
+            unit = "output units" if axis == "rows" else "input features"
+            raise ValueError(
+                f"the layer stores its weight as (in, out) (transformers' Conv1D, the transpose "
+                f"of nn.Linear's (out, in)), so {axis!r} would not be its {unit}; write "
+                f"{keyword}={other!r} for its {unit} in a rule of its own, e.g. "
+                f"{{inside(Conv1D): {type(term).__name__}(..., {keyword}={other!r})}}, and "
+                f"pass as_stored=True")
 
 
 def _kind(penalty: Penalty) -> str:
