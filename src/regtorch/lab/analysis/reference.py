@@ -14,12 +14,13 @@ same at :math:`\alpha = \lambda`. :func:`lasso_reference` fits, on the train spl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ALPHA_PER_LAMBDA", "SOLVER_TOL", "lasso_reference"]
+__all__ = ["ALPHA_PER_LAMBDA", "SOLVER_TOL", "lasso_comparison", "lasso_reference"]
 
 ALPHA_PER_LAMBDA = {"mse": 0.5, "half-mse": 1.0}  # scikit-learn's α for the lab's λ, per loss
 SOLVER_TOL = 1e-12     # coordinate descent run to (nearly) machine precision: it is the reference
@@ -64,3 +65,41 @@ def lasso_reference(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
     return {"lambdas": lams.tolist(), "alphas": alphas.tolist(), "coef": coef.tolist(),
             "intercept": intercept.tolist(), "val_mse": val_mse.tolist(),
             "best_lambda": float(cv.alpha_ / scale)}
+
+
+def lasso_comparison(reference: dict[str, Any], weights: np.ndarray, val_loss: Sequence[float],
+                     best_lambda: float, feature_names: Sequence[str] | None = None
+                     ) -> dict[str, Any]:
+    """The lab's L1 path next to scikit-learn's (:func:`lasso_reference` at the same λ).
+
+    Args:
+        reference: :func:`lasso_reference` at the lab's strengths.
+        weights: the lab's final weights ``[len(lambdas), features]`` (mean over seeds).
+        val_loss: the lab's mean final validation loss at each λ.
+        best_lambda: the λ the lab chose.
+        feature_names: one per weight (default ``x0``, ``x1``, …).
+
+    Returns:
+        ``{"rows": [{"lambda", "alpha", "val_loss", "sklearn_val_mse", "max_coef_diff",
+        "zeros", "sklearn_zeros"}], "best_lambda", "sklearn_best_lambda", "grid_steps_apart",
+        "coefficients": {"lambda", "features", "lab", "sklearn"}}`` — the coefficients at the
+        lab's choice.
+    """
+    lams = list(reference["lambdas"])
+    ref_coef = np.asarray(reference["coef"], dtype=np.float64)
+    lab = np.asarray(weights, dtype=np.float64)
+    rows = [{"lambda": lam, "alpha": alpha, "val_loss": float(loss),
+             "sklearn_val_mse": float(mse), "max_coef_diff": float(np.abs(w - r).max()),
+             "zeros": int((w == 0).sum()), "sklearn_zeros": int((r == 0).sum())}
+            for lam, alpha, loss, mse, w, r in zip(lams, reference["alphas"], val_loss,
+                                                    reference["val_mse"], lab, ref_coef)]
+    order = sorted(lams, reverse=True)
+    at = lams.index(best_lambda)
+    names = list(feature_names) if feature_names is not None else [
+        f"x{i}" for i in range(lab.shape[1])]
+    sklearn_best = reference["best_lambda"]
+    nearest = min(order, key=lambda lam: abs(math.log(lam / sklearn_best)))
+    return {"rows": rows, "best_lambda": best_lambda, "sklearn_best_lambda": sklearn_best,
+            "grid_steps_apart": abs(order.index(best_lambda) - order.index(nearest)),
+            "coefficients": {"lambda": best_lambda, "features": names,
+                             "lab": lab[at].tolist(), "sklearn": ref_coef[at].tolist()}}

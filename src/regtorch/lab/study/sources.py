@@ -72,6 +72,8 @@ __all__ = [
     "import_factory",
     "infer_task",
     "load_source",
+    "parse_source",
+    "source_dict",
 ]
 
 CLASS_LIMIT = 20   # an integer target with at most this many distinct values is classification
@@ -157,6 +159,84 @@ class SklearnSource:
 
 
 Source = CsvSource | NpzSource | PythonSource | SklearnSource
+SOURCE_KINDS = ("csv", "npz", "python", "sklearn")
+
+
+def parse_source(t: Any, kind: str, root: Path) -> Source:
+    """The source of kind ``kind`` from the study file's ``[data]`` table ``t`` (the parser's
+    typed table: ``get``, ``number``, ``choice``, ``done`` and ``where``); relative paths are
+    resolved against ``root``, the study file's directory, and stored absolute.
+
+    Raises:
+        StudyError: naming the key and the value.
+    """
+    where = t.where
+
+    def fraction(key: str) -> float:
+        value = t.number(key, 0.2)
+        if not 0 < value < 1:
+            raise StudyError(f"{where}.{key}: must be in (0, 1), got {value!r}")
+        return value
+
+    def names(key: str, required: bool = False) -> tuple[str, ...] | None:
+        value = t.get(key, (str, list), required=required)
+        if value is None:
+            return None
+        value = [value] if isinstance(value, str) else value
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise StudyError(f"{where}.{key}: expected a column name or a list of them, got "
+                             f"{value!r}")
+        if len(set(value)) != len(value):
+            raise StudyError(f"{where}.{key}: repeated column in {value!r}")
+        return tuple(value)
+
+    def path(key: str) -> str:
+        value = t.get(key, str, required=True)
+        if not value:
+            raise StudyError(f"{where}.{key}: empty")
+        full = Path(value).expanduser()
+        return str(full if full.is_absolute() else (root / full).resolve())
+
+    common: dict[str, Any] = {"where": where}
+    if kind != "sklearn":
+        task = t.get("task", str)
+        if task is not None and task not in TASKS:
+            raise StudyError(f"{where}.task: unknown value {task!r} (expected one of "
+                             f"{', '.join(TASKS)})")
+        common.update(task=task, missing=t.choice("missing", ("error", "drop"), "error"))
+    common.update(val=fraction("val"), test=fraction("test"),
+                  standardize_target=t.get("standardize_target", bool, False))
+    if common["val"] + common["test"] >= 1:
+        raise StudyError(f"{where}: val + test = {common['val'] + common['test']!r} leaves no "
+                         f"train rows")
+    if kind == "csv":
+        source: Source = CsvSource(
+            path=path("path"), target=names("target", required=True),  # type: ignore[arg-type]
+            features=names("features"), categorical=names("categorical") or (),
+            split=t.get("split", str), standardize=t.get("standardize", bool, True), **common)
+    elif kind == "npz":
+        source = NpzSource(path=path("path"), standardize=t.get("standardize", bool, False),
+                           **common)
+    elif kind == "python":
+        factory = t.get("factory", str, required=True)
+        kwargs = t.get("kwargs", Mapping, {})
+        # the directory a module (or a relative .py file) is looked up in: the study file's
+        base = t.get("root", str)
+        base = root if base is None else (root / Path(base).expanduser())
+        source = PythonSource(factory=factory, kwargs=tuple(sorted(kwargs.items())),
+                              root=str(base.resolve()),
+                              standardize=t.get("standardize", bool, False), **common)
+    else:
+        name = t.choice("name", tuple(SKLEARN_DATASETS), required=True)
+        images = t.get("images", bool, False)
+        if images and name != "digits":
+            raise StudyError(f"{where}.images: only the digits are images, not {name!r}")
+        if common["standardize_target"] and SKLEARN_DATASETS[name][1] != "regression":
+            raise StudyError(f"{where}.standardize_target: {name!r} is classification")
+        source = SklearnSource(name=name, standardize=t.get("standardize", bool, True),
+                               images=images, **common)
+    t.done()
+    return source
 
 
 def source_dict(source: Source) -> dict[str, Any]:
