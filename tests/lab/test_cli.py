@@ -23,9 +23,9 @@ from regtorch.lab.study import parse_study, presets
 from regtorch.lab.study.presets import PRESETS, preset
 from regtorch.lab.train.engine import run_study
 
-# The six presets the issue names, in `regtorch list` order.
+# The presets in `regtorch list` order: the six classic experiments, then the real-data three.
 PRESET_NAMES = ["d2l-highdim", "mlp-synthetic", "digits", "linear-1d", "lr-decay",
-                "sparse-recovery"]
+                "sparse-recovery", "diabetes-lasso", "breast-cancer", "digits-cnn"]
 RECORD_KEYS = {"variant", "strength", "seed", "epoch", "train_loss", "val_loss", "test_loss",
                "penalty", "weight_norm", "sparsity", "lr", "diverged"}
 SUMMARY_KEYS = {"train_loss", "val_loss", "test_loss", "train_loss_std", "val_loss_std",

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from regtorch.lab.analysis.reference import lasso_reference
-from regtorch.lab.study.sources import SklearnSource, load_source
+from regtorch.lab.study.sources import load_source
+from regtorch.lab.study.spec import SklearnSource
 
 KKT_TOL = 1e-8  # coordinate descent stops on a duality gap of 1e-12: gradients agree to ~1e-9
 

@@ -15,16 +15,13 @@ import torch
 from sklearn.datasets import load_diabetes, load_digits, load_iris
 
 from regtorch.lab.study import StudyError
-from regtorch.lab.study.sources import (
-    CLASS_LIMIT,
+from regtorch.lab.study.sources import CLASS_LIMIT, import_factory, infer_task, load_source
+from regtorch.lab.study.spec import (
     SKLEARN_DATASETS,
     CsvSource,
     NpzSource,
     PythonSource,
     SklearnSource,
-    import_factory,
-    infer_task,
-    load_source,
     source_dict,
 )
 

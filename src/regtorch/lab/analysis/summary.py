@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import statistics
 from collections import defaultdict
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from regtorch.lab.analysis.reference import ALPHA_PER_LAMBDA, lasso_comparison, lasso_reference
 from regtorch.lab.schema import ACC_KEYS, LOSS_KEYS, STAT_KEYS
 from regtorch.lab.study.spec import Study, Variant
 from regtorch.lab.train.engine import StudyResult
@@ -67,15 +69,18 @@ def summarize(result: StudyResult) -> dict[str, Any]:
         rows = finals[(variant.name, strengths[best])]
         chosen_rows[variant.name] = rows
         entry.update(_linear_extras(result, variant, strengths[best], rows))
+        entry.update(_lasso_extras(result, variant, candidates, strengths[best]))
+        entry.update(_zero_groups(result, variant, strengths[best], rows))
         entry["not_converged"] = _still_falling(history, variant.name, strengths[best], epochs)
         variants[variant.name] = entry
 
     baseline = study.variants[0].name
     for variant in study.variants:
         variants[variant.name]["verdict"] = _verdict(study, variant, variants, chosen_rows,
-                                                     baseline)
+                                                     baseline, classes=result.data.outputs)
     return {"study": study.name, "seeds": study.seeds, "epochs": epochs, "baseline": baseline,
-            "variants": variants, "notes": _notes(study, variants, chosen_rows)}
+            "variants": variants,
+            "notes": [*result.data.notes, *_notes(study, variants, chosen_rows)]}
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -125,11 +130,76 @@ def _still_falling(history, name: str, strength, epochs: int) -> bool:
     return bool(drops) and statistics.fmean(drops) > NOT_CONVERGED_DROP
 
 
+# -- linear models: scikit-learn's lasso on the same split ------------------------------------
+def _lasso_extras(result: StudyResult, variant: Variant, candidates: list[dict[str, Any]],
+                  strength: float | None) -> dict[str, Any]:
+    """``sklearn_lasso``: a tuned L1 variant of a linear regression (one target, mse or
+    half-mse loss, every λ > 0) next to scikit-learn's ``lasso_path`` and ``LassoCV`` on the
+    same train / validation split (:func:`regtorch.lab.analysis.reference.lasso_comparison`)."""
+    study = result.study
+    if (study.model.kind != "linear" or variant.penalty != "l1" or not variant.tuned
+            or study.train.loss not in ALPHA_PER_LAMBDA or result.data.outputs != 1
+            or study.classification or min(variant.strengths) <= 0 or strength is None):
+        return {}
+    weights = []
+    for lam in variant.strengths:
+        thetas = [t["0.weight"].reshape(-1).double() for (name, s, _), t in
+                  result.finals.items() if name == variant.name and s == lam]
+        if not thetas:
+            return {}
+        weights.append(torch.stack(thetas).mean(dim=0).numpy())
+    x, y = (t.double().numpy() for t in result.data.split("train"))
+    xv, yv = (t.double().numpy() for t in result.data.split("val"))
+    reference = lasso_reference(x, y, xv, yv, variant.strengths, study.train.loss)
+    return {"sklearn_lasso": lasso_comparison(
+        reference, weights, [c["val_loss"] for c in candidates], strength,
+        result.data.feature_names)}
+
+
+# -- proximal group sparsity: whole groups exactly zero ------------------------------------
+def _zero_groups(result: StudyResult, variant: Variant, strength: float | None,
+                 rows: list[dict]) -> dict[str, Any]:
+    """``zero_groups``: for a proximal ``group`` (or ``l1``) variant, per penalized tensor, the
+    groups (slices along dim 0: conv filters, output units — entries for a 1-D tensor such as a
+    BatchNorm scale) that are exactly 0, mean over the seeds that did not diverge."""
+    if variant.apply != "prox" or variant.penalty not in ("group", "l1") or strength is None:
+        return {}
+    seeds = [r["seed"] for r in rows if not r["diverged"]]
+    finals = [result.finals[(variant.name, strength, seed)] for seed in seeds]
+    if not finals:
+        return {}
+    out: list[dict[str, Any]] = []
+    for name, tensor in finals[0].items():
+        if not _penalized(name, tensor, variant) or (variant.penalty == "l1"
+                                                      and tensor.ndim != 1):
+            continue  # an L1 on a matrix zeroes entries (the sparsity), not whole groups
+        axis = 0 if variant.groups == "rows" or variant.penalty == "l1" else 1
+        if tensor.ndim < 1 or (axis == 1 and tensor.ndim < 2):
+            continue
+        zeros = [float((t[name].movedim(axis, 0).reshape(t[name].shape[axis], -1) == 0)
+                       .all(dim=1).sum()) for t in finals]
+        out.append({"param": name, "zero": statistics.fmean(zeros),
+                    "groups": int(tensor.shape[axis])})
+    return {"zero_groups": out} if out else {}
+
+
+def _penalized(name: str, tensor: torch.Tensor, variant: Variant) -> bool:
+    """Whether ``variant``'s ``params`` picks parameter ``name`` (a name glob; ``weights``:
+    matrices and conv kernels, as :data:`regtorch.WEIGHTS` selects them in the built-in models;
+    ``all``: everything)."""
+    if variant.params == "all":
+        return True
+    if variant.params == "weights":
+        return tensor.ndim >= 2
+    return fnmatch.fnmatchcase(name, variant.params)
+
+
 # -- linear models: closed forms ---------------------------------------------------------------
 def _linear_extras(result: StudyResult, variant: Variant, strength: float | None,
                    rows: list[dict]) -> dict[str, Any]:
     study = result.study
-    if study.model.kind != "linear" or not rows:
+    if study.model.kind != "linear" or not rows or study.classification \
+            or result.data.outputs != 1:  # the closed forms are for one regression target
         return {}
     thetas = [result.finals[(variant.name, strength if strength is not None else
                              variant.strengths[0], r["seed"])] for r in rows
@@ -157,7 +227,7 @@ def _linear_extras(result: StudyResult, variant: Variant, strength: float | None
         if weights.shape[1] == 1:
             out["optimum_slope"], out["optimum_intercept"] = float(optimum[0]), float(optimum[1])
     true_w = result.data.true_weights
-    if study.data.nonzeros is not None and true_w is not None:
+    if getattr(study.data, "nonzeros", None) is not None and true_w is not None:
         truth = true_w.reshape(-1) != 0
         found = weights != 0
         hits = (found & truth).sum(1).double()
@@ -195,7 +265,7 @@ def _ridge_optimum(x, y, scale: float, variant: Variant, strength: float):
 
 # -- words -------------------------------------------------------------------------------------
 def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: dict[str, list],
-             baseline: str) -> str:
+             baseline: str, classes: int) -> str:
     me = variants[variant.name]
     parts: list[str] = []
     if variant.tuned:
@@ -222,10 +292,19 @@ def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: 
         parts.append(words)
     elif me.get("sparsity"):
         parts.append(f"{me['sparsity']:.0%} of the weights are exactly 0")
-    if study.classification and me.get("test_acc") is not None:
-        classes = 10 if study.data.kind == "digits" else 2
-        if me["test_acc"] <= 1.5 / classes:
-            parts.append(f"test accuracy {me['test_acc']:.2f}: chance level (1/{classes})")
+    if study.classification and me.get("test_acc") is not None \
+            and me["test_acc"] <= 1.5 / classes:
+        parts.append(f"test accuracy {me['test_acc']:.2f}: chance level (1/{classes})")
+    for group in me.get("zero_groups", []):
+        parts.append(f"{group['zero']:g} of {group['groups']} groups of {group['param']} are "
+                     f"exactly 0")
+    lasso = me.get("sklearn_lasso")
+    if lasso:
+        worst = max(row["max_coef_diff"] for row in lasso["rows"])
+        alpha = ALPHA_PER_LAMBDA[study.train.loss]
+        parts.append(f"scikit-learn's LassoCV on the same split chooses λ = "
+                     f"{lasso['sklearn_best_lambda']:g} (α = {alpha:g}·λ); coefficients within "
+                     f"{worst:.1e} of lasso_path")
     schedule = study.schedule_of(variant)
     if schedule.kind != "constant" and me.get("lr") is not None:
         if me["lr"] == study.train.lr:

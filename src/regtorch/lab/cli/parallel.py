@@ -21,7 +21,7 @@ from rich.console import Console
 
 from regtorch.lab.cli._process import available_cpus, keep_freed_memory
 from regtorch.lab.present.console import study_progress
-from regtorch.lab.study.spec import Study
+from regtorch.lab.study.spec import DataSpec, Study
 
 __all__ = ["run_in_processes", "work"]
 
@@ -86,8 +86,12 @@ def work(study: Study) -> float:
     size (inputs times the widest layer, a proxy for the parameter count)."""
     members = sum(len(v.strengths) for v in study.variants) * study.seeds
     data = study.data
-    examples = 1797 if data.kind == "digits" else data.train + data.val + data.test
-    widths = [64 if data.kind == "digits" else data.features, *study.model.hidden, 10]
+    if isinstance(data, DataSpec):
+        examples = 1797 if data.kind == "digits" else data.train + data.val + data.test
+        inputs = 64 if data.kind == "digits" else data.features
+    else:  # the user's data: its size is known once loaded; a middling guess
+        examples, inputs = 1000, 64
+    widths = [inputs, *study.model.hidden, 10]
     size = sum(a * b for a, b in itertools.pairwise(widths))
     return members * study.train.epochs * examples * size
 

@@ -45,6 +45,7 @@ from regtorch.lab.present.console import (
 from regtorch.lab.present.report import regenerate, write_index, write_report
 from regtorch.lab.present.tables import choice_rows, path_rows, table_rows
 from regtorch.lab.study import PRESETS, Study, parse_study, preset, preset_names, read_toml
+from regtorch.lab.study.presets import demo_names
 from regtorch.lab.train import Checkpoints, StudyResult, check_study, run_study
 
 __all__ = ["COMMANDS", "load_study", "sweep_and_write", "train_and_write"]
@@ -66,7 +67,7 @@ def demo_command(args: argparse.Namespace) -> None:
         raise UsageError(f"--jobs: must be a positive integer, got {args.jobs}")
     # Every study is validated before the first one trains: a bad option fails at once.
     studies = [preset(name).with_overrides(seeds=args.seeds, epochs=args.epochs)
-               for name in preset_names()]
+               for name in demo_names()]
     out = _output_dir(args.out)
     _run_studies(studies, out, jobs=args.jobs, options=_options(args))
     index = _writing(lambda: write_index(out, [out / study.name for study in studies]))
@@ -111,7 +112,7 @@ def load_study(ref: str) -> Study:
         return preset(ref)
     path = Path(ref)
     if path.suffix == ".toml" or path.exists() or "/" in ref or os.sep in ref:
-        return parse_study(read_toml(path), source=ref)
+        return parse_study(read_toml(path), source=ref, root=path.parent)
     raise UsageError(f"unknown preset {ref!r} (presets: {', '.join(names)}; or give a .toml "
                      f"study file)")
 

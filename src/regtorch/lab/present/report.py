@@ -257,6 +257,7 @@ def _run_body(run: Run, images: dict[str, bytes], level: int) -> list[str]:
                   "<p class=\"hint\">Final epoch, mean ± std over the seeds that did not "
                   "diverge.</p>",
                   _table(headers, rows), f"<{sub}>Verdicts</{sub}>", _verdicts(run.summary)]
+        parts += _lasso_sections(run.summary, sub)
     notes = run.summary.get("notes") or []
     if notes:
         parts += [f"<{sub}>Notes</{sub}>", "<ul class=\"notes\">",
@@ -304,6 +305,38 @@ def _versions(info: dict[str, Any]) -> list[str]:
     if info.get("created"):
         words.append(f"created {info['created']}")
     return words
+
+
+def _lasso_sections(summary: dict[str, Any], sub: str) -> list[str]:
+    """For each variant compared with scikit-learn's lasso: its path next to ``lasso_path`` and
+    ``LassoCV`` on the same split, and the coefficients at the chosen λ."""
+    parts: list[str] = []
+    for name, variant in summary.get("variants", {}).items():
+        lasso = variant.get("sklearn_lasso")
+        if not lasso:
+            continue
+        chosen = lasso["best_lambda"]
+        rows = [[f"{r['lambda']:g}", f"{r['alpha']:g}", f"{r['val_loss']:.6g}",
+                 f"{r['sklearn_val_mse']:.6g}", f"{r['max_coef_diff']:.1e}",
+                 f"{r['zeros']}", f"{r['sklearn_zeros']}",
+                 " ".join(who for who, lam in (("lab", chosen),
+                                               ("sklearn", lasso["sklearn_best_lambda"]))
+                          if r["lambda"] == lam)]
+                for r in lasso["rows"]]
+        coef = lasso["coefficients"]
+        parts += [f"<{sub}>{_e(name)}: next to scikit-learn's lasso</{sub}>",
+                  f"<p class=\"hint\">The same train / validation split; scikit-learn's "
+                  f"Lasso(α) is the lab's L1(λ) at the α shown. The lab chooses λ = "
+                  f"{chosen:g}, LassoCV λ = {lasso['sklearn_best_lambda']:g}.</p>",
+                  _table(["λ", "α", "val loss (lab)", "val MSE (sklearn)", "max |Δ coef|",
+                          "zeros (lab)", "zeros (sklearn)", "chosen by"], rows,
+                         ["chosen" if row[-1] else "" for row in rows]),
+                  f"<p class=\"hint\">Coefficients at λ = {coef['lambda']:g} (mean over "
+                  f"seeds).</p>",
+                  _table(["feature", "lab", "scikit-learn"],
+                         [[f, f"{a:.6g}", f"{b:.6g}"] for f, a, b in
+                          zip(coef["features"], coef["lab"], coef["sklearn"])])]
+    return parts
 
 
 def _table(headers: list[str], rows: list[list[str]],

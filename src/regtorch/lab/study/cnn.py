@@ -16,38 +16,24 @@ output layer.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from regtorch.lab.study.spec import StudyError
+from regtorch.lab.study.spec import ModelSpec, StudyError
 
-__all__ = ["CnnSpec", "build_cnn", "cnn_output_shape"]
-
-
-@dataclass(frozen=True)
-class CnnSpec:
-    """The CNN's architecture (see the module docstring)."""
-
-    channels: tuple[int, ...] = (16, 32)
-    kernel: int = 3
-    padding: int | None = None
-    norm: str = "none"
-    pool: str = "max"
-    pool_size: int = 2
-    hidden: tuple[int, ...] = ()
-
-    @property
-    def pad(self) -> int:
-        return self.kernel // 2 if self.padding is None else self.padding
+__all__ = ["build_cnn", "cnn_output_shape"]
 
 
-def cnn_output_shape(spec: CnnSpec, input_shape: tuple[int, ...],
+def _padding(spec: ModelSpec) -> int:
+    return spec.kernel // 2 if spec.padding is None else spec.padding
+
+
+def cnn_output_shape(spec: ModelSpec, input_shape: tuple[int, ...],
                      where: str = "model") -> tuple[int, int, int]:
     """``(channels, height, width)`` after the conv blocks, for one input ``(C, H, W)``.
 
-    >>> cnn_output_shape(CnnSpec(channels=(16, 32)), (1, 8, 8))
+    >>> cnn_output_shape(ModelSpec("cnn", channels=(16, 32)), (1, 8, 8))
     (32, 2, 2)
 
     Raises:
@@ -58,19 +44,19 @@ def cnn_output_shape(spec: CnnSpec, input_shape: tuple[int, ...],
                          f"examples have shape {list(input_shape)}")
     _, height, width = input_shape
     for number in range(1, len(spec.channels) + 1):
-        height = height + 2 * spec.pad - spec.kernel + 1
-        width = width + 2 * spec.pad - spec.kernel + 1
+        height = height + 2 * _padding(spec) - spec.kernel + 1
+        width = width + 2 * _padding(spec) - spec.kernel + 1
         if spec.pool != "none":
             height, width = height // spec.pool_size, width // spec.pool_size
         if height < 1 or width < 1:
             raise StudyError(f"{where}.channels: block {number} of {list(spec.channels)} leaves "
                              f"no pixel of the {input_shape[1]}×{input_shape[2]} input (kernel "
-                             f"{spec.kernel}, padding {spec.pad}, pool {spec.pool} "
+                             f"{spec.kernel}, padding {_padding(spec)}, pool {spec.pool} "
                              f"{spec.pool_size})")
     return spec.channels[-1] if spec.channels else input_shape[0], height, width
 
 
-def build_cnn(spec: CnnSpec, input_shape: tuple[int, ...], outputs: int, *,
+def build_cnn(spec: ModelSpec, input_shape: tuple[int, ...], outputs: int, *,
               dropout: float = 0.0, seed: int | None = None,
               dtype: torch.dtype = torch.float32) -> nn.Sequential:
     """Build the CNN; with ``seed``, its initial weights are drawn from that seed alone (a forked
@@ -86,7 +72,7 @@ def build_cnn(spec: CnnSpec, input_shape: tuple[int, ...], outputs: int, *,
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         width = input_shape[0]
         for i, channels in enumerate(spec.channels, start=1):
-            layers[f"conv{i}"] = nn.Conv2d(width, channels, spec.kernel, padding=spec.pad)
+            layers[f"conv{i}"] = nn.Conv2d(width, channels, spec.kernel, padding=_padding(spec))
             if spec.norm == "batch":
                 layers[f"norm{i}"] = nn.BatchNorm2d(channels)
             layers[f"relu{i}"] = nn.ReLU()

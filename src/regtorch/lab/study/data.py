@@ -7,7 +7,9 @@
 * ``digits``: scikit-learn's bundled 8×8 digits (1797 images, no download), pixels / 16, split
   stratified into train / validation / the rest as test.
 
-Everything is drawn from ``data_seed`` alone: every member of a study sees the same data.
+The user's own data (``csv``, ``npz``, ``python``, ``sklearn``) is loaded by
+:mod:`regtorch.lab.study.sources`. Everything is drawn from ``data_seed`` alone: every member of a
+study sees the same data.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from regtorch.lab.study.spec import DataSpec
+from regtorch.lab.study.spec import DataSpec, Source
 
 __all__ = ["Datasets", "make_data"]
 
@@ -72,8 +74,19 @@ class Datasets:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
 
-def make_data(spec: DataSpec, seed: int, dtype: torch.dtype = torch.float32) -> Datasets:
-    """The study's data, drawn from ``seed`` (a private generator: global RNG state untouched)."""
+def make_data(spec: DataSpec | Source, seed: int, dtype: torch.dtype = torch.float32
+              ) -> Datasets:
+    """The study's data, drawn from ``seed`` (a private generator: global RNG state untouched).
+
+    Raises:
+        StudyError: the user's data (csv, npz, python, sklearn) cannot be loaded; the message
+            names the key and the value.
+    """
+    if not isinstance(spec, DataSpec):
+        # the user's data needs pandas and scikit-learn: imported when a study uses it
+        from regtorch.lab.study.sources import load_source
+
+        return load_source(spec, seed, dtype)
     if spec.kind == "digits":
         return _digits(spec, seed, dtype)
     return _linear(spec, seed, dtype)

@@ -17,10 +17,18 @@ from regtorch.lab.study.spec import (
     LOSSES,
     OPTIMIZERS,
     PENALTIES,
+    SKLEARN_DATASETS,
+    SOURCE_KINDS,
+    TASKS,
+    CsvSource,
     DataSpec,
     ModelSpec,
+    NpzSource,
+    PythonSource,
     Recipe,
     Schedule,
+    SklearnSource,
+    Source,
     Study,
     StudyError,
     Variant,
@@ -32,8 +40,11 @@ __all__ = ["parse_study", "read_toml"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def parse_study(spec: Mapping[str, Any], source: str = "study") -> Study:
+def parse_study(spec: Mapping[str, Any], source: str = "study", root: str | Path = "."
+                ) -> Study:
     """Validate a study written in the file vocabulary (see the module docstring).
+
+    ``root`` is the directory relative paths are found in (a study file's directory).
 
     Raises:
         StudyError: naming the offending key (``variants[2].strength``) and its value.
@@ -45,7 +56,8 @@ def parse_study(spec: Mapping[str, Any], source: str = "study") -> Study:
     description = top.get("description", str, "")
     seeds = positive_int(top.get("seeds", int, 5), f"{source}: seeds")
     data_seed = top.get("data_seed", int, 0)
-    data = _data(_Table(top.get("data", Mapping, required=True), f"{source}: data"))
+    data = _data(_Table(top.get("data", Mapping, required=True), f"{source}: data"),
+                 Path(root))
     model = _model(_Table(top.get("model", Mapping, {}), f"{source}: model"), data)
     recipe = _recipe(_Table(top.get("train", Mapping, {}), f"{source}: train"))
     raw_variants = top.get("variants", list, required=True)
@@ -63,6 +75,21 @@ def parse_study(spec: Mapping[str, Any], source: str = "study") -> Study:
         if model.kind == "linear" and v.dropout:
             raise StudyError(f"{source}: variants[{i}].dropout: variant {v.name!r} sets "
                              f"{v.dropout!r}, but a linear model has no hidden layer to drop")
+    if model.kind == "cnn" and data.kind not in ("npz", "python", "sklearn"):
+        raise StudyError(f"{source}: model.kind: 'cnn' needs images, not data kind "
+                         f"{data.kind!r} (npz, python, or sklearn digits with images = true)")
+    if isinstance(data, SklearnSource):
+        task = SKLEARN_DATASETS[data.name][1]
+        if (task == "classification") != (recipe.loss == "cross-entropy"):
+            raise StudyError(f"{source}: train.loss: {data.name!r} is {task}: "
+                             f"{recipe.loss!r} does not apply")
+        if model.kind == "cnn" and not data.images:
+            raise StudyError(f"{source}: model.kind: 'cnn' needs images: set data.images = "
+                             f"true (digits), not {data.name!r} as features")
+    if isinstance(data, CsvSource | NpzSource | PythonSource) and data.task is not None \
+            and (data.task == "classification") != (recipe.loss == "cross-entropy"):
+        raise StudyError(f"{source}: train.loss: data.task is {data.task!r}: "
+                         f"{recipe.loss!r} does not apply")
     if data.kind == "digits" and recipe.loss != "cross-entropy":
         raise StudyError(f"{source}: data kind 'digits' is classification: train.loss must be "
                          f"'cross-entropy', not {recipe.loss!r}")
@@ -135,8 +162,10 @@ def _count(table: _Table, key: str, default: int, minimum: int = 1) -> int:
     return value
 
 
-def _data(t: _Table) -> DataSpec:
-    kind = t.choice("kind", ("linear", "digits"), required=True)
+def _data(t: _Table, root: Path) -> DataSpec | Source:
+    kind = t.choice("kind", ("linear", "digits", *SOURCE_KINDS), required=True)
+    if kind in SOURCE_KINDS:
+        return _source(t, kind, root)
     if kind == "digits":
         spec = DataSpec(kind, features=64, train=_count(t, "train", 300),
                         val=_count(t, "val", 300), test=0)
@@ -168,8 +197,10 @@ def _data(t: _Table) -> DataSpec:
     return spec
 
 
-def _model(t: _Table, data: DataSpec) -> ModelSpec:
-    kind = t.choice("kind", ("linear", "mlp"), "linear")
+def _model(t: _Table, data: DataSpec | Source) -> ModelSpec:
+    kind = t.choice("kind", ("linear", "mlp", "cnn"), "linear")
+    if kind == "cnn":
+        return _cnn(t)
     hidden = t.get("hidden", list, [])
     if kind == "linear" and hidden:
         raise StudyError(f"{t.where}.hidden: a linear model has no hidden layers")
@@ -189,6 +220,100 @@ def _model(t: _Table, data: DataSpec) -> ModelSpec:
         raise StudyError(f"{t.where}.norm: 'batch' needs an mlp (it follows hidden layers)")
     t.done()
     return spec
+
+
+def _cnn(t: _Table) -> ModelSpec:
+    def widths(key: str, default: list[int]) -> tuple[int, ...]:
+        value = t.get(key, list, default)
+        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in value):
+            raise StudyError(f"{t.where}.{key}: expected positive integers, got {value!r}")
+        return tuple(value)
+
+    channels = widths("channels", [16, 32])
+    if not channels:
+        raise StudyError(f"{t.where}.channels: a cnn needs at least one conv block")
+    padding = t.get("padding", int)
+    if padding is not None and padding < 0:
+        raise StudyError(f"{t.where}.padding: must be >= 0, got {padding!r}")
+    spec = ModelSpec("cnn", hidden=widths("hidden", []), channels=channels,
+                     kernel=_count(t, "kernel", 3), padding=padding,
+                     norm=t.choice("norm", ("none", "batch"), "none"),
+                     pool=t.choice("pool", ("max", "avg", "none"), "max"),
+                     pool_size=_count(t, "pool_size", 2))
+    t.done()
+    return spec
+
+
+def _source(t: _Table, kind: str, root: Path) -> Source:
+    """A ``[data]`` table of the user's data (:data:`SOURCE_KINDS`); relative paths are resolved
+    against ``root``, the study file's directory, and stored absolute."""
+    where = t.where
+
+    def fraction(key: str) -> float:
+        value = t.number(key, 0.2)
+        if not 0 < value < 1:
+            raise StudyError(f"{where}.{key}: must be in (0, 1), got {value!r}")
+        return value
+
+    def names(key: str, required: bool = False) -> tuple[str, ...] | None:
+        value = t.get(key, (str, list), required=required)
+        if value is None:
+            return None
+        value = [value] if isinstance(value, str) else value
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise StudyError(f"{where}.{key}: expected a column name or a list of them, got "
+                             f"{value!r}")
+        if len(set(value)) != len(value):
+            raise StudyError(f"{where}.{key}: repeated column in {value!r}")
+        return tuple(value)
+
+    def path(key: str) -> str:
+        value = t.get(key, str, required=True)
+        if not value:
+            raise StudyError(f"{where}.{key}: empty")
+        full = Path(value).expanduser()
+        return str(full if full.is_absolute() else (root / full).resolve())
+
+    common: dict[str, Any] = {"where": where}
+    if kind != "sklearn":
+        task = t.get("task", str)
+        if task is not None and task not in TASKS:
+            raise StudyError(f"{where}.task: unknown value {task!r} (expected one of "
+                             f"{', '.join(TASKS)})")
+        common.update(task=task, missing=t.choice("missing", ("error", "drop"), "error"))
+    common.update(val=fraction("val"), test=fraction("test"),
+                  standardize_target=t.get("standardize_target", bool, False))
+    if common["val"] + common["test"] >= 1:
+        raise StudyError(f"{where}: val + test = {common['val'] + common['test']!r} leaves no "
+                         f"train rows")
+    if kind == "csv":
+        source: Source = CsvSource(
+            path=path("path"), target=names("target", required=True),  # type: ignore[arg-type]
+            features=names("features"), categorical=names("categorical") or (),
+            split=t.get("split", str), standardize=t.get("standardize", bool, True), **common)
+    elif kind == "npz":
+        source = NpzSource(path=path("path"), standardize=t.get("standardize", bool, False),
+                           **common)
+    elif kind == "python":
+        factory = t.get("factory", str, required=True)
+        kwargs = t.get("kwargs", Mapping, {})
+        # the directory a module (or a relative .py file) is looked up in: the study file's
+        base = t.get("root", str)
+        base = root if base is None else (root / Path(base).expanduser())
+        source = PythonSource(factory=factory, kwargs=tuple(sorted(kwargs.items())),
+                              root=str(base.resolve()),
+                              standardize=t.get("standardize", bool, False), **common)
+    else:
+        name = t.choice("name", tuple(SKLEARN_DATASETS), required=True)
+        images = t.get("images", bool, False)
+        if images and name != "digits":
+            raise StudyError(f"{where}.images: only the digits are images, not {name!r}")
+        if common["standardize_target"] and SKLEARN_DATASETS[name][1] != "regression":
+            raise StudyError(f"{where}.standardize_target: {name!r} is classification")
+        source = SklearnSource(name=name, standardize=t.get("standardize", bool, True),
+                               images=images, **common)
+    t.done()
+    return source
 
 
 def _schedule(raw: Any, where: str) -> Schedule:

@@ -11,7 +11,7 @@ from typing import Any
 from regtorch.lab.study.parse import parse_study
 from regtorch.lab.study.spec import Study, StudyError
 
-__all__ = ["PRESETS", "preset", "preset_names"]
+__all__ = ["NOT_IN_DEMO", "PRESETS", "demo_names", "preset", "preset_names"]
 
 # y = 0.1 + Σ 0.01·xᵢ + N(0, 0.01²), d = 200 > n = 50: d2l's high-dimensional linear regression.
 _D2L_HIGHDIM: dict[str, Any] = {
@@ -118,8 +118,76 @@ _SPARSE_RECOVERY: dict[str, Any] = {
     ],
 }
 
+# scikit-learn's diabetes: the L1 path by proximal SGD (float64, full batch, heavy ball) on a
+# 0.2-decade grid, checked against scikit-learn's lasso_path / LassoCV on the same split.
+_DIABETES_LAMBDAS = [1.0, 0.631, 0.398, 0.251, 0.158, 0.1, 0.0631, 0.0398, 0.0251, 0.0158,
+                     0.01, 0.00631, 0.00398, 0.00251, 0.00158, 0.001]
+_DIABETES_LASSO: dict[str, Any] = {
+    "name": "diabetes-lasso",
+    "description": "scikit-learn's diabetes, linear: the L1 path by proximal SGD next to "
+                   "scikit-learn's lasso_path and LassoCV",
+    "seeds": 3,
+    "data": {"kind": "sklearn", "name": "diabetes", "standardize_target": True},
+    "model": {"kind": "linear"},
+    "train": {"loss": "mse", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 0,
+              "epochs": 2000, "dtype": "float64"},
+    "variants": [
+        {"name": "none"},
+        {"name": "lasso", "penalty": "l1", "strength": _DIABETES_LAMBDAS, "apply": "prox"},
+    ],
+}
+
+# scikit-learn's breast cancer (569 tumours, 30 features), an MLP classifier.
+_BREAST_CANCER: dict[str, Any] = {
+    "name": "breast-cancer",
+    "description": "MLP 30-32-16-2 on scikit-learn's breast cancer: L2, proximal L1, dropout",
+    "data": {"kind": "sklearn", "name": "breast_cancer"},
+    "model": {"kind": "mlp", "hidden": [32, 16]},
+    "train": {"loss": "cross-entropy", "optimizer": "adam", "lr": 0.001, "batch_size": 32,
+              "epochs": 60},
+    "variants": [
+        {"name": "none"},
+        {"name": "l2", "penalty": "l2", "strength": [0.0001, 0.001, 0.01]},
+        {"name": "prox-l1", "penalty": "l1", "strength": [0.00001, 0.0001, 0.001],
+         "apply": "prox"},
+        {"name": "dropout-0.3", "dropout": 0.3},
+    ],
+}
+
+# The 8×8 digits as images [N, 1, 8, 8], a CNN 8-16 with BatchNorm.
+_DIGITS_CNN: dict[str, Any] = {
+    "name": "digits-cnn",
+    "description": "CNN 8-16 with BatchNorm on the 8×8 digits as images: L2, dropout, group "
+                   "lasso on conv filters vs L1 on BatchNorm scales (prox: exact zeros)",
+    "data": {"kind": "sklearn", "name": "digits", "images": True},
+    "model": {"kind": "cnn", "channels": [8, 16], "norm": "batch"},
+    "train": {"loss": "cross-entropy", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+              "batch_size": 64, "epochs": 20},
+    "variants": [
+        {"name": "none"},
+        {"name": "l2", "penalty": "l2", "strength": 0.001},
+        {"name": "dropout-0.3", "dropout": 0.3},
+        # With BatchNorm after each conv, a filter's scale does not matter to the loss: the
+        # group lasso shrinks it, BatchNorm undoes the shrinking, and only a strong λ zeroes
+        # filters — at a cost in accuracy. An L1 on BatchNorm's scales (network slimming)
+        # zeroes whole channels while accuracy holds.
+        {"name": "group-filters", "penalty": "group", "groups": "rows", "strength": 0.1,
+         "apply": "prox", "params": "conv*.weight"},
+        {"name": "l1-bn-scale", "penalty": "l1", "strength": 0.03, "apply": "prox",
+         "params": "norm*.weight"},
+    ],
+}
+
 PRESETS: dict[str, dict[str, Any]] = {spec["name"]: spec for spec in (
-    _D2L_HIGHDIM, _MLP_SYNTHETIC, _DIGITS, _LINEAR_1D, _LR_DECAY, _SPARSE_RECOVERY)}
+    _D2L_HIGHDIM, _MLP_SYNTHETIC, _DIGITS, _LINEAR_1D, _LR_DECAY, _SPARSE_RECOVERY,
+    _DIABETES_LASSO, _BREAST_CANCER, _DIGITS_CNN)}
+NOT_IN_DEMO = frozenset({"diabetes-lasso", "breast-cancer", "digits-cnn"})
+"""The real-data presets take longer than ``regtorch demo``'s budget: run them one by one."""
+
+
+def demo_names() -> list[str]:
+    """The presets ``regtorch demo`` runs, in order: all but :data:`NOT_IN_DEMO`."""
+    return [name for name in PRESETS if name not in NOT_IN_DEMO]
 
 
 def preset_names() -> list[str]:

@@ -1,6 +1,7 @@
 """The user's data: a CSV file, NumPy arrays, a Python factory or a scikit-learn bundled set.
 
-Each kind is a small frozen spec; :func:`load_source` turns one into the lab's
+Each kind is a small frozen spec (:mod:`regtorch.lab.study.spec`, parsed from a study file's
+``[data]`` table by :mod:`regtorch.lab.study.parse`); :func:`load_source` turns one into the lab's
 :class:`~regtorch.lab.study.data.Datasets` (train / validation / test tensors). Nothing downloads.
 
 * ``csv`` (:class:`CsvSource`): read with pandas. ``target`` names one column (several for
@@ -49,211 +50,34 @@ import importlib.util
 import math
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from regtorch.lab.study.data import Datasets
-from regtorch.lab.study.spec import StudyError
+from regtorch.lab.study.spec import (
+    SKLEARN_DATASETS,
+    CsvSource,
+    NpzSource,
+    PythonSource,
+    SklearnSource,
+    Source,
+    StudyError,
+)
 
 __all__ = [
     "CLASS_LIMIT",
-    "SKLEARN_DATASETS",
     "SPLIT_NAMES",
-    "CsvSource",
-    "NpzSource",
-    "PythonSource",
-    "SklearnSource",
-    "Source",
     "import_factory",
     "infer_task",
     "load_source",
-    "parse_source",
-    "source_dict",
 ]
 
 CLASS_LIMIT = 20   # an integer target with at most this many distinct values is classification
 SPLIT_NAMES = ("train", "val", "test")
-TASKS = ("regression", "classification")
-# name → (loader in sklearn.datasets, task)
-SKLEARN_DATASETS: dict[str, tuple[str, str]] = {
-    "diabetes": ("load_diabetes", "regression"),
-    "breast_cancer": ("load_breast_cancer", "classification"),
-    "wine": ("load_wine", "classification"),
-    "iris": ("load_iris", "classification"),
-    "digits": ("load_digits", "classification"),
-}
-
-
-@dataclass(frozen=True)
-class CsvSource:
-    """A CSV file: ``path`` (absolute once parsed), ``target`` column(s), ``features`` (None:
-    every other column), ``categorical`` (one-hot encoded besides the non-numeric columns),
-    ``task`` (None: inferred), ``split`` (a column of train/val/test, else fractions)."""
-
-    kind: ClassVar[str] = "csv"
-    path: str
-    target: tuple[str, ...]
-    features: tuple[str, ...] | None = None
-    categorical: tuple[str, ...] = ()
-    task: str | None = None
-    standardize: bool = True
-    standardize_target: bool = False
-    val: float = 0.2
-    test: float = 0.2
-    split: str | None = None
-    missing: str = "error"
-    where: str = field(default="data", compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class NpzSource:
-    """A NumPy ``.npz`` archive: ``X``/``y``, or ``X_train``/``y_train``/``X_test``/``y_test``
-    (and optionally ``X_val``/``y_val``)."""
-
-    kind: ClassVar[str] = "npz"
-    path: str
-    task: str | None = None
-    standardize: bool = False
-    standardize_target: bool = False
-    val: float = 0.2
-    test: float = 0.2
-    missing: str = "error"
-    where: str = field(default="data", compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class PythonSource:
-    """``factory = "module:function"`` (or ``"file.py:function"``, relative to ``root``) called
-    with ``kwargs``; see the module docstring for what it returns."""
-
-    kind: ClassVar[str] = "python"
-    factory: str
-    kwargs: tuple[tuple[str, Any], ...] = ()
-    root: str = "."
-    task: str | None = None
-    standardize: bool = False
-    standardize_target: bool = False
-    val: float = 0.2
-    test: float = 0.2
-    missing: str = "error"
-    where: str = field(default="data", compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class SklearnSource:
-    """One of scikit-learn's bundled datasets (:data:`SKLEARN_DATASETS`)."""
-
-    kind: ClassVar[str] = "sklearn"
-    name: str
-    standardize: bool = True
-    standardize_target: bool = False
-    images: bool = False
-    val: float = 0.2
-    test: float = 0.2
-    where: str = field(default="data", compare=False, repr=False)
-
-
-Source = CsvSource | NpzSource | PythonSource | SklearnSource
-SOURCE_KINDS = ("csv", "npz", "python", "sklearn")
-
-
-def parse_source(t: Any, kind: str, root: Path) -> Source:
-    """The source of kind ``kind`` from the study file's ``[data]`` table ``t`` (the parser's
-    typed table: ``get``, ``number``, ``choice``, ``done`` and ``where``); relative paths are
-    resolved against ``root``, the study file's directory, and stored absolute.
-
-    Raises:
-        StudyError: naming the key and the value.
-    """
-    where = t.where
-
-    def fraction(key: str) -> float:
-        value = t.number(key, 0.2)
-        if not 0 < value < 1:
-            raise StudyError(f"{where}.{key}: must be in (0, 1), got {value!r}")
-        return value
-
-    def names(key: str, required: bool = False) -> tuple[str, ...] | None:
-        value = t.get(key, (str, list), required=required)
-        if value is None:
-            return None
-        value = [value] if isinstance(value, str) else value
-        if not value or not all(isinstance(v, str) and v for v in value):
-            raise StudyError(f"{where}.{key}: expected a column name or a list of them, got "
-                             f"{value!r}")
-        if len(set(value)) != len(value):
-            raise StudyError(f"{where}.{key}: repeated column in {value!r}")
-        return tuple(value)
-
-    def path(key: str) -> str:
-        value = t.get(key, str, required=True)
-        if not value:
-            raise StudyError(f"{where}.{key}: empty")
-        full = Path(value).expanduser()
-        return str(full if full.is_absolute() else (root / full).resolve())
-
-    common: dict[str, Any] = {"where": where}
-    if kind != "sklearn":
-        task = t.get("task", str)
-        if task is not None and task not in TASKS:
-            raise StudyError(f"{where}.task: unknown value {task!r} (expected one of "
-                             f"{', '.join(TASKS)})")
-        common.update(task=task, missing=t.choice("missing", ("error", "drop"), "error"))
-    common.update(val=fraction("val"), test=fraction("test"),
-                  standardize_target=t.get("standardize_target", bool, False))
-    if common["val"] + common["test"] >= 1:
-        raise StudyError(f"{where}: val + test = {common['val'] + common['test']!r} leaves no "
-                         f"train rows")
-    if kind == "csv":
-        source: Source = CsvSource(
-            path=path("path"), target=names("target", required=True),  # type: ignore[arg-type]
-            features=names("features"), categorical=names("categorical") or (),
-            split=t.get("split", str), standardize=t.get("standardize", bool, True), **common)
-    elif kind == "npz":
-        source = NpzSource(path=path("path"), standardize=t.get("standardize", bool, False),
-                           **common)
-    elif kind == "python":
-        factory = t.get("factory", str, required=True)
-        kwargs = t.get("kwargs", Mapping, {})
-        # the directory a module (or a relative .py file) is looked up in: the study file's
-        base = t.get("root", str)
-        base = root if base is None else (root / Path(base).expanduser())
-        source = PythonSource(factory=factory, kwargs=tuple(sorted(kwargs.items())),
-                              root=str(base.resolve()),
-                              standardize=t.get("standardize", bool, False), **common)
-    else:
-        name = t.choice("name", tuple(SKLEARN_DATASETS), required=True)
-        images = t.get("images", bool, False)
-        if images and name != "digits":
-            raise StudyError(f"{where}.images: only the digits are images, not {name!r}")
-        if common["standardize_target"] and SKLEARN_DATASETS[name][1] != "regression":
-            raise StudyError(f"{where}.standardize_target: {name!r} is classification")
-        source = SklearnSource(name=name, standardize=t.get("standardize", bool, True),
-                               images=images, **common)
-    t.done()
-    return source
-
-
-def source_dict(source: Source) -> dict[str, Any]:
-    """The source in the study-file vocabulary (``kind`` first; defaults left out)."""
-    out: dict[str, Any] = {"kind": source.kind}
-    for f in fields(source):
-        if f.name == "where":
-            continue
-        value = getattr(source, f.name)
-        if value == f.default:
-            continue
-        if f.name == "kwargs":
-            value = dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
 
 
 # -- loading -----------------------------------------------------------------------------------

@@ -24,13 +24,36 @@ language. The schema (every key optional unless marked; unknown keys are errors)
     noise_mean = 0.0
     noise_std = 0.01
 
+    [data]                                 # or the user's data (docs/lab-data.md):
+    kind = "csv"                           #   "csv", "npz", "python" or "sklearn"
+    path = "houses.csv"                    # csv, npz: relative to the study file
+    target = "price"                       # csv: a column, or a list (multi-output regression)
+    features = ["area", "district"]        # csv: default every other column
+    categorical = ["zip"]                  # csv: one-hot besides the non-numeric columns
+    split = "fold"                         # csv: a column of train / val / test (else fractions)
+    factory = "mydata.py:make"             # python: returns (X, y) or {"train": (X, y), ...}
+    kwargs = {n = 500}                     # python: passed to the factory
+    name = "diabetes"                      # sklearn: diabetes, breast_cancer, wine, iris, digits
+    images = true                          # sklearn digits: [N, 1, 8, 8]
+    task = "classification"                # csv, npz, python: default inferred from the target
+    standardize = true                     # by the train split (csv, sklearn: on by default)
+    standardize_target = false             # regression targets, by the train split
+    val = 0.2                              # fractions of all rows held out, from data_seed
+    test = 0.2                             #   (stratified for classification)
+    missing = "error"                      # or "drop" the rows with a missing value
+
     [model]
-    kind = "mlp"                           # "linear" or "mlp"
+    kind = "mlp"                           # "linear", "mlp" or "cnn"
     hidden = [64, 32]                      # mlp: hidden widths, ReLU after each
     dropout_after = [1]                    # hidden layers (1-based) followed by the dropout;
                                            #   default: every hidden layer
     norm = "none"                          # "batch": BatchNorm1d after each hidden Linear
     init = "default"                       # "normal": weights ~ N(0, 1), biases 0 (d2l's init)
+    channels = [16, 32]                    # cnn: conv blocks Conv2d → [BatchNorm2d] → ReLU → pool,
+    kernel = 3                             #   then the head (hidden widths, then the outputs);
+    padding = 1                            #   padding defaults to kernel // 2;
+    pool = "max"                           #   "max", "avg" or "none", of pool_size
+    pool_size = 2
 
     [train]
     loss = "mse"                           # "mse", "half-mse" (d2l's ½(ŷ−y)²), "cross-entropy"
@@ -66,26 +89,44 @@ class λ·Σ‖W‖₂ (un-squared, one norm per tensor) over every parameter na
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 __all__ = [
     "LOSSES",
     "OPTIMIZERS",
     "PENALTIES",
+    "SKLEARN_DATASETS",
+    "SOURCE_KINDS",
+    "TASKS",
+    "CsvSource",
     "DataSpec",
     "ModelSpec",
+    "NpzSource",
+    "PythonSource",
     "Recipe",
     "Schedule",
+    "SklearnSource",
+    "Source",
     "Study",
     "StudyError",
     "Variant",
     "positive_int",
+    "source_dict",
 ]
 
 PENALTIES = ("l1", "l2", "elasticnet", "group", "blog")
 LOSSES = ("mse", "half-mse", "cross-entropy")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+TASKS = ("regression", "classification")
+# scikit-learn's bundled datasets: name → (loader in sklearn.datasets, task)
+SKLEARN_DATASETS: dict[str, tuple[str, str]] = {
+    "diabetes": ("load_diabetes", "regression"),
+    "breast_cancer": ("load_breast_cancer", "classification"),
+    "wine": ("load_wine", "classification"),
+    "iris": ("load_iris", "classification"),
+    "digits": ("load_digits", "classification"),
+}
 
 
 class StudyError(ValueError):
@@ -108,6 +149,97 @@ class DataSpec:
     noise_std: float = 1.0
 
 
+# -- the user's data (loaded by regtorch.lab.study.sources) ------------------------------------
+@dataclass(frozen=True)
+class CsvSource:
+    """A CSV file: ``path`` (absolute once parsed), ``target`` column(s), ``features`` (None:
+    every other column), ``categorical`` (one-hot encoded besides the non-numeric columns),
+    ``task`` (None: inferred), ``split`` (a column of train/val/test, else fractions)."""
+
+    kind: ClassVar[str] = "csv"
+    path: str
+    target: tuple[str, ...]
+    features: tuple[str, ...] | None = None
+    categorical: tuple[str, ...] = ()
+    task: str | None = None
+    standardize: bool = True
+    standardize_target: bool = False
+    val: float = 0.2
+    test: float = 0.2
+    split: str | None = None
+    missing: str = "error"
+    where: str = field(default="data", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class NpzSource:
+    """A NumPy ``.npz`` archive: ``X``/``y``, or ``X_train``/``y_train``/``X_test``/``y_test``
+    (and optionally ``X_val``/``y_val``)."""
+
+    kind: ClassVar[str] = "npz"
+    path: str
+    task: str | None = None
+    standardize: bool = False
+    standardize_target: bool = False
+    val: float = 0.2
+    test: float = 0.2
+    missing: str = "error"
+    where: str = field(default="data", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class PythonSource:
+    """``factory = "module:function"`` (or ``"file.py:function"``, relative to ``root``) called
+    with ``kwargs``; see the module docstring for what it returns."""
+
+    kind: ClassVar[str] = "python"
+    factory: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    root: str = "."
+    task: str | None = None
+    standardize: bool = False
+    standardize_target: bool = False
+    val: float = 0.2
+    test: float = 0.2
+    missing: str = "error"
+    where: str = field(default="data", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SklearnSource:
+    """One of scikit-learn's bundled datasets (:data:`SKLEARN_DATASETS`)."""
+
+    kind: ClassVar[str] = "sklearn"
+    name: str
+    standardize: bool = True
+    standardize_target: bool = False
+    images: bool = False
+    val: float = 0.2
+    test: float = 0.2
+    where: str = field(default="data", compare=False, repr=False)
+
+
+Source = CsvSource | NpzSource | PythonSource | SklearnSource
+SOURCE_KINDS = ("csv", "npz", "python", "sklearn")
+
+
+def source_dict(source: Source) -> dict[str, Any]:
+    """The source in the study-file vocabulary (``kind`` first; defaults left out)."""
+    out: dict[str, Any] = {"kind": source.kind}
+    for f in fields(source):
+        if f.name == "where":
+            continue
+        value = getattr(source, f.name)
+        if value == f.default:
+            continue
+        if f.name == "kwargs":
+            value = dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     kind: str = "linear"
@@ -115,6 +247,12 @@ class ModelSpec:
     dropout_after: tuple[int, ...] | None = None
     norm: str = "none"
     init: str = "default"
+    # cnn (regtorch.lab.study.cnn): conv blocks, then the head (``hidden`` widths, then outputs)
+    channels: tuple[int, ...] = ()
+    kernel: int = 3
+    padding: int | None = None  # None: kernel // 2
+    pool: str = "max"
+    pool_size: int = 2
 
 
 @dataclass(frozen=True)
@@ -166,7 +304,7 @@ class Variant:
 @dataclass(frozen=True)
 class Study:
     name: str
-    data: DataSpec
+    data: DataSpec | Source
     model: ModelSpec
     train: Recipe
     variants: tuple[Variant, ...]
@@ -201,11 +339,24 @@ class Study:
             del out["model"]["dropout_after"]
         else:
             out["model"]["dropout_after"] = list(self.model.dropout_after)
-        if self.data.kind == "digits":  # the other fields do not apply (the parser rejects them)
+        cnn_keys = ("channels", "kernel", "padding", "pool", "pool_size")
+        if self.model.kind == "cnn":  # keys of the other kinds do not apply (parser rejects)
+            out["model"]["channels"] = list(self.model.channels)
+            out["model"].pop("dropout_after", None)
+            del out["model"]["init"]
+            if self.model.padding is None:
+                del out["model"]["padding"]
+        else:
+            for key in cnn_keys:
+                del out["model"][key]
+        if not isinstance(self.data, DataSpec):
+            out["data"] = source_dict(self.data)
+        elif self.data.kind == "digits":  # the other fields do not apply (the parser rejects them)
             out["data"] = {"kind": "digits", "train": self.data.train, "val": self.data.val}
         elif isinstance(self.data.weights, tuple):
             out["data"]["weights"] = list(self.data.weights)
-        if self.data.kind != "digits" and self.data.nonzeros is None:
+        if isinstance(self.data, DataSpec) and self.data.kind != "digits" \
+                and self.data.nonzeros is None:
             del out["data"]["nonzeros"]
         return out
 

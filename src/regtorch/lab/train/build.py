@@ -64,14 +64,22 @@ def make_penalty(v: Variant, lam: float | Tensor, l1_ratio: float | Tensor | Non
 
 
 def check_study(study: Study) -> None:
-    """Raise now what would stop training when a group is built: a ``params`` that selects no
-    parameter of the model, for a penalty or for weight decay.
+    """Raise now what would stop training when a group is built: data that cannot be loaded,
+    a loss that does not fit the data's task, a model that does not fit its inputs, a
+    ``params`` that selects no parameter of the model, for a penalty or for weight decay.
 
     Raises:
-        StudyError: naming the variant and its ``params``.
+        StudyError: naming the key (the variant and its ``params``) and the value.
     """
     data = make_data(study.data, study.data_seed, DTYPES[study.train.dtype])
-    template = build_model(study.model, inputs=data.features, outputs=data.outputs)
+    if data.classification != study.classification:
+        where = getattr(study.data, "where", "data")
+        source = where[:-len("data")] if where.endswith("data") else ""
+        task = "classification" if data.classification else "regression"
+        raise StudyError(f"{source}train.loss: the data is {task} ({'; '.join(data.notes[:1])}"
+                         f"): {study.train.loss!r} does not apply (use "
+                         f"{'cross-entropy' if data.classification else 'mse'!r})")
+    template = build_model(study.model, inputs=data.input_shape, outputs=data.outputs)
     for v in study.variants:
         if v.penalty is not None:
             try:

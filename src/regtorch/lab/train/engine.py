@@ -139,7 +139,7 @@ class _Group:
                  seed: int, traces: dict[tuple, Callable]) -> None:
         self.study, self.data, self.members, self.seed = study, data, members, seed
         first = members[0].variant
-        build = dict(inputs=data.features, outputs=data.outputs, dropout=first.dropout,
+        build = dict(inputs=data.input_shape, outputs=data.outputs, dropout=first.dropout,
                      dtype=dtype)
         template = build_model(study.model, **build)
         models = [build_model(study.model, seed=m.seed, **build) for m in members]
