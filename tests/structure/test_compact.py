@@ -341,3 +341,18 @@ def test_a_wrong_compaction_raises_naming_the_first_differing_node(monkeypatch):
         compact(model, x, tolerance=1e-3)  # the difference is O(1), not rounding
     with pytest.raises(ValueError, match="Invalid tolerance"):
         compact(model, x, tolerance=-1.0)
+
+
+def test_a_producer_keeps_one_channel_and_its_constant_is_not_folded_twice():
+    torch.manual_seed(0)
+    model = mlp((3, 4, 2)).double()
+    with torch.no_grad():
+        model[0].weight.zero_()  # every channel emits relu(bias) > 0: all foldable
+        model[0].bias.copy_(torch.tensor([0.5, 0.2, 0.1, 0.3]))
+    x = torch.randn(5, 3, dtype=F64)
+    small = compact(model, x)
+    record = compaction_of(small)
+    assert small[0].out_features == 1
+    assert [reason for _, reason in record.kept] == ["removing it would leave 0.weight no channel"]
+    assert len(record.folded) == 3
+    torch.testing.assert_close(small(x), model(x), rtol=FLOAT64_TOLERANCE, atol=FLOAT64_TOLERANCE)

@@ -153,8 +153,8 @@ class _Plan:
                 if positions:
                     yield node, self.modules[name], positions
 
-    def fold(self, index: int) -> str | None:
-        """Plan the folds of a zero group; return why it must be kept, or ``None``."""
+    def fold(self, index: int) -> tuple[str | None, list[tuple[str, Tensor, str]]]:
+        """Plan the folds of a zero group: ``(why it must be kept or None, the folds)``."""
         planned: list[tuple[str, Tensor, str]] = []
         for node, module, positions in self.consumers(index):
             source = node.args[0].name
@@ -170,34 +170,31 @@ class _Plan:
                 constant = v.reshape(-1)[0]
                 if isinstance(module, nn.Linear):
                     if not bool((v == constant).all()):
-                        return f"its output at node '{source}' varies across the batch"
+                        return f"its output at node '{source}' varies across the batch", []
                     delta += column * constant.double()
                     continue
                 if not bool((v == constant).all()):
                     return (f"its output at node '{source}' varies over positions before the "
-                            f"convolution at node '{node.name}'")
+                            f"convolution at node '{node.name}'"), []
                 padded = (module.padding == "same" if isinstance(module.padding, str)
                           else any(p != 0 for p in module.padding))
                 if module.padding_mode == "zeros" and padded:
                     return (f"it emits the constant {constant.item():.4g} into the zero-padded "
-                            f"convolution at node '{node.name}' (not constant at the borders)")
+                            f"convolution at node '{node.name}' (not constant at the borders)"), []
                 delta += column.reshape(column.shape[0], -1).sum(1) * constant.double()
             if delta.any():
                 if len(self.calls[str(node.target)]) > 1:
                     return (f"its constant would be folded into {node.target}, which is called "
-                            f"at several nodes")
+                            f"at several nodes"), []
                 planned.append((str(node.target), delta, f"node '{source}'"))
-        for name, delta, where in planned:
-            self.deltas[name] = self.deltas.get(name, 0) + delta
-            self.record.folded.append(f"group {index}: the constant it emits at {where} into "
-                                      f"{name}.bias")
-        return None
+        return None, planned
 
     def decide(self) -> set[int]:
         zero = set(self.groups.zero_groups(("out",)))
         removed: set[int] = set()
+        folds: dict[int, list[tuple[str, Tensor, str]]] = {}
         for index in sorted(zero):
-            reason = self.fold(index)
+            reason, folds[index] = self.fold(index)
             if reason is None:
                 removed.add(index)
             else:
@@ -210,6 +207,12 @@ class _Plan:
                 keep = min(mine)
                 removed.discard(keep)
                 self.record.kept.append((keep, f"removing it would leave {name} no channel"))
+        # Only the removed groups' constants are folded (a kept channel still adds its own).
+        for index in sorted(removed):
+            for name, delta, where in folds[index]:
+                self.deltas[name] = self.deltas.get(name, 0) + delta
+                self.record.folded.append(f"group {index}: the constant it emits at {where} "
+                                          f"into {name}.bias")
         self.record.removed = sorted(removed)
         return removed
 
