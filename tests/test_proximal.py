@@ -705,3 +705,23 @@ def test_compiled_step_equals_eager_on_mixed_and_equal_shapes():
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(b, a, rtol=0, atol=COMPILE_ATOL)
         assert torch.equal(a == 0, b == 0)
+
+
+def test_proximal_uses_torchs_own_init_not_its_private_hook_tables():
+    """Proximal once re-created torch.optim.Optimizer's six private hook tables by name (the
+    likeliest breakage on a torch upgrade); torch's __init__ builds them now, and hooks
+    registered on a Proximal run once per step."""
+    import inspect
+
+    import regtorch.optim.proximal as module
+
+    assert "_optimizer_" not in inspect.getsource(module)
+    model = mlp()
+    optimizer = Proximal(torch.optim.SGD(model.parameters(), lr=0.1), Regularizer(model, L1(0.1)))
+    pre, post = [], []
+    optimizer.register_step_pre_hook(lambda *_: pre.append(1))
+    optimizer.register_step_post_hook(lambda *_: post.append(1))
+    x, y = batch()
+    backward(model, x, y)
+    optimizer.step()
+    assert (pre, post) == ([1], [1])
