@@ -5,6 +5,8 @@ and the [data] / [model] tables of csv, npz, python, sklearn and cnn."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,14 @@ from regtorch.lab.analysis.summary import summarize
 from regtorch.lab.cli.workflow import train_and_write
 from regtorch.lab.study import StudyError, parse_study, preset
 from regtorch.lab.study.presets import PRESETS, demo_names
+from regtorch.lab.study.sources import load_source
 from regtorch.lab.study.spec import CsvSource, NpzSource, PythonSource, SklearnSource
 from regtorch.lab.train import check_study, run_study
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the lab extra installs tomli
+    import tomli as tomllib
 
 COEF_TOL = 1e-6  # the issue's bar: float64, converged (the preset reaches ~1e-9)
 
@@ -196,3 +204,25 @@ def test_diabetes_lasso_report_shows_the_path_next_to_scikit_learn(tmp_path):
     page = (tmp_path / study.name / "report.html").read_text()
     assert "lasso: next to scikit-learn's lasso</h" in page
     assert "val MSE (sklearn)" in page and "<td>bmi</td>" in page
+
+
+def _blocks(language: str) -> list[str]:
+    text = (Path(__file__).parents[2] / "docs" / "lab-data.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_the_docs_examples_parse_and_the_factory_loads(tmp_path):
+    tables = [tomllib.loads(block) for block in _blocks("toml")]
+    full = [t for t in tables if "name" in t]
+    assert full and parse_study(full[0], root=tmp_path).data.kind == "csv"
+    for table in tables:
+        if "name" in table:
+            continue
+        data = table.get("data", {"kind": "sklearn", "name": "digits", "images": True})
+        model = table.get("model", {"kind": "cnn"} if data.get("images") else None)
+        parse_study(study_with(data, model, loss="cross-entropy"), root=tmp_path)
+    (python,) = _blocks("python")
+    (tmp_path / "mydata.py").write_text(python)
+    data = load_source(PythonSource(factory="mydata.py:make", kwargs=(("n", 50), ("noise", 0.1)),
+                                    root=str(tmp_path)), seed=0)
+    assert len(data.y_train) + len(data.y_val) + len(data.y_test) == 50
