@@ -44,7 +44,7 @@ from torch import Tensor
 from regtorch._reduce import float64_zero, sum_of_abs, sum_of_squares
 from regtorch._strength import is_zero
 
-__all__ = ["add_grad_", "is_dtensor", "prox_", "uses_dtensors", "value"]
+__all__ = ["add_grad_", "check", "is_dtensor", "prox_", "uses_dtensors", "value"]
 
 Work = Generator[None, None, Tensor | None]
 
@@ -65,6 +65,14 @@ def uses_dtensors(params: Sequence[Tensor]) -> bool:
     """Whether any of ``params`` is a DTensor (then every penalty of the group goes through this
     module)."""
     return _dtensor_type() is not None and any(is_dtensor(p) for p in params)
+
+
+def check(penalty: Any, params: Sequence[Tensor]) -> None:
+    """Raise if ``penalty`` cannot act on these (DTensor) parameters: a placement other than
+    Shard / Replicate, a penalty kind or a stacked strength this module does not handle."""
+    _terms(penalty)
+    for p in params:
+        _sharding(p)
 
 
 def _local(t: Any) -> Any:
@@ -88,7 +96,8 @@ def _sharding(p: Tensor) -> tuple[Any, dict[int, tuple[int, ...]]]:
             by_dim[dim] = (*by_dim.get(dim, ()), mesh_dim)
         elif not isinstance(placement, Replicate):
             raise ValueError(f"regtorch penalties need parameters placed as Shard or Replicate, "
-                             f"got {placement} (shape {tuple(p.shape)})")
+                             f"got {type(placement).__name__} ({placement}) for a tensor of shape "
+                             f"{tuple(p.shape)}; redistribute it first")
     return p.device_mesh, by_dim
 
 

@@ -60,6 +60,11 @@ class _Group:
     def __post_init__(self) -> None:
         # DTensor parameters (FSDP2, tensor parallel) go through regtorch._distributed.
         self.sharded = _distributed.uses_dtensors(self.params)
+        if self.sharded:
+            try:
+                _distributed.check(self.penalty, self.params)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"Rule {self.label} -> {self.penalty!r}: {error}") from None
 
     def trainable(self) -> list[Tensor]:
         return [p for p in self.params if p.requires_grad]
