@@ -270,6 +270,15 @@ def test_invalid_configurations_raise():
     with pytest.raises(TypeError, match="has no proximal step"):
         fit(Module(), Regularization(Orthogonal(LAM), mode="prox"), epochs=1)
 
+    class Ascending(Module):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=LR, maximize=True)
+
+    with pytest.raises(ValueError, match="maximize=True"):
+        fit(Ascending(), Regularization(L1(LAM), mode="grad"), epochs=1)
+    with pytest.raises(ValueError, match="maximize"):
+        fit(Ascending(), Regularization(L1(LAM), mode="prox"), epochs=1)
+
 
 # float16 autocast: the same float32 weights and operations as the plain loop below, rounded the
 # same way; kept apart from the float64 RTOL because it is another precision.

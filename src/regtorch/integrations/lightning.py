@@ -20,10 +20,10 @@ objective is the data loss returned by ``training_step`` plus R(w):
 - ``"loss"``: R(w) is added to the loss that ``training_step`` returns (through autograd; Lightning
   then divides it by ``accumulate_grad_batches`` with the data loss, so an optimizer step sees ∇R
   once). Automatic optimization only.
-- ``"prox"``: the proximal step runs after every ``optimizer.step()`` (a post-step hook on the
-  optimizer from ``configure_optimizers``, at its effective step size; see
-  :class:`~regtorch.Proximal`): exact zeros for L1 and group lasso. A step that a gradient scaler
-  skips gets no proximal step.
+- ``"prox"``: the proximal step runs after every ``optimizer.step()``
+  (:func:`regtorch.attach_prox` on the optimizer from ``configure_optimizers``, at its effective
+  step size): exact zeros for L1 and group lasso. A step that a gradient scaler skips gets no
+  proximal step.
 
 Logged through ``pl_module.log`` (so through whatever logger the Trainer has):
 
@@ -50,7 +50,8 @@ import lightning.pytorch as pl
 from torch import Tensor
 from torch.optim import Optimizer
 
-from regtorch.integrations._hooks import check_mode, owner_of, prox_hook
+from regtorch.integrations._hooks import check_mode, owner_of
+from regtorch.optim import attach_prox
 from regtorch.regularizer import Regularizer
 
 __all__ = ["Regularization"]
@@ -82,8 +83,9 @@ class Regularization(pl.Callback):
             before); change strengths through ``regularizer_.rules``.
 
     Raises:
-        ValueError: an unknown mode; ``"loss"`` with manual optimization; penalized parameters
-            spread over several optimizers or missing from the optimizer (at fit start).
+        ValueError: an unknown mode; ``"loss"`` with manual optimization; ``"grad"`` with a
+            ``maximize=True`` optimizer; penalized parameters spread over several optimizers or
+            missing from the optimizer (at fit start).
         TypeError: ``"prox"`` with a penalty that has no proximal step or an optimizer whose
             effective step regtorch does not know (at fit start).
     """
@@ -112,8 +114,12 @@ class Regularization(pl.Callback):
             self._pending_state = None
         self.regularizer_ = reg
         self._optimizer = owner_of(list(trainer.optimizers), reg)
+        if self.mode == "grad" and any(g.get("maximize", False)
+                                       for g in self._optimizer.param_groups):
+            raise ValueError("Invalid optimizer: maximize=True (mode='grad' adds ∇R for a "
+                             "minimized loss; negate the loss instead)")
         if self.mode == "prox":
-            self._handle = prox_hook(self._optimizer, reg)
+            self._handle = attach_prox(self._optimizer, reg)
         self._wrap_training_step(pl_module)
 
     def _wrap_training_step(self, pl_module: pl.LightningModule) -> None:

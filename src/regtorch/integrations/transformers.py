@@ -14,7 +14,8 @@ and acts on the Trainer's own optimizer (the torch optimizer inside accelerate's
 torch's step hooks, so the Trainer's scheduler, gradient scaler and checkpoints are untouched.
 The objective is the Trainer's loss plus R(w) in every mode:
 
-- ``"grad"``: ∇R is added into ``.grad`` in a step pre-hook: once per optimizer step, after
+- ``"grad"``: ∇R is added into ``.grad`` by :func:`regtorch.attach_grad` (a step pre-hook;
+  −∇R in ``maximize`` groups): once per optimizer step, after
   gradient accumulation, after the gradient scaler unscaled the gradients and *after* the
   Trainer clipped them (``max_grad_norm``; the Trainer has no hook between the last backward and
   clipping). That is where torch's own ``weight_decay`` acts: the penalty gradient is never
@@ -23,9 +24,9 @@ The objective is the Trainer's loss plus R(w) in every mode:
   ``compute_loss_func``: pass ``Trainer(compute_loss_func=callback.compute_loss_func(loss_fn))``.
   Each micro-batch adds its share ``items / num_items_in_batch`` of R (items counted as the
   Trainer counts them, ``labels != -100``), so the accumulated gradient holds ∇R once.
-- ``"prox"``: the proximal step runs after every optimizer step (a post-step hook at the
-  optimizer's effective step size, see :class:`~regtorch.Proximal`): exact zeros for L1 and
-  group lasso. A step the gradient scaler skips gets none.
+- ``"prox"``: the proximal step runs after every optimizer step (:func:`regtorch.attach_prox`,
+  a post-step hook at the optimizer's effective step size): exact zeros for L1 and group
+  lasso. A step the gradient scaler skips gets none.
 
 Logged in the Trainer's own log records (``state.log_history`` and the callbacks after this one;
 put it first, ``trainer.callback_handler.callbacks.insert(0, callback)``, for the ``report_to``
@@ -50,8 +51,8 @@ import transformers
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from regtorch.integrations._hooks import check_mode, prox_hook
-from regtorch.optim import param_groups
+from regtorch.integrations._hooks import check_mode
+from regtorch.optim import attach_grad, attach_prox, param_groups
 from regtorch.regularizer import Regularizer
 
 __all__ = ["Regularization", "decay_parameter_names"]
@@ -98,6 +99,7 @@ class Regularization(transformers.TrainerCallback):
         self.regularizer_: Regularizer | None = None
         self._model: nn.Module | None = None
         self._handles: list[Any] = []
+        self._grad: Any = None  # attach_grad's handle in "grad" mode
         self._reset()
 
     def _reset(self) -> None:
@@ -114,9 +116,14 @@ class Regularization(transformers.TrainerCallback):
         self._model = model
         self.regularizer_ = reg = Regularizer(model, self.penalty_or_rules)
         optimizer = _torch_optimizer(optimizer)
+        self._grad = None
+        if self.mode == "grad":
+            self._grad = attach_grad(optimizer, reg, value=self.log)
+            self._handles.append(self._grad)
+        # Registered after attach_grad's pre-hook, so it runs after it and reads its value.
         self._handles.append(optimizer.register_step_pre_hook(self._before_step))
         if self.mode == "prox":
-            self._handles.append(prox_hook(optimizer, reg))
+            self._handles.append(attach_prox(optimizer, reg))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._remove_hooks()
@@ -134,7 +141,7 @@ class Regularization(transformers.TrainerCallback):
             return
         record: dict[str, Tensor | None] = {}
         if self.mode == "grad":
-            record["penalty"] = reg.add_grad_(value=self.log)
+            record["penalty"] = self._grad.value_ if self._grad is not None else None
         elif self.mode == "prox":
             record["penalty"] = reg.value() if self.log else None
         else:
