@@ -1,0 +1,81 @@
+"""The pieces of ``benchmarks/bench_compact.py`` that do not need Torch-Pruning (which is not a
+dependency; the benchmark itself is run by hand): the data, the model, the timing harness."""
+
+import importlib.util
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compact.py"
+_SPEC = importlib.util.spec_from_file_location("bench_compact", _PATH)
+bench = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = bench  # dataclasses look their module up while it is executed
+_SPEC.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return bench.cluttered_digits(40, 20, seed=3)
+
+
+def test_cluttered_digits_shapes_labels_and_standardization(digits):
+    x_train, y_train, x_test, y_test = digits
+    size = bench.IMAGE_SIZE
+    assert x_train.shape == (40, 1, size, size) and x_test.shape == (20, 1, size, size)
+    assert y_train.shape == (40,) and y_test.shape == (20,)
+    assert y_train.dtype == torch.long and int(y_train.min()) >= 0 and int(y_train.max()) <= 9
+    # standardized with the training statistics: mean 0, std 1 on the training images
+    assert float(x_train.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(x_train.std()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_cluttered_digits_is_deterministic_per_seed(digits):
+    again = bench.cluttered_digits(40, 20, seed=3)
+    other = bench.cluttered_digits(40, 20, seed=4)
+    for a, b in zip(digits, again):
+        assert torch.equal(a, b)
+    assert not torch.equal(digits[0], other[0])
+
+
+@pytest.mark.parametrize("blocks", [(1, 1, 1), (2, 1, 1)], ids=["1-1-1", "2-1-1"])
+def test_resnet_shapes_and_residual_layout(blocks):
+    torch.manual_seed(0)
+    model = bench.ResNet(4, blocks).eval()
+    out = model(torch.randn(3, 1, bench.IMAGE_SIZE, bench.IMAGE_SIZE))
+    assert out.shape == (3, bench.CLASSES)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    # stem + 2 per block + a 1×1 shortcut where stages 2 and 3 change width and resolution
+    assert len(convs) == 1 + 2 * sum(blocks) + 2
+    assert bench.conv_channels(model) == sum(m.out_channels for m in convs)
+    assert isinstance(model.layers[0].shortcut, nn.Identity)
+
+
+def test_cosine_lr_endpoints():
+    assert bench.cosine_lr(0, 10, peak=0.4) == 0.4
+    assert bench.cosine_lr(5, 10, peak=0.4) == pytest.approx(0.2, rel=1e-12)
+    assert bench.cosine_lr(10, 10, peak=0.4) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_quantile_matches_statistics_quantiles():
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 9.0]
+    # statistics' "inclusive" method is the same linear interpolation between order statistics
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    assert bench._quantile(values, 0.25) == pytest.approx(q1, rel=1e-12)
+    assert bench._quantile(values, 0.75) == pytest.approx(q3, rel=1e-12)
+
+
+def test_time_models_pairs_ratios_with_the_baseline():
+    torch.manual_seed(0)
+    small, large = bench.ResNet(2, (1, 1, 1)), bench.ResNet(4, (1, 1, 1))
+    timing = bench.time_models({"original": large, "small": small}, threads=1, batch=2,
+                               rounds=3, calls=1)
+    assert timing.ratio["original"] == (1.0, 1.0, 1.0)
+    median, low, high = timing.ratio["small"]
+    assert low <= median <= high and all(math.isfinite(v) and v > 0 for v in (low, high))
+    assert set(timing.seconds) == {"original", "small"}
+    assert torch.get_num_threads() == 1
