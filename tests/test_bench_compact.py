@@ -79,3 +79,19 @@ def test_time_models_pairs_ratios_with_the_baseline():
     assert low <= median <= high and all(math.isfinite(v) and v > 0 for v in (low, high))
     assert set(timing.seconds) == {"original", "small"}
     assert torch.get_num_threads() == 1
+
+
+def test_regtorch_arm_removes_zero_channels_without_changing_outputs():
+    data = bench.Data(*bench.cluttered_digits(384, 64, seed=1))
+
+    def make():
+        torch.manual_seed(0)
+        return bench.ResNet(4, (1, 1, 1))
+
+    arm = bench.run_regtorch(make, data, epochs=2, sparse_epochs=1, target=0.2, seed=0,
+                             lam=0.5, factor=2.0, roles=("norm",))
+    assert arm.notes["removed"] > 0
+    # the cut is exact: the compact model classifies the test set as the sparse one did
+    assert arm.notes["accuracy_after_cut"] == arm.notes["accuracy_before_cut"]
+    assert arm.notes["max_output_difference"] <= 1e-5
+    assert bench.conv_channels(arm.model) < bench.conv_channels(make())
