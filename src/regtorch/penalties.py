@@ -13,6 +13,11 @@ single pass per tensor with no Python work per element:
 * ``prox_(params, steps)`` — ``params ← prox_{t·R}(params)`` in place, ``steps[i]`` a float or a
   tensor broadcastable to ``params[i]``.
 
+Where a C++ compiler is available, the L1, L2, elastic-net and group-lasso gradients (with their
+value) and the L1/L2/elastic-net proximal steps with float steps run through regtorch's fused
+kernel instead: one pass over the weights, the value summed in float64, the same gradients
+(``_kernel`` below is the one dispatch point; ``docs/performance.md`` says when it applies).
+
 Conventions (``lam`` ≥ 0; the table in the README maps them to torch, Keras, Paddle, scikit-learn):
 
 - ``L2(lam)``: :math:`R = λ/2·Σw²`, gradient :math:`λw`, prox :math:`w/(1 + tλ)`;
@@ -45,6 +50,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from regtorch import _fused
 from regtorch._reduce import (
     CHUNK,
     accumulation_dtype,
@@ -162,6 +168,38 @@ def _shrink_(params: Sequence[Tensor], taus: list, all_float: bool) -> None:
     else:
         for p, t in zip(params, taus):
             p.div_(1.0 + t)
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _kernel(params: Sequence[Tensor], *strengths: Strength):
+    """The fused kernel's ops when they can take this call, else ``None`` (the pure-PyTorch path).
+
+    The single dispatch point between the two paths, which give the same gradients bit for bit
+    (``tests/test_fused.py``; ``tests/test_fused_dispatch.py`` runs the penalties both ways). The
+    kernel takes plain CPU float32/float64 tensors with float strengths; stacked ``[K]``
+    strengths, half types, other devices, DTensors, ``torch.func`` transforms and
+    ``torch.compile`` tracing keep the pure-PyTorch path. Only the first tensor is inspected (a
+    rule's tensors share device and kind); the kernel stages any odd one through a float copy.
+    """
+    if torch.compiler.is_compiling():  # first: nothing below needs tracing
+        return None
+    if not params:
+        return None
+    for strength in strengths:
+        if isinstance(strength, Tensor):
+            return None
+    first = params[0]
+    if (first.dtype not in _KERNEL_DTYPES or not first.is_cpu
+            or type(first) not in (Tensor, torch.nn.Parameter)
+            or torch._C._functorch.is_functorch_wrapped_tensor(first)):
+        return None
+    return _fused.load_kernel()
+
+
+def _kernel_value(total: Tensor, value: bool) -> Tensor | None:
+    return total if value else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,6 +327,9 @@ class L2(Penalty):
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         if not params:
             return float64_zero() if value else None
+        ops = _kernel(params, self.lam)
+        if ops is not None:  # gradient and value in one pass
+            return _kernel_value(ops.elementwise_grad(params, grads, 0.0, self.lam, value), value)
         if _stacked(self.lam):
             torch._foreach_addcmul_(grads, params, _per_param(self.lam, params))
         elif not is_zero(self.lam):  # a zero constant adds nothing: skip the pass
@@ -296,6 +337,8 @@ class L2(Penalty):
         return self.value(params) if value else None
 
     def prox_(self, params, steps, *, scratch=None):
+        if _elementwise_prox_(params, steps, 0.0, self.lam):
+            return
         _shrink_(params, *_taus(self.lam, steps, params))
 
 
@@ -333,6 +376,9 @@ class L1(Penalty):
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         if not params:
             return float64_zero() if value else None
+        ops = _kernel(params, self.lam)
+        if ops is not None:  # gradient and value in one pass
+            return _kernel_value(ops.elementwise_grad(params, grads, self.lam, 0.0, value), value)
         buffers = _buffers(params, scratch)
         total = None
         if value and not _stacked(self.lam):
@@ -347,6 +393,8 @@ class L1(Penalty):
         return total
 
     def prox_(self, params, steps, *, scratch=None):
+        if _elementwise_prox_(params, steps, self.lam, 0.0):
+            return
         _soft_threshold_(params, *_taus(self.lam, steps, params), scratch)
 
 
@@ -471,6 +519,10 @@ class GroupLasso(Penalty):
         layout = (scratch.memo((self, self.groups, self.scale, _stacked(self.lam)), params,
                                lambda: self._layout(params))
                   if scratch is not None else self._layout(params))
+        ops = _kernel(params, self.lam)
+        if ops is not None:  # norms, gradient and value in one call
+            return _kernel_value(ops.group_grad(params, grads, self.lam, _GROUP_CODES[self.groups],
+                                                layout.coefficients, value), value)
         norms = [self._group_norms(p, d) for p, d in zip(params, layout.dims)]
         total = None
         if value:  # from the norms the gradient needs anyway
@@ -641,13 +693,27 @@ class Sum(Penalty):
         return sum((t.value(params) for t in self.terms), float64_zero())
 
     def add_grad_(self, params, grads, *, value=False, scratch=None):
+        pair = self._elastic_net_strengths()
+        ops = _kernel(params, *pair) if pair is not None else None
+        if ops is not None:  # L1 then L2, as the terms would, in one pass
+            return _kernel_value(ops.elementwise_grad(params, grads, *pair, value), value)
         values = [t.add_grad_(params, grads, value=value, scratch=scratch) for t in self.terms]
         return sum(values, float64_zero()) if value else None
+
+    def _elastic_net_strengths(self) -> tuple[Strength, Strength] | None:
+        """(l1, l2) when this sum is exactly ``L1 + L2`` in that order, else ``None``."""
+        terms = self.terms
+        if len(terms) == 2 and type(terms[0]) is L1 and type(terms[1]) is L2:
+            return terms[0].lam, terms[1].lam
+        return None
 
     def prox_(self, params, steps, *, scratch=None):
         if not self.has_prox:
             raise TypeError(f"{self!r} has no proximal step: only sums of L1, L2 and one kind of "
                             f"GroupLasso have one")
+        pair = self._elastic_net_strengths()
+        if pair is not None and _elementwise_prox_(params, steps, *pair):
+            return
         l1 = _sum_strengths(t.lam for t in self.terms if isinstance(t, L1))
         l2 = _sum_strengths(t.lam for t in self.terms if isinstance(t, L2))
         groups = [t for t in self.terms if isinstance(t, GroupLasso)]
@@ -671,6 +737,19 @@ def _group_size(shape: Sequence[int], dims: Sequence[int]) -> int:
     for d in dims:
         size *= shape[d]
     return size
+
+
+_GROUP_CODES = {"rows": 0, "columns": 1, "tensor": 2}
+
+
+def _elementwise_prox_(params, steps, l1: Strength, l2: Strength) -> bool:
+    """The proximal step of ``l1·‖w‖₁ + l2/2·‖w‖²`` by the fused kernel (one pass) when it can
+    take the call (float steps: SGD's), returning whether it did."""
+    ops = _kernel(params, l1, l2)
+    if ops is None or not all(isinstance(t, float) for t in steps):
+        return False
+    ops.elementwise_prox(params, steps, l1, l2)
+    return True
 
 
 _NORM_FLOORS = {dtype: torch.finfo(dtype).tiny ** 0.5
