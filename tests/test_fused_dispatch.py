@@ -127,3 +127,11 @@ def test_what_keeps_the_lean_path(built):
         return row.sum()
 
     torch.func.vmap(under_vmap)(w)
+
+
+def test_a_truthy_value_argument_is_accepted(built):
+    # integrations pass e.g. a logger method as ``value``; the kernel's schema takes a bool
+    w, g = torch.ones(3), torch.zeros(3)
+    total = L2(0.5).add_grad_([w], [g], value=print)
+    assert float(total) == 0.75 and g.tolist() == [0.5, 0.5, 0.5]
+    assert L2(0.5).add_grad_([w], [g], value=0) is None

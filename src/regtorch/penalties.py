@@ -198,7 +198,9 @@ def _kernel(params: Sequence[Tensor], *strengths: Strength):
     return _fused.load_kernel()
 
 
-def _kernel_value(total: Tensor, value: bool) -> Tensor | None:
+def _kernel_grad(op, *args, value) -> Tensor | None:
+    """``op(*args, value)`` (a kernel gradient op), returning its value only when asked."""
+    total = op(*args, bool(value))  # callers may pass any truthy object as ``value``
     return total if value else None
 
 
@@ -329,7 +331,7 @@ class L2(Penalty):
             return float64_zero() if value else None
         ops = _kernel(params, self.lam)
         if ops is not None:  # gradient and value in one pass
-            return _kernel_value(ops.elementwise_grad(params, grads, 0.0, self.lam, value), value)
+            return _kernel_grad(ops.elementwise_grad, params, grads, 0.0, self.lam, value=value)
         if _stacked(self.lam):
             torch._foreach_addcmul_(grads, params, _per_param(self.lam, params))
         elif not is_zero(self.lam):  # a zero constant adds nothing: skip the pass
@@ -378,7 +380,7 @@ class L1(Penalty):
             return float64_zero() if value else None
         ops = _kernel(params, self.lam)
         if ops is not None:  # gradient and value in one pass
-            return _kernel_value(ops.elementwise_grad(params, grads, self.lam, 0.0, value), value)
+            return _kernel_grad(ops.elementwise_grad, params, grads, self.lam, 0.0, value=value)
         buffers = _buffers(params, scratch)
         total = None
         if value and not _stacked(self.lam):
@@ -521,8 +523,8 @@ class GroupLasso(Penalty):
                   if scratch is not None else self._layout(params))
         ops = _kernel(params, self.lam)
         if ops is not None:  # norms, gradient and value in one call
-            return _kernel_value(ops.group_grad(params, grads, self.lam, _GROUP_CODES[self.groups],
-                                                layout.coefficients, value), value)
+            return _kernel_grad(ops.group_grad, params, grads, self.lam,
+                                _GROUP_CODES[self.groups], layout.coefficients, value=value)
         norms = [self._group_norms(p, d) for p, d in zip(params, layout.dims)]
         total = None
         if value:  # from the norms the gradient needs anyway
@@ -696,7 +698,7 @@ class Sum(Penalty):
         pair = self._elastic_net_strengths()
         ops = _kernel(params, *pair) if pair is not None else None
         if ops is not None:  # L1 then L2, as the terms would, in one pass
-            return _kernel_value(ops.elementwise_grad(params, grads, *pair, value), value)
+            return _kernel_grad(ops.elementwise_grad, params, grads, *pair, value=value)
         values = [t.add_grad_(params, grads, value=value, scratch=scratch) for t in self.terms]
         return sum(values, float64_zero()) if value else None
 

@@ -47,7 +47,7 @@ def elementwise_grad_(params: Sequence[Tensor], grads: Sequence[Tensor], l1: flo
     ops = kernel_for(params)
     if ops is None:
         return reference.elementwise_grad_(params, grads, l1, l2, value=value)
-    total = ops.elementwise_grad(params, grads, l1, l2, value)
+    total = ops.elementwise_grad(params, grads, l1, l2, bool(value))
     return total if value else None
 
 
@@ -57,7 +57,7 @@ def group_grad_(params: Sequence[Tensor], grads: Sequence[Tensor], lam: float, g
     ops = kernel_for(params)
     if ops is None:
         return reference.group_grad_(params, grads, lam, groups, coefficients, value=value)
-    total = ops.group_grad(params, grads, lam, _GROUP_CODES[groups], coefficients, value)
+    total = ops.group_grad(params, grads, lam, _GROUP_CODES[groups], coefficients, bool(value))
     return total if value else None
 
 
