@@ -13,44 +13,50 @@ Structured sparsity: :func:`channel_groups`, :class:`ChannelLasso`, :class:`Chan
 :func:`compact`, :func:`carry_optimizer` (:mod:`regtorch.structure`).
 """
 
-from regtorch.activity import ActivityRegularizer
-from regtorch.callbacks import EarlyStopping
-from regtorch.constraints import Constraint, Constraints, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
-from regtorch.dropout import dropout_modules, set_dropout
-from regtorch.optim import (
-    GradHandle,
-    ProxHandle,
-    Proximal,
-    attach_grad,
-    attach_prox,
-    exponential_decay,
-    param_groups,
-)
-from regtorch.penalties import L1, L2, ElasticNet, GroupLasso, Orthogonal, Penalty, Sum
-from regtorch.regularizer import Regularizer
-from regtorch.selection import (
-    ALL,
-    NORM_LAYERS,
-    POSITION_NAMES,
-    POSITION_TABLES,
-    WEIGHTS,
-    Selector,
-    inside,
-    named,
-    select,
-    weights,
-    where,
-)
-from regtorch.structure import (
-    ChannelGroups,
-    ChannelLasso,
-    ChannelSparsity,
-    Compaction,
-    carry_optimizer,
-    channel_groups,
-    compact,
-    compaction_of,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names, for type checkers; at run time they come from __getattr__
+    from regtorch.activity import ActivityRegularizer
+    from regtorch.callbacks import EarlyStopping
+    from regtorch.constraints import Constraint, Constraints, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
+    from regtorch.dropout import dropout_modules, set_dropout
+    from regtorch.optim import (
+        GradHandle,
+        ProxHandle,
+        Proximal,
+        attach_grad,
+        attach_prox,
+        exponential_decay,
+        param_groups,
+    )
+    from regtorch.penalties import L1, L2, ElasticNet, GroupLasso, Orthogonal, Penalty, Sum
+    from regtorch.regularizer import Regularizer
+    from regtorch.selection import (
+        ALL,
+        NORM_LAYERS,
+        POSITION_NAMES,
+        POSITION_TABLES,
+        WEIGHTS,
+        Selector,
+        inside,
+        named,
+        select,
+        weights,
+        where,
+    )
+    from regtorch.structure import (
+        ChannelGroups,
+        ChannelLasso,
+        ChannelSparsity,
+        Compaction,
+        carry_optimizer,
+        channel_groups,
+        compact,
+        compaction_of,
+    )
 
 __version__ = "0.1.0"
 
@@ -100,3 +106,34 @@ __all__ = [
     "weights",
     "where",
 ]
+
+# Imported on first use (PEP 562): ``import regtorch`` does not import torch, so the ``regtorch``
+# command's ``list``, ``--help`` and ``--version`` start at once.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "regtorch.activity": ("ActivityRegularizer",),
+    "regtorch.callbacks": ("EarlyStopping",),
+    "regtorch.constraints": ("Constraint", "Constraints", "MaxNorm", "MinMaxNorm", "NonNeg",
+        "UnitNorm"),
+    "regtorch.dropout": ("dropout_modules", "set_dropout"),
+    "regtorch.optim": ("GradHandle", "ProxHandle", "Proximal", "attach_grad", "attach_prox",
+        "exponential_decay", "param_groups"),
+    "regtorch.penalties": ("L1", "L2", "ElasticNet", "GroupLasso", "Orthogonal", "Penalty", "Sum"),
+    "regtorch.regularizer": ("Regularizer",),
+    "regtorch.selection": ("ALL", "NORM_LAYERS", "POSITION_NAMES", "POSITION_TABLES", "WEIGHTS",
+        "Selector", "inside", "named", "select", "weights", "where"),
+    "regtorch.structure": ("ChannelGroups", "ChannelLasso", "ChannelSparsity", "Compaction",
+        "carry_optimizer", "channel_groups", "compact", "compaction_of"),
+}
+_HOMES = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'regtorch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

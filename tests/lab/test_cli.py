@@ -108,6 +108,48 @@ def test_python_dash_m_runs_the_command():
     assert [line.split()[0] for line in done.stdout.splitlines()] == PRESET_NAMES
 
 
+@pytest.mark.parametrize("argv", [["list"], ["--help"], ["--version"], ["run", "--help"]],
+                         ids=["list", "help", "version", "run-help"])
+def test_list_help_and_version_import_no_torch(argv):
+    # `import torch` is nearly all of a cold start: the commands that train nothing skip it.
+    code = ("import contextlib, io, sys; from regtorch.lab.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()): status = main(sys.argv[1:])\n"
+            "print(status, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120, env=_env_without_columns())
+    assert done.stdout.split() == ["0", "False"], done.stderr
+
+
+def test_version_prints_the_package_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"regtorch {regtorch.__version__}\n"
+
+
+def _option_helps(parser) -> dict[str, str | None]:
+    """Every option of every subcommand → its help text."""
+    import argparse
+    helps = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                helps |= {f"{name} {k}": v for k, v in _option_helps(sub).items()}
+        elif action.option_strings:
+            helps[action.option_strings[-1]] = action.help
+    return helps
+
+
+def test_every_option_has_help():
+    from regtorch.lab.cli.command import _parser
+    helps = _option_helps(_parser())
+    assert "sweep --penalty" in helps and "--version" in helps
+    assert [option for option, text in helps.items() if not text] == []
+
+
+def test_sweep_out_help_names_the_sweep_directory(capsys):
+    assert main(["sweep", "--help"]) == 0
+    assert "DIR/<study>-sweep-<penalty>/" in _words(capsys.readouterr().out)
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def _study_file(tmp_path, **replace: str) -> str:
     """SMALL_TOML with some text replaced, written to a file; returns its path."""

@@ -63,6 +63,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+import regtorch
 from regtorch.lab.cli._process import available_cpus, keep_freed_memory
 from regtorch.lab.present.rundir import CHECKPOINT_SECONDS, ConfigMismatchError
 from regtorch.lab.study.spec import StudyError
@@ -126,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f'pip install "regtorch[lab]"')
         return 2
 
+    if args.command == "list":  # without the workflow: listing the presets imports no torch
+        _list_presets()
+        return 0
     # Imported only now: the workflow needs the "lab" extra, just checked.
     from regtorch.lab.cli import workflow
 
@@ -147,18 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> _Parser:
     parser = _Parser(prog="regtorch", description="The regtorch lab: regularization experiments, "
                      "reproduced offline and averaged over seeds.")
+    parser.add_argument("--version", action="version", version=f"regtorch {regtorch.__version__}",
+                        help="print regtorch's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
     commands.add_parser("list", help="list the preset studies")
 
-    def add_common(sub: argparse.ArgumentParser, seeds_default: int | None) -> None:
+    def add_common(sub: argparse.ArgumentParser, seeds_default: int | None,
+                   out_help: str = f"results go to DIR/<study>/ (default: {DEFAULT_OUT})"
+                   ) -> None:
         default = "the study's own" if seeds_default is None else seeds_default
         sub.add_argument("--seeds", type=int, default=seeds_default, metavar="N",
                          help=f"init seeds per variant (default: {default})")
         sub.add_argument("--epochs", type=int, metavar="N",
                          help="training epochs (default: the study's own)")
-        sub.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                         help=f"results go to DIR/<study>/ (default: {DEFAULT_OUT})")
+        sub.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=out_help)
         sub.add_argument("--fresh", action="store_true",
                          help="start over: discard what an earlier run left in the directory "
                          "(default: continue it)")
@@ -180,7 +187,8 @@ def _parser() -> _Parser:
                                 "choose λ on validation")
     sweep.add_argument("study", metavar="NAME|FILE", help="a preset or a study file: its data, "
                        "model and training recipe")
-    sweep.add_argument("--penalty", required=True, choices=("l1", "l2", "elasticnet", "group"))
+    sweep.add_argument("--penalty", required=True, choices=("l1", "l2", "elasticnet", "group"),
+                       help="the penalty whose strength λ is swept (required)")
     sweep.add_argument("--lambdas", metavar="a:b:n|v1,v2,...", help="the grid: n values "
                        "log-spaced from a to b, or a list (default: searched, λ_max down to "
                        "λ_max/100 in 16 points)")
@@ -190,13 +198,23 @@ def _parser() -> _Parser:
                        "l2 = (1−R)·λ (default: 0.5)")
     sweep.add_argument("--groups", choices=("rows", "columns"), help="group: the groups of "
                        "each weight matrix (default: rows)")
-    add_common(sweep, None)
+    add_common(sweep, None, out_help="results go to DIR/<study>-sweep-<penalty>/ (default: "
+               f"{DEFAULT_OUT})")
 
     report = commands.add_parser("report", help="redraw the reports of earlier runs from their "
                                  "files, without training")
     report.add_argument("directory", metavar="DIR", help="a run directory (DIR/<study>) or the "
                         "--out directory holding several")
     return parser
+
+
+def _list_presets() -> None:
+    """``regtorch list``: one line per preset, its name and what it shows."""
+    from regtorch.lab.present.console import make_console, print_presets
+    from regtorch.lab.study.presets import PRESETS, preset_names
+
+    print_presets(make_console(sys.stdout),
+                  [(name, PRESETS[name].get("description", "")) for name in preset_names()])
 
 
 def _fail(message: str) -> None:
