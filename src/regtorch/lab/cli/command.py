@@ -173,10 +173,16 @@ def _parser() -> _Parser:
                          metavar="SECONDS", help="save the training state this often "
                          f"(default: {CHECKPOINT_SECONDS:g}; 0: every epoch)")
 
+    def add_threads(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--threads", type=int, metavar="N", help="torch threads to train with "
+                         "(default: 1 for the small models of the lab, where a second thread "
+                         "costs more than it gives; every CPU for a large one)")
+
     run = commands.add_parser("run", help="run one study: a preset name or a TOML file")
     run.add_argument("study", metavar="NAME|FILE", help="a preset (see `regtorch list`) or a "
                      "study file (.toml)")
     add_common(run, None)
+    add_threads(run)
     demo = commands.add_parser("demo", help="run every preset")
     add_common(demo, DEMO_SEEDS)
     demo.add_argument("--jobs", type=int, default=min(2, available_cpus()), metavar="N",
@@ -198,6 +204,7 @@ def _parser() -> _Parser:
                        "l2 = (1−R)·λ (default: 0.5)")
     sweep.add_argument("--groups", choices=("rows", "columns"), help="group: the groups of "
                        "each weight matrix (default: rows)")
+    add_threads(sweep)
     add_common(sweep, None, out_help="results go to DIR/<study>-sweep-<penalty>/ (default: "
                f"{DEFAULT_OUT})")
 

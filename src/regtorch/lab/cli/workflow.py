@@ -9,10 +9,12 @@ directory and report, print its table (see :mod:`regtorch.lab.cli.command` for t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +35,7 @@ from regtorch.lab.analysis.sweep import (
 )
 from regtorch.lab.cli import parallel
 from regtorch.lab.cli.command import UsageError, WriteError
+from regtorch.lab.cli.threads import default_threads
 from regtorch.lab.present import rundir
 from regtorch.lab.present.console import (
     make_console,
@@ -59,7 +62,8 @@ def list_command(args: argparse.Namespace) -> None:
 
 def run_command(args: argparse.Namespace) -> None:
     study = load_study(args.study).with_overrides(seeds=args.seeds, epochs=args.epochs)
-    _run_studies([study], _output_dir(args.out), options=_options(args))
+    _run_studies([study], _output_dir(args.out), options=_options(args),
+                 threads=_threads(args))
 
 
 def demo_command(args: argparse.Namespace) -> None:
@@ -79,6 +83,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     apply = args.apply or ("gradient" if args.penalty == "l2" else "prox")
     spec = SweepSpec(args.penalty, apply, l1_ratio=args.l1_ratio, groups=args.groups,
                      lambdas=None if args.lambdas is None else parse_lambdas(args.lambdas))
+    torch.set_num_threads(_threads(args) or default_threads(base))
     report = sweep_and_write(base, spec, _output_dir(args.out), **_options(args))
     _print_report(make_console(sys.stdout), report)
 
@@ -126,15 +131,17 @@ def train_and_write(study: Study, out: Path,
     of it."""
     check_study(study)  # a bad study fails before its directory is made
     directory = out / study.name
-    config, checkpoints = _prepare(directory, study.to_dict(), fresh, checkpoint_every)
-    start = time.perf_counter()
-    result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints)
-    seconds = time.perf_counter() - start
-    summary = summarize(result)
-    config["run"]["groups"] = result.groups
-    files = _writing(lambda: rundir.write_results(directory, config, result.records, summary))
-    if report:
-        _write_report(directory)
+    with _holding(directory):
+        config, checkpoints = _prepare(directory, study.to_dict(), fresh, checkpoint_every)
+        start = time.perf_counter()
+        result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints)
+        seconds = time.perf_counter() - start
+        summary = summarize(result)
+        config["run"]["groups"] = result.groups
+        files = _writing(lambda: rundir.write_results(directory, config, result.records,
+                                                      summary))
+        if report:
+            _write_report(directory)
     members = sum(group["members"] for group in result.groups)
     title = (f"{study.name}: {_count(study.seeds, 'seed')} × "
              f"{_count(study.train.epochs, 'epoch')}, {_count(members, 'member')}, "
@@ -149,38 +156,52 @@ def sweep_and_write(base: Study, spec: SweepSpec, out: Path, *, fresh: bool = Fa
     what the console shows of it (see :mod:`regtorch.lab.analysis.sweep`)."""
     check_study(path_study(base, spec, (1.0,)))  # a bad study fails before its directory is made
     directory = out / sweep_name(base, spec)
-    config, checkpoints = _prepare(directory, {**base.to_dict(), "sweep": spec.to_dict()},
-                                   fresh, checkpoint_every)
-    stderr = make_console(sys.stderr)
-    resumed: list[str] = []
+    with _holding(directory):
+        config, checkpoints = _prepare(directory, {**base.to_dict(), "sweep": spec.to_dict()},
+                                       fresh, checkpoint_every)
+        stderr = make_console(sys.stderr)
+        resumed: list[str] = []
 
-    def train(study: Study, phase: str) -> StudyResult:
-        with progress(stderr, f"{directory.name}: {phase}") as on_epoch:
-            result = run_study(study, on_epoch=on_epoch,
-                               checkpoints=checkpoints.child(f"{phase}-"))
-        resumed.extend(f"{phase} {line}" for line in result.resumed)
-        return result
+        def train(study: Study, phase: str) -> StudyResult:
+            with progress(stderr, f"{directory.name}: {phase}") as on_epoch:
+                result = run_study(study, on_epoch=on_epoch,
+                                   checkpoints=checkpoints.child(f"{phase}-"))
+            resumed.extend(f"{phase} {line}" for line in result.resumed)
+            return result
 
-    start = time.perf_counter()
-    search = None
-    lambdas = spec.lambdas
-    if lambdas is None:
-        search = find_lambda_max(base, spec, train)
-        lambdas = geometric_grid(search.lambda_max)
-    result = train(path_study(base, spec, lambdas), "path")
-    seconds = time.perf_counter() - start
-    summary = summarize_sweep(result, spec, base, search)
-    config["run"]["groups"] = result.groups
-    files = _writing(lambda: rundir.write_results(
-        directory, config, result.records, summary,
-        search=None if search is None else search.records))
-    _write_report(directory)
+        start = time.perf_counter()
+        search = None
+        lambdas = spec.lambdas
+        if lambdas is None:
+            search = find_lambda_max(base, spec, train)
+            lambdas = geometric_grid(search.lambda_max)
+        result = train(path_study(base, spec, lambdas), "path")
+        seconds = time.perf_counter() - start
+        summary = summarize_sweep(result, spec, base, search)
+        config["run"]["groups"] = result.groups
+        files = _writing(lambda: rundir.write_results(
+            directory, config, result.records, summary,
+            search=None if search is None else search.records))
+        _write_report(directory)
     members = sum(group["members"] for group in result.groups)
     title = (f"{directory.name}: {len(lambdas)} λ × {_count(base.seeds, 'seed')} × "
              f"{_count(base.train.epochs, 'epoch')}, {_count(members, 'member')}, "
              f"{seconds:.1f} s")
     return {"title": title, "summary": summary, "directory": str(directory),
             "resumed": resumed, "files": [*files, rundir.REPORT]}
+
+
+@contextlib.contextmanager
+def _holding(directory: Path) -> Iterator[None]:
+    """Hold the run directory for this run (:func:`regtorch.lab.present.rundir.locked`) and
+    remove the temporary files a killed earlier run left there."""
+    with contextlib.ExitStack() as stack:
+        try:
+            _writing(lambda: stack.enter_context(rundir.locked(directory)), directory)
+        except rundir.DirectoryBusyError as error:
+            raise UsageError(str(error)) from None
+        _writing(lambda: rundir.remove_stale_temporaries(directory), directory)
+        yield
 
 
 def _prepare(directory: Path, config: dict[str, Any], fresh: bool,
@@ -193,18 +214,37 @@ def _prepare(directory: Path, config: dict[str, Any], fresh: bool,
     config = _writing(lambda: rundir.prepare_directory(directory, config, fresh=fresh),
                       directory)
     every = rundir.CHECKPOINT_SECONDS if checkpoint_every is None else checkpoint_every
+    _check_checkpoints(rundir.checkpoint_directory(directory))
     return config, Checkpoints(rundir.checkpoint_directory(directory), every)
+
+
+def _check_checkpoints(directory: Path) -> None:
+    """Every checkpoint loads (as the engine loads it), or one line: which, and the way out.
+
+    A checkpoint is written atomically, so only an outside hand (a copy cut short, a full disk
+    under another tool) truncates one; loading each here (milliseconds for the lab's models)
+    keeps torch's traceback out of the console.
+    """
+    for path in sorted(directory.glob("*.pt")):
+        try:
+            torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+        except Exception:  # whatever torch.load raises, the file is unusable
+            raise UsageError(f"checkpoint unreadable: {path}; --fresh starts over") from None
 
 
 # -- several studies ---------------------------------------------------------------------------
 def _run_studies(studies: list[Study], out: Path, jobs: int = 1,
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, threads: int | None = None) -> None:
+    """Train and write ``studies``: one after the other with ``threads`` torch threads each
+    (None: :func:`~regtorch.lab.cli.threads.default_threads`), or in ``jobs`` processes that
+    share the CPUs."""
     options = options or {}
     stdout, stderr = make_console(sys.stdout), make_console(sys.stderr)
     start = time.perf_counter()
     workers = min(jobs, len(studies))
     if workers <= 1:
         for study in studies:
+            torch.set_num_threads(threads or default_threads(study))
             with progress(stderr, study.name) as on_epoch:
                 report = train_and_write(study, out, on_epoch, **options)
             _print_report(stdout, report)
@@ -234,16 +274,25 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {"fresh": args.fresh, "checkpoint_every": every}
 
 
+def _threads(args: argparse.Namespace) -> int | None:
+    """``--threads`` (validated); None: chosen for the study's size."""
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads: must be a positive integer, got {args.threads}")
+    return args.threads
+
+
 def _output_dir(out: str) -> Path:
-    """``--out``, created now: an unusable directory fails before any training."""
+    """``--out``, checked: an unusable directory fails before any training. It is made when a
+    run directory inside it is (a command refused for a bad option leaves nothing behind)."""
     directory = Path(out)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"--out {out}: cannot create the directory: "
-                         f"{error.strerror or error}") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: the directory is not writable")
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {'the directory' if existing == directory else existing}"
+                         f" is not writable")
     return directory
 
 

@@ -21,9 +21,11 @@ reports, with an error naming the file when one is missing or malformed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,33 @@ from typing import Any
 from regtorch.lab.atomic import write_json, write_jsonl
 from regtorch.lab.schema import Record, StudySummary, SweepSummary
 
-__all__ = ["CHECKPOINT_SECONDS", "CONFIG", "INDEX", "METRICS", "REPORT", "RESULT_FILES",
-           "SEARCH", "SUMMARY", "ConfigMismatchError", "ReportError", "Run",
-           "checkpoint_directory", "first_difference", "load_run", "prepare_directory",
-           "read_records", "write_results"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (two runs into one directory are not detected)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "CHECKPOINT_SECONDS",
+    "CONFIG",
+    "INDEX",
+    "METRICS",
+    "REPORT",
+    "RESULT_FILES",
+    "SEARCH",
+    "SUMMARY",
+    "ConfigMismatchError",
+    "DirectoryBusyError",
+    "ReportError",
+    "Run",
+    "checkpoint_directory",
+    "first_difference",
+    "load_run",
+    "locked",
+    "prepare_directory",
+    "read_records",
+    "remove_stale_temporaries",
+    "write_results",
+]
 
 CHECKPOINT_SECONDS = 10.0
 """Default time between checkpoints of a group in progress: at most this much training is redone
@@ -50,11 +75,19 @@ INDEX = "index.html"
 RESULT_FILES = (CONFIG, METRICS, SUMMARY)
 """What every finished run directory holds, and all a report is made from."""
 _CHECKPOINTS = "checkpoints"
+_LOCK = ".lock"  # held (flock) by the run writing the directory, removed when it is done
+_OWN_RESULTS = (CONFIG, METRICS, SEARCH, SUMMARY, REPORT)
+_OWN_PATTERNS = ("*.png",)  # the report's figures (regtorch.lab.present.report)
+_TEMPORARIES = ".*.tmp"  # regtorch.lab.atomic's temporary files
 _RUN_KEY = "run"  # how the run was made (versions, time): not part of the configuration
 
 
 class ConfigMismatchError(ValueError):
     """The directory holds results of another configuration."""
+
+
+class DirectoryBusyError(ValueError):
+    """Another process is writing the run directory (it holds the directory's lock)."""
 
 
 class ReportError(ValueError):
@@ -71,8 +104,11 @@ def prepare_directory(directory: str | Path, config: dict[str, Any], *, fresh: b
     """Make ``directory`` ready to run ``config``: new, cleared, or resumable.
 
     A directory holding a ``config.json`` of another configuration (compared without its
-    ``"run"`` key) is refused. With ``fresh``, the checkpoints and the files ``config.json`` names
-    are removed first. ``config.json`` is written when absent.
+    ``"run"`` key) is refused. With ``fresh``, everything an earlier run wrote is removed first:
+    the checkpoints, ``config.json``, the results (``metrics.jsonl``, ``search.jsonl``,
+    ``summary.json``), the report and its figures — so that an interrupted fresh run never leaves
+    a new configuration beside old results. ``config.json`` is written when absent. The caller
+    holds the directory (:func:`locked`).
 
     Args:
         directory: the run directory (created if needed).
@@ -92,7 +128,11 @@ def prepare_directory(directory: str | Path, config: dict[str, Any], *, fresh: b
     path = directory / CONFIG
     if fresh:
         shutil.rmtree(checkpoint_directory(directory), ignore_errors=True)
-        path.unlink(missing_ok=True)
+        for name in _OWN_RESULTS:
+            (directory / name).unlink(missing_ok=True)
+        for pattern in _OWN_PATTERNS:
+            for own in directory.glob(pattern):
+                own.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
     if path.exists():
         try:
@@ -111,6 +151,56 @@ def prepare_directory(directory: str | Path, config: dict[str, Any], *, fresh: b
         return existing
     write_json(path, config)
     return config
+
+
+@contextlib.contextmanager
+def locked(directory: str | Path) -> Iterator[Path]:
+    """Hold ``directory`` (created if needed) for one run: an OS file lock (``flock``) on its
+    ``.lock`` file, released when the block exits or the process dies.
+
+    Raises:
+        DirectoryBusyError: another process holds it (the message names the directory).
+        OSError: the directory or its lock file cannot be created.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield directory
+        return
+    path = directory / _LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DirectoryBusyError(f"{directory} is in use by another regtorch run; wait for "
+                                     f"it or choose another --out") from None
+        # The holder removes the file when done: the lock is ours only if the file we locked is
+        # still the one at `path` (else another run removed it meanwhile: take the new one).
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield directory
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still holding it: nothing is left behind
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporary files (``.*.tmp``) a killed write left in ``directory`` and its
+    checkpoints; return them. Only while holding the directory (:func:`locked`): then no other
+    process is writing there."""
+    directory = Path(directory)
+    stale = [*directory.glob(_TEMPORARIES), *checkpoint_directory(directory).glob(_TEMPORARIES)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def first_difference(old: Any, new: Any, where: str = "") -> str | None:
@@ -215,7 +305,42 @@ def load_run(directory: Path) -> Run:
     config = _read_json(directory / CONFIG)
     summary = _read_json(directory / SUMMARY)
     _check_summary(directory / SUMMARY, summary)
-    return Run(directory, config, summary)
+    run = Run(directory, config, summary)
+    _check_agreement(run)
+    return run
+
+
+def _check_agreement(run: Run) -> None:
+    """The files tell one run: ``summary.json`` has the study, seeds and epochs of
+    ``config.json``, and ``metrics.jsonl`` the variants and seeds of ``summary.json`` (files left
+    by two runs — an interrupted one beside an older one's — are refused, not drawn)."""
+    config, summary = run.config, run.summary
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    # A sweep's config.json is its base study's (named so in summary.json's "base").
+    name = summary.get("study")
+    if run.sweep and config.get("name") == summary.get("base"):
+        name = summary.get("base")
+    told = {"study": (config.get("name"), name), "seeds": (config.get("seeds"),
+            summary.get("seeds")), "epochs": (train.get("epochs"), summary.get("epochs"))}
+    for key, (in_config, in_summary) in told.items():
+        if in_config is not None and in_summary is not None and in_config != in_summary:
+            raise ReportError(_disagree(run.directory, CONFIG, f"{key} {_short(in_config)}",
+                                        f"{key} {_short(in_summary)}"))
+    seeds = {record["seed"] for record in run.records}
+    if isinstance(summary.get("seeds"), int) and len(seeds) != summary["seeds"]:
+        raise ReportError(_disagree(run.directory, METRICS, f"{len(seeds)} seeds",
+                                    f"seeds {summary['seeds']}"))
+    if not run.sweep:
+        variants = {record["variant"] for record in run.records}
+        if variants != set(summary["variants"]):
+            extra = sorted(variants ^ set(summary["variants"]))[0]
+            raise ReportError(_disagree(run.directory, METRICS, "other variants",
+                                        f"variants without {_short(extra)}"))
+
+
+def _disagree(directory: Path, name: str, there: str, in_summary: str) -> str:
+    return (f"{directory}: {name} ({there}) disagrees with {SUMMARY} ({in_summary}): the files "
+            f"of two runs; run again (--fresh to start over)")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
