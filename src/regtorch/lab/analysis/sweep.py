@@ -77,6 +77,7 @@ SEARCH_DECADES = tuple(10.0 ** k for k in range(-5, 5))   # the first pass: 1e-5
 SEARCH_REFINE = (-0.75, -0.5, -0.25)  # the second pass: λ·10^(these) below the decade found
 ZERO_FRACTION = 1e-3      # ‖w‖ ≤ 0.1% of the unregularized ‖w‖ counts as ~0
 FLAT_RTOL = 0.01          # validation loss within 1% of the most regularized one's: flat
+MAX_LAMBDAS = 200         # --lambdas: each λ is `seeds` trainings; glmnet's paths are ≤ 100
 REFERENCE = "unregularized"
 SWEEP_PENALTIES = ("l1", "l2", "elasticnet", "group")
 
@@ -124,21 +125,27 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
     """``--lambdas``: ``a:b:n`` (n values log-spaced from a to b) or ``v1,v2,...``; ascending.
 
     Raises:
-        StudyError: malformed, a λ that is not a positive finite number, ``n < 1``, or a repeat.
+        StudyError: malformed, a λ that is not a positive finite number, ``n < 1``, more than
+            :data:`MAX_LAMBDAS` values, or a repeat.
     """
     where = f"--lambdas {text!r}"
     try:
         if ":" in text:
             a, b, n = text.split(":")
             ends, count = [float(a), float(b)], int(n)
-            if count < 1:
-                raise StudyError(f"{where}: the number of points must be >= 1, got {count}")
-            values = geometric_points(*ends, count) if _positive(*ends) else ends
         else:
             values = [float(v) for v in text.split(",")]
+            ends, count = None, len(values)
     except ValueError:
         raise StudyError(f"{where}: expected a:b:n (n values log-spaced from a to b) or "
                          f"v1,v2,...") from None
+    if count < 1:
+        raise StudyError(f"{where}: the number of points must be >= 1, got {count}")
+    if count > MAX_LAMBDAS:
+        raise StudyError(f"{where}: at most {MAX_LAMBDAS} values of λ (each is --seeds "
+                         f"trainings), got {count}")
+    if ends is not None:
+        values = geometric_points(*ends, count) if _positive(*ends) else ends
     for value in values:
         if not _positive(value):
             raise StudyError(f"{where}: every λ must be finite and > 0, got {value!r} (λ = 0 "

@@ -117,8 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         the exit status (see the module docstring).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(_attach_values(argv))
     except _Exit as done:  # --help, or a usage error already reported
         return done.status
     missing = missing_extra()
@@ -213,6 +214,27 @@ def _parser() -> _Parser:
     report.add_argument("directory", metavar="DIR", help="a run directory (DIR/<study>) or the "
                         "--out directory holding several")
     return parser
+
+
+_VALUE_OPTIONS = ("--lambdas",)  # values that may start with "-": "--lambdas -1,2"
+
+
+def _attach_values(argv: list[str]) -> list[str]:
+    """``--lambdas -1,2`` as ``--lambdas=-1,2``: argparse takes a value starting with ``-`` for
+    an option unless it is one plain negative number, so a negative λ would be a usage error
+    about the option instead of the study's error about the value."""
+    joined: list[str] = []
+    values = iter(argv)
+    for arg in values:
+        if arg in _VALUE_OPTIONS:
+            value = next(values, None)
+            if value is None or value.startswith("--"):  # no value: argparse says so
+                joined.extend([arg] if value is None else [arg, value])
+            else:
+                joined.append(f"{arg}={value}")
+        else:
+            joined.append(arg)
+    return joined
 
 
 def _list_presets() -> None:

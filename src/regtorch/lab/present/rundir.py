@@ -312,8 +312,8 @@ def load_run(directory: Path) -> Run:
 
 def _check_agreement(run: Run) -> None:
     """The files tell one run: ``summary.json`` has the study, seeds and epochs of
-    ``config.json``, and ``metrics.jsonl`` the variants and seeds of ``summary.json`` (files left
-    by two runs — an interrupted one beside an older one's — are refused, not drawn)."""
+    ``config.json``, and a study's ``metrics.jsonl`` the variants and seeds of ``summary.json``
+    (files left by two runs — an interrupted one beside an older one's — are refused)."""
     config, summary = run.config, run.summary
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     # A sweep's config.json is its base study's (named so in summary.json's "base").
@@ -326,16 +326,17 @@ def _check_agreement(run: Run) -> None:
         if in_config is not None and in_summary is not None and in_config != in_summary:
             raise ReportError(_disagree(run.directory, CONFIG, f"{key} {_short(in_config)}",
                                         f"{key} {_short(in_summary)}"))
+    if run.sweep:
+        return
     seeds = {record["seed"] for record in run.records}
     if isinstance(summary.get("seeds"), int) and len(seeds) != summary["seeds"]:
         raise ReportError(_disagree(run.directory, METRICS, f"{len(seeds)} seeds",
                                     f"seeds {summary['seeds']}"))
-    if not run.sweep:
-        variants = {record["variant"] for record in run.records}
-        if variants != set(summary["variants"]):
-            extra = sorted(variants ^ set(summary["variants"]))[0]
-            raise ReportError(_disagree(run.directory, METRICS, "other variants",
-                                        f"variants without {_short(extra)}"))
+    variants = {record["variant"] for record in run.records}
+    if variants != set(summary["variants"]):
+        extra = sorted(variants ^ set(summary["variants"]))[0]
+        raise ReportError(_disagree(run.directory, METRICS, "other variants",
+                                    f"variants without {_short(extra)}"))
 
 
 def _disagree(directory: Path, name: str, there: str, in_summary: str) -> str:
