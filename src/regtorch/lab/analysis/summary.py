@@ -12,7 +12,15 @@
   the test/train ratio is lower than the baseline's. They also say when training had not converged
   (train loss still falling more than 5% over the last tenth of the epochs, or, for a linear model
   with a closed-form optimum, parameters more than 1% away from it), when every penalized weight is
-  exactly 0, when accuracy is at chance, and when members diverged.
+  exactly 0, when accuracy is at chance, and when members diverged. With one seed there is no
+  standard error: the verdict gives the change and says that no significance can be claimed. A
+  variant whose test accuracy is at chance has *collapsed*; its test/train ratio is not read as a
+  smaller generalization gap.
+* **Diverged** members: a non-finite loss (the engine's ``diverged``), or a *runaway* — a final
+  train loss above :data:`RUNAWAY_FACTOR` (10⁶) times the member's own initial (epoch 0) train
+  loss, finite but meaningless (e.g. 6.8e29). Either is left out of the means and counted.
+* ``not_converged`` is what the verdict says: for a linear model with a closed-form optimum, more
+  than 1% away from it; else the train loss still falling.
 * **Notes** say which variants produced the same numbers (``wd-3`` and ``l2-3``), and for linear
   models with known true weights how well the support was recovered.
 """
@@ -38,6 +46,7 @@ IMPROVEMENT_SES = 2.0      # a change counts when it exceeds two standard errors
 MIN_RELATIVE_CHANGE = 0.01  # ... and 1% of the baseline
 NOT_CONVERGED_DROP = 0.05   # train loss still falling by more than 5% over the last tenth
 OPTIMUM_TOLERANCE = 0.01    # linear models: ‖θ − θ*‖ ≤ 1% of ‖θ*‖ counts as converged
+RUNAWAY_FACTOR = 1e6       # a final train loss above 10⁶ × the member's initial one: diverged
 SAME_RTOL = 1e-7            # "the same": float32 rounding (two runs that merely collapsed to
 #                             the same constant predictor agree only to ~1e-6)
 
@@ -50,8 +59,9 @@ def summarize(result: StudyResult) -> dict[str, Any]:
     history: dict[tuple[str, float | None, int], dict[int, dict]] = defaultdict(dict)
     for row in result.records:
         history[(row["variant"], row["strength"], row["seed"])][row["epoch"]] = row
-        if row["epoch"] == epochs:
-            finals[(row["variant"], row["strength"])].append(row)
+    for (name, strength, _seed), by_epoch in history.items():
+        if epochs in by_epoch:
+            finals[(name, strength)].append(_with_runaway(by_epoch[epochs], by_epoch.get(0)))
 
     variants: dict[str, dict[str, Any]] = {}
     chosen_rows: dict[str, list[dict]] = {}
@@ -71,7 +81,10 @@ def summarize(result: StudyResult) -> dict[str, Any]:
         entry.update(_linear_extras(result, variant, strengths[best], rows))
         entry.update(_lasso_extras(result, variant, candidates, strengths[best]))
         entry.update(_zero_groups(result, variant, strengths[best], rows))
-        entry["not_converged"] = _still_falling(history, variant.name, strengths[best], epochs)
+        distance = entry.get("optimum_distance")
+        entry["not_converged"] = (distance > OPTIMUM_TOLERANCE if distance is not None
+                                  else _still_falling(history, variant.name, strengths[best],
+                                                      epochs))
         variants[variant.name] = entry
 
     baseline = study.variants[0].name
@@ -101,6 +114,16 @@ def final_stats(rows: list[dict], study: Study) -> dict[str, Any]:
                                else None)
     out["diverged"] = len(rows) - len(alive)
     return out
+
+
+def _with_runaway(final: dict, initial: dict | None) -> dict:
+    """``final``, marked diverged when its train loss ran away from the initial one (a copy; the
+    records are not changed)."""
+    loss, start = final["train_loss"], None if initial is None else initial["train_loss"]
+    if (not final["diverged"] and loss is not None and start is not None and start > 0
+            and loss > RUNAWAY_FACTOR * start):
+        return {**final, "diverged": True}
+    return final
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -280,7 +303,11 @@ def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: 
         parts.append("baseline" + (f": test/train = {ratio:.3g}" if ratio is not None else ""))
     else:
         base = variants[baseline]
-        parts.append(_gap_words(me, base))
+        collapsed = (study.classification and me.get("test_acc") is not None
+                     and me["test_acc"] <= 1.5 / classes)
+        parts.append(f"collapsed to chance level (test accuracy {me['test_acc']:.2f}, 1/"
+                     f"{classes} is chance): its test/train ratio is no smaller gap"
+                     if collapsed else _gap_words(me, base))
         parts.append(_test_words(chosen[variant.name], chosen[baseline], base))
     if me["diverged"]:
         parts.append(f"{me['diverged']} of {study.seeds} members diverged")
@@ -293,7 +320,7 @@ def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: 
     elif me.get("sparsity"):
         parts.append(f"{me['sparsity']:.0%} of the weights are exactly 0")
     if study.classification and me.get("test_acc") is not None \
-            and me["test_acc"] <= 1.5 / classes:
+            and me["test_acc"] <= 1.5 / classes and variant.name == baseline:
         parts.append(f"test accuracy {me['test_acc']:.2f}: chance level (1/{classes})")
     for group in me.get("zero_groups", []):
         parts.append(f"{group['zero']:g} of {group['groups']} groups of {group['param']} are "
@@ -334,14 +361,21 @@ def _test_words(mine: list[dict], theirs: list[dict], base: dict) -> str:
     if not diffs or base["test_loss"] is None:
         return ""
     mean = statistics.fmean(diffs)
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
     relative = mean / base["test_loss"] if base["test_loss"] else 0.0
+    if len(diffs) == 1:
+        mine_loss = _mean_test_loss(mine)
+        return (f"test loss {mine_loss:.4g} vs {base['test_loss']:.4g} ({relative:+.0%}) on 1 "
+                f"seed: no significance can be claimed")
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     if abs(relative) > MIN_RELATIVE_CHANGE and abs(mean) > IMPROVEMENT_SES * se:
         word = "improved" if mean < 0 else "worsened"
-        mine_mean = statistics.fmean(r["test_loss"] for r in mine if r["test_loss"] is not None)
-        return (f"{word} test loss: {mine_mean:.4g} vs {base['test_loss']:.4g} "
+        return (f"{word} test loss: {_mean_test_loss(mine):.4g} vs {base['test_loss']:.4g} "
                 f"({relative:+.0%}, paired over {len(diffs)} seeds)")
     return f"no clear change in test loss ({relative:+.1%}, within the seeds' noise)"
+
+
+def _mean_test_loss(rows: list[dict]) -> float:
+    return statistics.fmean(r["test_loss"] for r in rows if r["test_loss"] is not None)
 
 
 def _convergence_words(me: dict, study: Study) -> str:
