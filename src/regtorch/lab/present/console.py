@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -146,12 +147,8 @@ def print_study(console: Console, title: str, headers: Sequence[str],
         rows: one row of cell strings per variant, from the same function.
         summary: the ``summary.json`` dict: ``variants`` (name → {"verdict": ...}) and ``notes``.
     """
-    table = Table(title=Text(title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD)
-    for i, header in enumerate(headers):
-        table.add_column(Text(header), justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*(Text(str(cell)) for cell in row))
-    console.print(table)
+    for table in _fitted_tables(console, title, headers, rows):
+        console.print(table)
 
     verdicts = Table.grid(padding=(0, 2))
     verdicts.add_column(no_wrap=True)
@@ -163,6 +160,62 @@ def print_study(console: Console, title: str, headers: Sequence[str],
     if verdicts.row_count:
         console.print(verdicts)
     _print_notes(console, summary.get("notes") or [])
+
+
+_STD = " ± "  # how a cell of tables.mean_std_text separates the mean from the spread
+_MEANS_ONLY = "means over the seeds; ± std in the report and summary.json"
+
+
+def _fitted_tables(console: Console, title: str, headers: Sequence[str],
+                   rows: Sequence[Sequence[str]]) -> list[Table]:
+    """The table in the console's width, no cell ever cut: as it is if it fits; else with the
+    means only (the spreads are in the report); else its columns split over several tables,
+    each led by the first column (the variant, or λ)."""
+    width = console.width
+    table = _table(title, headers, rows)
+    if _width(console, table) <= width:
+        return [table]
+    rows = [[str(cell).split(_STD)[0] for cell in row] for row in rows]
+    title = f"{title} ({_MEANS_ONLY})"
+    table = _table(title, headers, rows)
+    if _width(console, table) <= width:
+        return [table]
+    tables: list[Table] = []
+    columns: list[int] = []
+    for i in range(1, len(headers)):
+        candidate = _table("", [headers[c] for c in (0, *columns, i)],
+                           [[row[c] for c in (0, *columns, i)] for row in rows])
+        if columns and _width(console, candidate) > width:
+            tables.append(_part(title if not tables else "", headers, rows, columns))
+            columns = []
+        columns.append(i)
+    tables.append(_part(title if not tables else "", headers, rows, columns))
+    return tables
+
+
+def _part(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
+          columns: list[int]) -> Table:
+    keep = (0, *columns)
+    return _table(title, [headers[c] for c in keep], [[row[c] for c in keep] for row in rows])
+
+
+def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(title=Text(title, style="bold") if title else None, title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for i, header in enumerate(headers):
+        table.add_column(Text(header), justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    return table
+
+
+def _width(console: Console, table: Table) -> int:
+    """The columns ``table`` needs to show every cell whole (its title may wrap)."""
+    title, table.title = table.title, None
+    try:
+        return Measurement.get(console, console.options.update(width=10**6), table).maximum
+    finally:
+        table.title = title
 
 
 def _print_notes(console: Console, notes: Sequence[str]) -> None:
