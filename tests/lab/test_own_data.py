@@ -130,8 +130,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(study_dir, monkeypat
     assert len(lines) == 1, lines
     assert lines[0].startswith("regtorch: my.toml: ")
     assert re.search(message, lines[0]), lines[0]
-    # --out is made first (an unusable directory fails at once); nothing is written in it
-    assert not any((study_dir / "runs").iterdir())
+    # nothing is written: not even --out (made only with the run directory inside it)
+    assert not (study_dir / "runs").exists()
 
 
 def test_nan_in_the_target_exits_2(study_dir, monkeypatch, capsys):
@@ -142,4 +142,4 @@ def test_nan_in_the_target_exits_2(study_dir, monkeypatch, capsys):
     assert status == 2
     assert lines == ["regtorch: my.toml: data.target: column 'species' has 2 missing value(s) "
                      "(set missing = 'drop' to drop those rows)"]
-    assert not any((study_dir / "runs").iterdir())
+    assert not (study_dir / "runs").exists()
