@@ -10,6 +10,7 @@ import pytest
 
 from regtorch.lab.analysis.sweep import MAX_LAMBDAS, parse_lambdas
 from regtorch.lab.cli import main
+from regtorch.lab.cli.command import _MAX_MESSAGE
 from regtorch.lab.study.spec import StudyError
 
 
@@ -54,3 +55,16 @@ def test_lambdas_without_a_value_is_a_usage_error():
     status, err = _main(["sweep", "linear-1d", "--penalty", "l2", "--lambdas", "--seeds", "2"])
     assert status == 2
     assert "--lambdas: expected one argument" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "linear-1d", "--penalty", "l2", "--lambdas", ",".join(["1"] * 201)],
+    ["sweep", "linear-1d", "--penalty", "l2", "--lambdas", ",".join(["-1"] * 100)],
+    ["run", "x" * 500]], ids=["long-grid", "long-negative", "long-name"])
+def test_errors_are_short_and_whole(argv, tmp_path):
+    status, err = _main([*argv, "--out", str(tmp_path / "runs")])
+    assert status == 2
+    assert err.count("\n") == 1 and len(err) < len("regtorch: ") + _MAX_MESSAGE, err
+    # the advice at the end is there, not cut off
+    assert err.rstrip().endswith(("got 201", "got -1.0 (λ = 0 is always trained, as the "
+                                  "reference)", "or give a .toml study file)")), err  # not cut

@@ -128,7 +128,7 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
         StudyError: malformed, a λ that is not a positive finite number, ``n < 1``, more than
             :data:`MAX_LAMBDAS` values, or a repeat.
     """
-    where = f"--lambdas {text!r}"
+    where = f"--lambdas {text!r}" if len(text) <= _SHOWN else f"--lambdas '{text[:_SHOWN]}...'"
     try:
         if ":" in text:
             a, b, n = text.split(":")
@@ -153,6 +153,9 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
     if len(set(values)) != len(values):
         raise StudyError(f"{where}: repeated value")
     return tuple(sorted(values))
+
+
+_SHOWN = 40  # characters of --lambdas quoted in an error (a long list is cut, not the advice)
 
 
 def _positive(*values: float) -> bool:

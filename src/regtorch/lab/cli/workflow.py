@@ -53,6 +53,8 @@ from regtorch.lab.train import Checkpoints, StudyResult, check_study, run_study
 
 __all__ = ["COMMANDS", "load_study", "sweep_and_write", "train_and_write"]
 
+_SHOWN = 40  # characters of a user's value quoted in an error: the message stays short, whole
+
 
 # -- the commands ------------------------------------------------------------------------------
 def list_command(args: argparse.Namespace) -> None:
@@ -116,10 +118,18 @@ def load_study(ref: str) -> Study:
     if ref in names:
         return preset(ref)
     path = Path(ref)
-    if path.suffix == ".toml" or path.exists() or "/" in ref or os.sep in ref:
+    if path.suffix == ".toml" or _exists(path) or "/" in ref or os.sep in ref:
         return parse_study(read_toml(path), source=ref, root=path.parent)
-    raise UsageError(f"unknown preset {ref!r} (presets: {', '.join(names)}; or give a .toml "
-                     f"study file)")
+    shown = repr(ref) if len(ref) <= _SHOWN else repr(ref[:_SHOWN] + "...")
+    raise UsageError(f"unknown preset {shown} (`regtorch list` shows the presets; or give a "
+                     f".toml study file)")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long for the file system: not a file
+        return False
 
 
 def train_and_write(study: Study, out: Path,
