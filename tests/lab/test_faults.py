@@ -128,3 +128,15 @@ def test_a_bad_option_leaves_no_directory(tmp_path, command, bad):
     status, _, err = _main(argv)
     assert status == 2 and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_refuses_another_configuration_before_training_any_study(tmp_path):
+    from regtorch.lab.study.presets import demo_names
+    names = demo_names()
+    last = tmp_path / names[-1]
+    last.mkdir()
+    (last / "config.json").write_text(json.dumps({"name": names[-1], "seeds": 99}))
+    status, out, err = _main(["demo", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)])
+    assert status == 2 and out == ""
+    assert err.startswith(f"regtorch: {last} holds a run of another configuration (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [names[-1]]  # nothing trained

@@ -75,7 +75,11 @@ def demo_command(args: argparse.Namespace) -> None:
     studies = [preset(name).with_overrides(seeds=args.seeds, epochs=args.epochs)
                for name in demo_names()]
     out = _output_dir(args.out)
-    _run_studies(studies, out, jobs=args.jobs, options=_options(args))
+    options = _options(args)
+    if not args.fresh:  # a directory of another configuration fails before any study trains
+        for study in studies:
+            rundir.check_config(out / study.name, study.to_dict())
+    _run_studies(studies, out, jobs=args.jobs, options=options)
     index = _writing(lambda: write_index(out, [out / study.name for study in studies]))
     print_written(make_console(sys.stdout), out, [index.name])
 

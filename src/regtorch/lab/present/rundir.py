@@ -51,6 +51,7 @@ __all__ = [
     "DirectoryBusyError",
     "ReportError",
     "Run",
+    "check_config",
     "checkpoint_directory",
     "first_difference",
     "load_run",
@@ -134,23 +135,38 @@ def prepare_directory(directory: str | Path, config: dict[str, Any], *, fresh: b
             for own in directory.glob(pattern):
                 own.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigMismatchError(f"{path} cannot be read ({error}); rerun with --fresh to "
-                                      f"start over or choose another --out") from None
-        if not isinstance(existing, dict):
-            raise ConfigMismatchError(f"{path} is not a run configuration; rerun with --fresh to "
-                                 f"start over or choose another --out")
-        difference = first_difference(_without_run(existing), _without_run(config))
-        if difference is not None:
-            raise ConfigMismatchError(f"{directory} holds a run of another configuration "
-                                 f"({difference}); rerun with --fresh to replace it, or choose "
-                                 f"another --out")
+    existing = check_config(directory, config)
+    if existing is not None:
         return existing
     write_json(path, config)
     return config
+
+
+def check_config(directory: str | Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The configuration ``directory`` holds (None: none yet), if it is ``config``'s.
+
+    Raises:
+        ConfigMismatchError: it holds another configuration (the first difference named), or an
+            unreadable ``config.json``.
+    """
+    directory = Path(directory)
+    path = directory / CONFIG
+    if not path.exists():
+        return None
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigMismatchError(f"{path} cannot be read ({error}); rerun with --fresh to "
+                                  f"start over or choose another --out") from None
+    if not isinstance(existing, dict):
+        raise ConfigMismatchError(f"{path} is not a run configuration; rerun with --fresh to "
+                                  f"start over or choose another --out")
+    difference = first_difference(_without_run(existing), _without_run(config))
+    if difference is not None:
+        raise ConfigMismatchError(f"{directory} holds a run of another configuration "
+                                  f"({difference}); rerun with --fresh to replace it, or choose "
+                                  f"another --out")
+    return existing
 
 
 @contextlib.contextmanager
