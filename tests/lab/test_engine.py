@@ -15,6 +15,7 @@ Everything runs in float64 (``train.dtype = "float64"``) unless a test says othe
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from collections.abc import Callable
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regtorch.lab.study import Study, Variant, parse_study
+import regtorch
+from regtorch.lab.study import ModelSpec, Study, Variant, parse_study
 from regtorch.lab.study.data import make_data
 from regtorch.lab.study.models import build_model
 from regtorch.lab.train import members_of, run_study
@@ -237,6 +239,9 @@ def reference_run(study: Study, v: Variant, lam: float, seed: int
     batch = recipe.batch_size or n
     order = torch.Generator().manual_seed(study.data_seed)
     records = [hand_record(study, data, model, v, lam, seed, 0, recipe.lr)]
+    stopper = None if v.early_stopping is None else regtorch.EarlyStopping(
+        patience=v.early_stopping.patience, min_delta=v.early_stopping.min_delta,
+        sink=lambda message: None)
     for epoch in range(1, recipe.epochs + 1):
         perm = torch.randperm(n, generator=order)
         for start in range(0, n, batch):
@@ -260,7 +265,16 @@ def reference_run(study: Study, v: Variant, lam: float, seed: int
                 model.train()
         records.append(hand_record(study, data, model, v, lam, seed, epoch,
                                    optimizer.param_groups[0]["lr"]))
-    return records, {n: p.detach().clone() for n, p in model.named_parameters()}
+        if stopper is not None and (stopper.step(records[-1]["val_loss"], model)
+                                    or epoch == recipe.epochs):
+            # Stopped (best weights put back), or the last epoch: the best weights, recorded
+            # again for this and every later epoch.
+            stopper.restore(model)
+            lr = optimizer.param_groups[0]["lr"]
+            records[-1:] = [hand_record(study, data, model, v, lam, seed, later, lr)
+                            for later in range(epoch, recipe.epochs + 1)]
+            break
+    return records, {n: t.detach().clone() for n, t in model.state_dict().items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +311,7 @@ def assert_member_matches(result, v: Variant, lam: float, seed: int, *,
     for got, want in zip(got_records[epochs], want_records[epochs]):
         assert_record_close(got, want, atol, context)
     if epochs == slice(None):
-        got_params = result.finals[(v.name, lam, seed)]
+        got_params = result.finals[(v.name, lam, seed)]  # parameters and buffers
         assert got_params.keys() == want_params.keys()
         for name, want in want_params.items():
             torch.testing.assert_close(got_params[name], want, rtol=0, atol=atol,
@@ -447,8 +461,11 @@ def test_float32_members_equal_plain_float32_runs(make):
     assert_all_match(result, atol=F32_ATOL)
 
 
-def test_batchnorm_trains_member_by_member_and_equals_plain_runs():
-    """SGD, not Adam: a Linear bias right before BatchNorm has a zero gradient up to rounding
+def test_batchnorm_trains_vectorized_and_equals_plain_runs():
+    """BatchNorm's running statistics are stacked per member: the group trains vectorized, and
+    every member's parameters and running statistics (final state_dict) equal its plain run's.
+
+    SGD, not Adam: a Linear bias right before BatchNorm has a zero gradient up to rounding
     noise (~1e-17), which Adam divides by √v ≈ that noise and turns into ~1e-11 moves per step
     whose sign depends on the kernel's rounding (fused vs for-loop), not on the engine."""
     study = mlp_study([
@@ -458,8 +475,8 @@ def test_batchnorm_trains_member_by_member_and_equals_plain_runs():
     ], model={"norm": "batch"}, optimizer="sgd", lr=0.05, momentum=0.5)
     result = run_study(study)
     assert result.groups == [
-        {"variants": ["l2", "none"], "members": 4, "mode": "loop"},
-        {"variants": ["wd-all"], "members": 2, "mode": "loop"},
+        {"variants": ["l2", "none"], "members": 4, "mode": "vectorized"},
+        {"variants": ["wd-all"], "members": 2, "mode": "vectorized"},
     ]
     assert_all_match(result)
 
@@ -699,3 +716,107 @@ def test_normal_init_draws_linear_weights_and_leaves_norm_layers_alone():
     assert abs(first.mean().item()) < 5 / first.numel() ** 0.5
     assert abs(first.std().item() - 1) < 5 / (2 * first.numel()) ** 0.5
     assert torch.equal(build_model(spec, 64, 1, seed=3)[0].weight, first)  # the seed decides
+
+
+# --------------------------------------------------------------------------------------------
+# The user's own model (kind = "python"): vectorized, BatchNorm included
+# --------------------------------------------------------------------------------------------
+
+
+def small_cnn(channels: int = 4) -> nn.Module:
+    """8×8 digits as one-channel images: conv → BatchNorm → ReLU → pool → linear head."""
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, channels, 3, padding=1),
+                         nn.BatchNorm2d(channels), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(channels * 16, 10))
+
+
+def factory_study(factory, variants: list[dict], *, seeds: int, **train: Any) -> Study:
+    study = digits_study(variants)
+    recipe = dataclasses.replace(study.train, **train)
+    return dataclasses.replace(study, seeds=seeds, train=recipe,
+                               model=ModelSpec("python", factory=factory))
+
+
+def test_cnn_with_batchnorm_eight_members_vectorized_equal_plain_runs():
+    """K = 8 members of a user's CNN with BatchNorm2d train as one stacked group and each equals
+    its plain-PyTorch run to 1e-10 in float64: every record, the final parameters and the
+    running statistics (mean, variance and batch count)."""
+    study = factory_study(small_cnn, [{"name": "none"},
+                                      {"name": "l2", "penalty": "l2", "strength": 0.01}],
+                          seeds=4, optimizer="sgd", lr=0.1, momentum=0.5)
+    result = run_study(study)
+    assert result.groups == [{"variants": ["l2", "none"], "members": 8, "mode": "vectorized"}]
+    assert_all_match(result)
+    final = result.finals[("none", 0.0, 0)]
+    assert {"2.running_mean", "2.running_var", "2.num_batches_tracked"} <= set(final)
+    assert int(final["2.num_batches_tracked"]) == 2 * 3  # 2 epochs × 3 batches of 20
+
+
+def test_the_factory_is_called_once_per_init_seed_under_that_seed():
+    calls = []
+
+    def factory() -> nn.Module:
+        calls.append(torch.initial_seed())
+        return small_cnn()
+
+    study = factory_study(factory, [{"name": "none"},
+                                    {"name": "l2", "penalty": "l2", "strength": 0.01}],
+                          seeds=3, epochs=1)
+    run_study(study)
+    assert sorted(calls) == [0, 1, 2]
+
+
+class _ItemGate(nn.Module):
+    """A model vmap cannot run: ``.item()`` reads a value out of a (stacked) parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = 1.0 if self.linear.weight.sum().item() > 0 else 2.0
+        return self.linear(x) * scale
+
+
+def test_a_model_vmap_cannot_run_trains_member_by_member_and_says_why_once(caplog):
+    study = factory_study(_ItemGate, [{"name": "none"},
+                                      {"name": "wd", "weight_decay": 0.1}], seeds=2)
+    with caplog.at_level("WARNING", logger="regtorch.lab"):
+        result = run_study(study)
+    assert [g["mode"] for g in result.groups] == ["loop", "loop"]
+    assert all("item" in g["reason"] for g in result.groups)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "vmap cannot run this model" in said[0]
+    assert "\n" not in said[0]
+    assert_all_match(result)
+
+
+# --------------------------------------------------------------------------------------------
+# Early stopping
+# --------------------------------------------------------------------------------------------
+
+
+def test_early_stopping_in_a_group_equals_plain_runs_with_regtorch_early_stopping():
+    """A stacked group whose members stop at different epochs (patience 1 and 3) or never:
+    each equals K plain runs with ``regtorch.EarlyStopping`` — stopped members are frozen at
+    their best epoch while the others train on, every record and final state included."""
+    study = mlp_study([
+        {"name": "none"},
+        {"name": "es-1", "early_stopping": {"patience": 1}},
+        {"name": "es-3", "early_stopping": {"patience": 3, "min_delta": 1e-3}},
+        {"name": "l2-es", "penalty": "l2", "strength": 0.05, "early_stopping": {"patience": 2}},
+    ], seeds=2, lr=0.05, epochs=12)
+    result = run_study(study)
+    assert [g["mode"] for g in result.groups] == ["vectorized"]
+    assert_all_match(result)
+    # The members did stop, at different epochs: their last records repeat the best state.
+    stopped = set()
+    for member in members_of(study):
+        if member.variant.early_stopping is None:
+            continue
+        rows = records_of(result, member.variant.name,
+                          member.strength if member.variant.penalty else None, member.seed)
+        losses = [r["val_loss"] for r in rows]
+        stopped.add(next(e for e in range(1, len(losses)) if losses[e:] == [losses[-1]] *
+                         (len(losses) - e)))
+    assert len(stopped) > 1 and min(stopped) < study.train.epochs

@@ -24,7 +24,7 @@ from regtorch.lab.train.engine import run_study
 
 # A study with everything a group carries between epochs: dropout masks (the random state), an
 # exponential schedule and a plateau schedule (scheduler state), Adam moments, a proximal L1
-# step, and a BatchNorm model in the loop trainer (buffers).
+# step, and a BatchNorm model (stacked buffers).
 STATEFUL = {
     "name": "stateful", "seeds": 2,
     "data": {"kind": "linear", "features": 6, "train": 40, "val": 20, "test": 20,
@@ -80,7 +80,8 @@ def _assert_same(a, b):
         "batchnorm-4"])
 def test_resumed_run_equals_uninterrupted(tmp_path, spec, stop_at):
     """Stopped at the ``stop_at``-th group epoch (STATEFUL has 4 groups × 6 epochs: the prox
-    group, the dropout group, one per plateau member; BATCHNORM one loop group of 6)."""
+    group, the dropout group, one per plateau member; BATCHNORM one
+    vectorized group of 6 with stacked buffers)."""
     study = parse_study(spec)
     resumed = _interrupted_then_resumed(study, tmp_path, stop_at)
     _assert_same(run_study(study), resumed)

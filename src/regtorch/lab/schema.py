@@ -78,12 +78,16 @@ class Record(_RecordBase, total=False):
     test_acc: float | None
 
 
-class GroupInfo(TypedDict):
-    """How a group of members was trained (``config.json``'s ``run.groups``)."""
-
+class _GroupBase(TypedDict):
     variants: list[str]
     members: int
     mode: str  # "vectorized" or "loop"
+
+
+class GroupInfo(_GroupBase, total=False):
+    """How a group of members was trained (``config.json``'s ``run.groups``)."""
+
+    reason: str  # why vmap could not run the model (mode "loop" with several members)
 
 
 class Stats(TypedDict, total=False):

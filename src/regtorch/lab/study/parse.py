@@ -22,6 +22,7 @@ from regtorch.lab.study.spec import (
     TASKS,
     CsvSource,
     DataSpec,
+    EarlyStop,
     ModelSpec,
     NpzSource,
     PythonSource,
@@ -58,7 +59,7 @@ def parse_study(spec: Mapping[str, Any], source: str = "study", root: str | Path
     data_seed = top.get("data_seed", int, 0)
     data = _data(_Table(top.get("data", Mapping, required=True), f"{source}: data"),
                  Path(root))
-    model = _model(_Table(top.get("model", Mapping, {}), f"{source}: model"), data)
+    model = _model(_Table(top.get("model", Mapping, {}), f"{source}: model"), data, root)
     recipe = _recipe(_Table(top.get("train", Mapping, {}), f"{source}: train"))
     raw_variants = top.get("variants", list, required=True)
     if not raw_variants:
@@ -197,10 +198,19 @@ def _data(t: _Table, root: Path) -> DataSpec | Source:
     return spec
 
 
-def _model(t: _Table, data: DataSpec | Source) -> ModelSpec:
-    kind = t.choice("kind", ("linear", "mlp", "cnn"), "linear")
+def _model(t: _Table, data: DataSpec | Source | None, root: str | Path = ".") -> ModelSpec:
+    kind = t.choice("kind", ("linear", "mlp", "cnn", "python"), "linear")
     if kind == "cnn":
         return _cnn(t)
+    if kind == "python":
+        factory = t.get("factory", str, required=True)
+        module, sep, function = factory.rpartition(":")
+        if not sep or not module or not function:
+            raise StudyError(f"{t.where}.factory: {factory!r} must be 'module:function' or "
+                             f"'file.py:function'")
+        kwargs = t.get("kwargs", Mapping, {})
+        t.done()
+        return ModelSpec("python", factory=factory, kwargs=dict(kwargs), root=str(root))
     hidden = t.get("hidden", list, [])
     if kind == "linear" and hidden:
         raise StudyError(f"{t.where}.hidden: a linear model has no hidden layers")
@@ -396,17 +406,27 @@ def _variant(t: _Table, recipe: Recipe) -> Variant:
     if weight_decay and recipe.optimizer not in ("sgd", "adam", "adamw"):
         raise StudyError(f"{t.where}.weight_decay: not for optimizer {recipe.optimizer!r}")
     schedule = t.get("schedule", (str, Mapping))
+    early = t.get("early_stopping", Mapping)
     variant = Variant(name=name, penalty=penalty, strengths=strengths, apply=apply,
                       params=params, l1_ratio=t.number("l1_ratio", 0.5, minimum=0.0),
                       groups=t.choice("groups", ("rows", "columns"), "rows"),
                       weight_decay=weight_decay,
                       dropout=t.number("dropout", 0.0, minimum=0.0, below=1.0),
                       schedule=None if schedule is None else _schedule(schedule,
-                                                                       f"{t.where}.schedule"))
+                                                                       f"{t.where}.schedule"),
+                      early_stopping=None if early is None else _early_stop(
+                          _Table(early, f"{t.where}.early_stopping")))
     if variant.l1_ratio > 1:
         raise StudyError(f"{t.where}.l1_ratio: must be in [0, 1], got {variant.l1_ratio!r}")
     t.done()
     return variant
+
+
+def _early_stop(t: _Table) -> EarlyStop:
+    early = EarlyStop(patience=_count(t, "patience", 10, minimum=0),
+                      min_delta=t.number("min_delta", 0.0, minimum=0.0))
+    t.done()
+    return early
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

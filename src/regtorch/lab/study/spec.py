@@ -80,6 +80,18 @@ language. The schema (every key optional unless marked; unknown keys are errors)
     weight_decay = 0.0                     # the optimizer's own weight_decay on `params`
     dropout = 0.0                          # rate of the model's dropout layers
     schedule = "constant"                  # overrides [train] schedule for this variant
+    early_stopping = {patience = 10, min_delta = 0.0}
+                                           # stop a member whose validation data loss has not
+                                           #   improved (by more than min_delta) for `patience`
+                                           #   epochs, and keep its best epoch's weights
+                                           #   (regtorch.EarlyStopping); absent: no stopping
+
+    [model]                                # the user's own model instead of linear / mlp:
+    kind = "python"
+    factory = "my_models.py:make"          # "module:function", or a .py file next to the study
+    kwargs = {width = 64}                  # passed to the factory (and dropout = rate when a
+                                           #   variant sets one); called once per init seed
+                                           #   under torch.manual_seed(seed)
 
 Penalties: ``l2`` is ``L2(λ)`` = λ/2·Σw²; ``l1`` is ``L1(λ)`` = λ·Σ|w|; ``elasticnet`` is
 ``ElasticNet(ρλ, (1−ρ)λ)``; ``group`` is ``GroupLasso(λ, groups)``; ``blog`` is the popular blog
@@ -101,6 +113,7 @@ __all__ = [
     "TASKS",
     "CsvSource",
     "DataSpec",
+    "EarlyStop",
     "ModelSpec",
     "NpzSource",
     "PythonSource",
@@ -111,6 +124,7 @@ __all__ = [
     "Study",
     "StudyError",
     "Variant",
+    "factory_name",
     "positive_int",
     "source_dict",
 ]
@@ -253,6 +267,11 @@ class ModelSpec:
     padding: int | None = None  # None: kernel // 2
     pool: str = "max"
     pool_size: int = 2
+    factory: Any = None
+    """python: ``"module:function"``, ``"file.py:function"`` or (Python API) the callable."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    root: str = "."
+    """python: the directory a relative ``file.py`` is found in (the study file's)."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +302,15 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class EarlyStop:
+    """A variant's early stopping: :class:`regtorch.EarlyStopping` on each member's validation
+    data loss, with ``patience`` and ``min_delta``."""
+
+    patience: int = 10
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     penalty: str | None = None
@@ -294,6 +322,7 @@ class Variant:
     weight_decay: float = 0.0
     dropout: float = 0.0
     schedule: Schedule | None = None
+    early_stopping: EarlyStop | None = None
 
     @property
     def tuned(self) -> bool:
@@ -334,21 +363,26 @@ class Study:
         out = asdict(self)
         out["train"]["schedule"] = _schedule_dict(self.train.schedule)
         out["variants"] = [_variant_dict(v) for v in self.variants]
-        out["model"]["hidden"] = list(self.model.hidden)
-        if self.model.dropout_after is None:
-            del out["model"]["dropout_after"]
+        if self.model.kind == "python":
+            out["model"] = _model_dict(self.model)
         else:
-            out["model"]["dropout_after"] = list(self.model.dropout_after)
-        cnn_keys = ("channels", "kernel", "padding", "pool", "pool_size")
-        if self.model.kind == "cnn":  # keys of the other kinds do not apply (parser rejects)
-            out["model"]["channels"] = list(self.model.channels)
-            out["model"].pop("dropout_after", None)
-            del out["model"]["init"]
-            if self.model.padding is None:
-                del out["model"]["padding"]
-        else:
-            for key in cnn_keys:
+            for key in ("factory", "kwargs", "root"):
                 del out["model"][key]
+            out["model"]["hidden"] = list(self.model.hidden)
+            if self.model.dropout_after is None:
+                del out["model"]["dropout_after"]
+            else:
+                out["model"]["dropout_after"] = list(self.model.dropout_after)
+            cnn_keys = ("channels", "kernel", "padding", "pool", "pool_size")
+            if self.model.kind == "cnn":  # keys of the other kinds do not apply (parser rejects)
+                out["model"]["channels"] = list(self.model.channels)
+                out["model"].pop("dropout_after", None)
+                del out["model"]["init"]
+                if self.model.padding is None:
+                    del out["model"]["padding"]
+            else:
+                for key in cnn_keys:
+                    del out["model"][key]
         if not isinstance(self.data, DataSpec):
             out["data"] = source_dict(self.data)
         elif self.data.kind == "digits":  # the other fields do not apply (the parser rejects them)
@@ -359,6 +393,19 @@ class Study:
                 and self.data.nonzeros is None:
             del out["data"]["nonzeros"]
         return out
+
+
+def _model_dict(model: ModelSpec) -> dict[str, Any]:
+    """A ``kind = "python"`` model in the file vocabulary (a callable is named by its module and
+    qualified name)."""
+    factory = model.factory if isinstance(model.factory, str) else factory_name(model.factory)
+    return {"kind": "python", "factory": factory, "kwargs": dict(model.kwargs)}
+
+
+def factory_name(factory: Any) -> str:
+    """``"module:qualified.name"`` of a callable (how ``config.json`` names a Python factory)."""
+    module = getattr(factory, "__module__", None) or "?"
+    return f"{module}:{getattr(factory, '__qualname__', type(factory).__name__)}"
 
 
 def _schedule_dict(schedule: Schedule) -> dict[str, Any] | str:
@@ -386,6 +433,8 @@ def _variant_dict(variant: Variant) -> dict[str, Any]:
         out["dropout"] = variant.dropout
     if variant.schedule is not None:
         out["schedule"] = _schedule_dict(variant.schedule)
+    if variant.early_stopping is not None:
+        out["early_stopping"] = asdict(variant.early_stopping)
     return out
 
 

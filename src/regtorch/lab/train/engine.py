@@ -30,16 +30,19 @@ dropout masks and the batch-order generator. The results equal an uninterrupted 
 
 from __future__ import annotations
 
+import copy
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import stack_module_state
 
-from regtorch import WEIGHTS
+from regtorch import WEIGHTS, EarlyStopping
 from regtorch.lab.schema import GroupInfo, Record
 from regtorch.lab.study.data import Datasets, make_data
 from regtorch.lab.study.models import build_model
@@ -48,10 +51,12 @@ from regtorch.lab.train.build import DTYPES, criterion, parameter_names
 from regtorch.lab.train.checkpoints import Checkpoints
 from regtorch.lab.train.plan import Member, group_members, members_of
 from regtorch.lab.train.records import EvaluationSet, record_epoch
-from regtorch.lab.train.step import StackedStep
+from regtorch.lab.train.step import StackedStep, vectorizable
 from regtorch.lab.train.units import SingleUnit, StackedUnit, Unit
 
 __all__ = ["StudyResult", "run_study"]
+
+logger = logging.getLogger("regtorch.lab")
 
 MemberKey = tuple[str, float, int]
 
@@ -99,6 +104,8 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
             on_epoch(done, total)
 
     traces: dict[tuple, Callable] = {}  # traced steps, shared by groups of the same shapes
+    initial = _InitialModels(study, data, dtype)
+    said: set[str] = set()
     for index, members in enumerate(groups):
         name = f"group-{index}"
         finished = checkpoints.load(name) if checkpoints is not None else None
@@ -110,11 +117,18 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
             result.resumed.append(f"group {index + 1}: finished")
             tick(len(members) * study.train.epochs)
             continue
-        trainer = _Group(study, data, members, dtype, seed=study.data_seed * 7919 + index,
+        trainer = _Group(study, data, members, initial, seed=study.data_seed * 7919 + index,
                          traces=traces)
         group: GroupInfo = {"variants": sorted({m.variant.name for m in members}),
                             "members": len(members),
                             "mode": "vectorized" if trainer.vectorized else "loop"}
+        if trainer.reason is not None:
+            group["reason"] = trainer.reason
+            if trainer.reason not in said:  # once per study, however many groups it stops
+                said.add(trainer.reason)
+                logger.warning("regtorch.lab: %s: vmap cannot run this model (%s); its members "
+                               "train one by one, with the same results", study.name,
+                               trainer.reason)
         records: list[Record] = []
         partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
         first_epoch = trainer.run(records, tick, partial)
@@ -131,35 +145,54 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
     return result
 
 
+class _InitialModels:
+    """Each member's initial model: built once per (init seed, dropout rate) — a Python factory
+    is called once per seed — and copied for every member that starts from it."""
+
+    def __init__(self, study: Study, data: Datasets, dtype: torch.dtype) -> None:
+        self.study, self.data, self.dtype = study, data, dtype
+        self.built: dict[tuple[int, float], nn.Module] = {}
+
+    def __call__(self, seed: int, dropout: float) -> nn.Module:
+        key = (seed, dropout)
+        if key not in self.built:
+            self.built[key] = build_model(self.study.model, inputs=self.data.input_shape,
+                                          outputs=self.data.outputs, dropout=dropout,
+                                          seed=seed, dtype=self.dtype)
+        return copy.deepcopy(self.built[key])
+
+
 class _Group:
     """Members sharing a recipe, trained together (one stacked unit) or one by one (a single
     unit each)."""
 
-    def __init__(self, study: Study, data: Datasets, members: list[Member], dtype: torch.dtype,
-                 seed: int, traces: dict[tuple, Callable]) -> None:
+    def __init__(self, study: Study, data: Datasets, members: list[Member],
+                 initial: _InitialModels, seed: int, traces: dict[tuple, Callable]) -> None:
         self.study, self.data, self.members, self.seed = study, data, members, seed
         first = members[0].variant
-        build = dict(inputs=data.input_shape, outputs=data.outputs, dropout=first.dropout,
-                     dtype=dtype)
-        template = build_model(study.model, **build)
-        models = [build_model(study.model, seed=m.seed, **build) for m in members]
-        # vmap cannot carry buffers (BatchNorm's running statistics); a lone member gains nothing
-        # from stacking and trains faster as the plain module.
-        self.vectorized = next(template.buffers(), None) is None and len(members) > 1
+        models = [initial(m.seed, first.dropout) for m in members]
+        template = copy.deepcopy(models[0])  # the structure; functional_call supplies tensors
         loss = criterion(study.train.loss)
+        x, y = data.split("train")
+        # A lone member gains nothing from stacking and trains faster as the plain module.
+        self.reason = None if len(members) == 1 else vectorizable(
+            template, x, y, loss, random=bool(first.dropout))
+        self.vectorized = len(members) > 1 and self.reason is None
         self.weight_names = parameter_names(template, WEIGHTS)
         self.evaluation = EvaluationSet(data)
         options = dict(schedule=study.schedule_of(first), loss=loss,
                        train_data=data.split("train"))
         self.units: list[Unit]
         if self.vectorized:
-            stacked, _ = stack_module_state(models)
+            stacked, buffers = stack_module_state(models)
             step = StackedStep(template, list(stacked), loss, random=bool(first.dropout),
-                               traces=traces)
-            self.units = [StackedUnit(study, template, members, stacked, step, **options)]
+                               traces=traces, buffer_names=list(buffers))
+            self.units = [StackedUnit(study, template, members, stacked, step, buffers=buffers,
+                                      **options)]
         else:
             self.units = [SingleUnit(study, template, m, model, **options)
                           for m, model in zip(members, models)]
+        self.early = _EarlyStops(members, self.units)
 
     def run(self, records: list[Record], tick: Callable[[int], None],
             partial: tuple[Checkpoints, str] | None = None) -> int:
@@ -189,7 +222,10 @@ class _Group:
                         unit.train_step(x, y)
                 for unit in self.units:
                     unit.end_epoch()
-                records.extend(self._record(epoch))
+                rows = self._record(epoch)
+                if self.early.update(rows, last=epoch == recipe.epochs):
+                    rows = self._record(epoch)  # the stopped members, at their best epoch
+                records.extend(rows)
                 tick(len(self.members))
                 if partial is not None and epoch < recipe.epochs \
                         and time.monotonic() - saved >= partial[0].interval:
@@ -207,7 +243,8 @@ class _Group:
                ) -> dict[str, Any]:
         """Everything the epochs after ``epoch`` depend on (see the module docstring)."""
         return {"epoch": epoch, "records": records, "order": order.get_state(),
-                "rng": torch.get_rng_state(), "units": [unit.state() for unit in self.units]}
+                "rng": torch.get_rng_state(), "units": [unit.state() for unit in self.units],
+                "early": self.early.state()}
 
     def _restore(self, state: dict[str, Any], records: list[Record],
                  order: torch.Generator) -> int:
@@ -216,6 +253,7 @@ class _Group:
         torch.set_rng_state(state["rng"])
         for unit, saved in zip(self.units, state["units"], strict=True):
             unit.load_state(saved)
+        self.early.load_state(state["early"])
         return state["epoch"] + 1
 
     def finals(self) -> dict[MemberKey, dict[str, Tensor]]:
@@ -223,3 +261,52 @@ class _Group:
         for unit in self.units:
             out.update(unit.finals())
         return out
+
+
+class _EarlyStops:
+    """Early stopping of a group's members: one :class:`regtorch.EarlyStopping` per member
+    whose variant asks for it, on the member's validation data loss after every epoch.
+
+    At an improvement the member's state is copied; when its stopper says stop — or at the last
+    epoch, for a member that never stopped — that best state is put back and the member is frozen
+    in its unit (:meth:`Unit.freeze`): the records from then on are those of its best epoch.
+    """
+
+    def __init__(self, members: list[Member], units: list[Unit]) -> None:
+        self.stoppers = [None if m.variant.early_stopping is None else EarlyStopping(
+            patience=m.variant.early_stopping.patience,
+            min_delta=m.variant.early_stopping.min_delta, restore_best=False,
+            sink=lambda message: None)  # the record says it: no log line per member
+            for m in members]
+        self.where = [(unit, k) for unit in units for k in range(len(unit.members))]
+        self.best: dict[int, dict[str, Tensor]] = {}
+        self.stopped: set[int] = set()
+
+    def update(self, rows: list[Record], *, last: bool) -> bool:
+        """Step every running stopper with its member's row of this epoch; return whether a
+        member was put back to its best state."""
+        restored = False
+        for i, stopper in enumerate(self.stoppers):
+            if stopper is None or i in self.stopped:
+                continue
+            unit, k = self.where[i]
+            value = rows[i]["val_loss"]
+            stop = stopper.step(math.nan if value is None else value)
+            if stopper.best_epoch_ is not None and stopper.best_epoch_ == stopper.epoch_ - 1:
+                self.best[i] = unit.snapshot(k)
+            if stop or last:
+                unit.freeze(k, self.best[i] if i in self.best else unit.snapshot(k))
+                self.stopped.add(i)
+                restored = True
+        return restored
+
+    def state(self) -> dict[str, Any]:
+        return {"stoppers": [None if s is None else s.state_dict() for s in self.stoppers],
+                "best": self.best, "stopped": sorted(self.stopped)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for stopper, saved in zip(self.stoppers, state["stoppers"], strict=True):
+            if stopper is not None:
+                stopper.load_state_dict(saved)
+        self.best = dict(state["best"])
+        self.stopped = set(state["stopped"])

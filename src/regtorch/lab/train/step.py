@@ -6,6 +6,12 @@ member losses — never the mean, which would rescale SGD's lr and Adam's ε —
 members. The composed transform is traced once, for the full batch, into a plain graph of batched
 ops (``make_fx``): the per-step cost is then that of the ops, not of the transforms. Dropout draws
 a different mask per member (``randomness="different"``).
+
+**Buffers** (BatchNorm's running statistics and batch count) are stacked like the parameters,
+``[K, ...]``, and passed to ``functional_call`` beside them: in train mode each member's batch
+statistics update its own running statistics in place, exactly as the plain module's would; in
+eval mode each member normalizes with its own. :func:`vectorizable` tries one small step first
+and says why when ``vmap`` cannot run a model.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-__all__ = ["StackedStep"]
+__all__ = ["StackedStep", "vectorizable"]
 
 logger = logging.getLogger("regtorch.lab")
 
@@ -30,37 +36,46 @@ class StackedStep:
     Args:
         template: the model whose structure every member shares.
         names: the names of the stacked parameters, in the order of :meth:`bind`'s tensors.
+        buffer_names: the names of the stacked buffers, likewise.
         loss: ``loss(outputs, targets)``, averaged over the batch.
         random: the model draws random numbers (dropout): a different draw per member.
         traces: traced steps by signature, shared between groups of the same shapes.
     """
 
     def __init__(self, template: nn.Module, names: list[str], loss: Callable,
-                 *, random: bool, traces: dict[tuple, Callable]) -> None:
+                 *, random: bool, traces: dict[tuple, Callable],
+                 buffer_names: Sequence[str] = ()) -> None:
         self.template = template
         # A trace holds only batched ops on its inputs: it serves any group of the same model
         # structure (the template's repr), loss, stacked shapes and batch shape.
         self.signature: tuple = (repr(template), loss, random)
         self.params: tuple[Tensor, ...] = ()
+        self.buffers: tuple[Tensor, ...] = ()
+        buffer_names = list(buffer_names)
 
-        def member_loss(params: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Tensor:
-            return loss(functional_call(template, dict(zip(names, params)), (x,)), y)
+        def member_output(params: tuple[Tensor, ...], buffers: tuple[Tensor, ...],
+                          x: Tensor) -> Tensor:
+            tensors = (dict(zip(names, params)), dict(zip(buffer_names, buffers)))
+            return functional_call(template, tensors, (x,))
 
-        def member_output(params: tuple[Tensor, ...], x: Tensor) -> Tensor:
-            return functional_call(template, dict(zip(names, params)), (x,))
+        def member_loss(params: tuple[Tensor, ...], buffers: tuple[Tensor, ...], x: Tensor,
+                        y: Tensor) -> Tensor:
+            return loss(member_output(params, buffers, x), y)
 
         randomness = "different" if random else "error"
-        self.grad = vmap(grad_and_value(member_loss), in_dims=(0, None, None),
+        self.grad = vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None),
                          randomness=randomness)
-        self.forward = vmap(member_output, in_dims=(0, None), randomness="different")
+        self.forward = vmap(member_output, in_dims=(0, 0, None), randomness="different")
         self.traced = traces
         self.batch_shape: torch.Size | None = None  # the first (full) batch's shape: traced
         self.step: Callable = self.grad
 
-    def bind(self, tensors: Sequence[Tensor]) -> None:
-        """Step these stacked tensors (views: the optimizer's in-place updates show)."""
+    def bind(self, tensors: Sequence[Tensor], buffers: Sequence[Tensor] = ()) -> None:
+        """Step these stacked parameters (views: the optimizer's in-place updates show) and
+        update these stacked buffers in place."""
         self.params = tuple(t.detach() for t in tensors)
-        self.signature += (tuple((p.shape, p.dtype) for p in self.params),)
+        self.buffers = tuple(buffers)
+        self.signature += (tuple((p.shape, p.dtype) for p in self.params + self.buffers),)
 
     @torch.no_grad()
     def __call__(self, x: Tensor, y: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
@@ -73,16 +88,19 @@ class StackedStep:
         if x.shape != self.batch_shape:
             # An epoch's last, smaller batch: once per epoch, cheaper eagerly than a trace
             # (~0.2 s). Same ops, same results.
-            return self.grad(self.params, x, y)
-        return self.step(self.params, x, y)
+            return self.grad(self.params, self.buffers, x, y)
+        return self.step(self.params, self.buffers, x, y)
 
     def _trace(self, x: Tensor, y: Tensor) -> Callable:
         # Looked up when a group first traces: a private torch module (tests replace it).
         from torch.fx.experimental.proxy_tensor import make_fx
 
         try:
-            with torch.random.fork_rng(devices=[]):  # tracing must not consume dropout draws
-                return make_fx(self.grad)(self.params, x, y)
+            # Tracing runs the ops: it must neither consume dropout draws nor update the running
+            # statistics (copies of the buffers are traced; the graph updates its inputs).
+            with torch.random.fork_rng(devices=[]):
+                buffers = tuple(b.clone() for b in self.buffers)
+                return make_fx(self.grad)(self.params, buffers, x, y)
         except Exception as error:  # any tracing failure: run the same transform eagerly
             logger.debug("regtorch.lab: tracing failed (%s); running vmap eagerly", error)
             return self.grad
@@ -92,6 +110,28 @@ class StackedStep:
         """Eval-mode outputs of every member, ``[K, n, outputs]``."""
         self.template.eval()
         try:
-            return self.forward(self.params, x)
+            return self.forward(self.params, self.buffers, x)
         finally:
             self.template.train()
+
+
+def vectorizable(template: nn.Module, x: Tensor, y: Tensor, loss: Callable, *,
+                 random: bool) -> str | None:
+    """Why ``vmap`` cannot train ``template`` (one line), or None when it can.
+
+    Tries one vectorized gradient and one eval-mode forward of two stacked copies of the template
+    on the first two examples, on copies of its buffers and without consuming random numbers.
+    """
+    params = {name: torch.stack([p.detach()] * 2) for name, p in template.named_parameters()}
+    buffers = {name: torch.stack([b.detach()] * 2) for name, b in template.named_buffers()}
+    step = StackedStep(template, list(params), loss, random=random, traces={},
+                       buffer_names=list(buffers))
+    step.bind(list(params.values()), list(buffers.values()))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            step.grad(step.params, step.buffers, x[:2], y[:2])
+            step.evaluate(x[:2])
+    except Exception as error:  # whatever vmap refuses: the group trains member by member
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    return None

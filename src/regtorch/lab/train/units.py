@@ -89,6 +89,8 @@ class Unit:
         self.optimizer = optimizer if prox_reg is None else Proximal(optimizer, prox_reg)
         self.per_step = schedule.per == "step"
         self.scheduler = make_scheduler(schedule, self.optimizer)
+        self.frozen: dict[int, dict[str, Tensor]] = {}
+        """Members stopped early (index → the state they are held at)."""
 
     # -- what the two kinds do differently ---------------------------------------------------
     def strength(self, values: list[float]) -> float | Tensor:
@@ -96,7 +98,11 @@ class Unit:
         raise NotImplementedError
 
     def member_view(self, name: str) -> Tensor:
-        """Parameter ``name`` of every member, ``[members, ...]`` (a view, not a copy)."""
+        """Parameter or buffer ``name`` of every member, ``[members, ...]`` (a view)."""
+        raise NotImplementedError
+
+    def member_state_names(self) -> list[str]:
+        """The names of the members' parameters, then of their buffers."""
         raise NotImplementedError
 
     def compute_grads(self, x: Tensor, y: Tensor) -> Tensor:
@@ -118,11 +124,15 @@ class Unit:
 
     # -- shared ------------------------------------------------------------------------------
     def train_step(self, x: Tensor, y: Tensor) -> None:
-        """One optimizer step on the batch (penalty gradients added, proximal step taken)."""
+        """One optimizer step on the batch (penalty gradients added, proximal step taken); the
+        members stopped early are held where they stopped."""
+        if len(self.frozen) == len(self.members):
+            return
         losses = self.compute_grads(x, y)
         for reg in self.grad_regs:
             reg.add_grad_()
         self.optimizer.step()
+        self._hold_frozen()
         if self.scheduler is not None and self.per_step:
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(float(losses.detach().reshape(-1)[0]))  # one member
@@ -131,12 +141,31 @@ class Unit:
 
     def end_epoch(self) -> None:
         """Step a per-epoch schedule (a plateau one on the full training loss)."""
-        if self.scheduler is not None and not self.per_step:
+        if self.scheduler is not None and not self.per_step \
+                and len(self.frozen) < len(self.members):
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 x, y = self.train_data
                 self.scheduler.step(float(self.loss(self.outputs(x)[0], y)))
             else:
                 self.scheduler.step()
+
+    @torch.no_grad()
+    def snapshot(self, k: int) -> dict[str, Tensor]:
+        """Member ``k``'s parameters and buffers (copies)."""
+        return {name: self.member_view(name)[k].clone() for name in self.member_state_names()}
+
+    @torch.no_grad()
+    def freeze(self, k: int, state: dict[str, Tensor]) -> None:
+        """Put ``state`` (a :meth:`snapshot`) into member ``k`` and hold it there: a member
+        stopped early is masked, not removed, from a stacked unit."""
+        self.frozen[k] = state
+        self._hold_frozen()
+
+    @torch.no_grad()
+    def _hold_frozen(self) -> None:
+        for k, state in self.frozen.items():
+            for name, value in state.items():
+                self.member_view(name)[k].copy_(value)
 
     @property
     def lr(self) -> float:
@@ -151,20 +180,22 @@ class Unit:
         return total
 
     def finals(self) -> dict[tuple[str, float, int], dict[str, Tensor]]:
-        """Each member's parameters (copies), by member key."""
-        return {member.key: {name: self.member_view(name)[k].detach().clone()
-                             for name in self.tensors}
+        """Each member's parameters and buffers (copies), by member key."""
+        names = self.member_state_names()
+        return {member.key: {name: self.member_view(name)[k].detach().clone() for name in names}
                 for k, member in enumerate(self.members)}
 
     def state(self) -> dict[str, Any]:
         """The tensors, optimizer and scheduler state (a checkpoint's share of this unit)."""
         return {"tensors": self.state_tensors(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "frozen": self.frozen}
 
     @torch.no_grad()
     def load_state(self, state: dict[str, Any]) -> None:
         """Put back what :meth:`state` returned, in place (the optimizer keeps its tensors)."""
         self.load_tensors(state["tensors"])
+        self.frozen = dict(state["frozen"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -178,20 +209,25 @@ class Unit:
 
 
 class StackedUnit(Unit):
-    """Every member of a group as stacked ``[K, ...]`` tensors, stepped by :class:`StackedStep`.
+    """Members as stacked ``[K, ...]`` parameters and buffers, stepped by :class:`StackedStep`.
     """
 
     def __init__(self, study: Study, template: nn.Module, members: list[Member],
-                 tensors: dict[str, Tensor], step: StackedStep, **options: Any) -> None:
+                 tensors: dict[str, Tensor], step: StackedStep, *,
+                 buffers: dict[str, Tensor] | None = None, **options: Any) -> None:
         self.step = step
+        self.buffers = buffers or {}
         super().__init__(study, template, members, tensors, **options)
-        step.bind(list(tensors.values()))
+        step.bind(list(tensors.values()), list(self.buffers.values()))
 
     def strength(self, values: list[float]) -> Tensor:
         return torch.tensor(values, dtype=torch.float64)
 
     def member_view(self, name: str) -> Tensor:
-        return self.tensors[name]
+        return self.tensors[name] if name in self.tensors else self.buffers[name]
+
+    def member_state_names(self) -> list[str]:
+        return [*self.tensors, *self.buffers]
 
     def compute_grads(self, x: Tensor, y: Tensor) -> Tensor:
         grads, losses = self.step(x, y)
@@ -204,11 +240,11 @@ class StackedUnit(Unit):
         return self.step.evaluate(x)
 
     def state_tensors(self) -> dict[str, Tensor]:
-        return {name: t.detach() for name, t in self.tensors.items()}
+        return {name: self.member_view(name).detach() for name in self.member_state_names()}
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        for name, tensor in self.tensors.items():
-            tensor.copy_(tensors[name])
+        for name in self.member_state_names():
+            self.member_view(name).detach().copy_(tensors[name])
 
 
 class SingleUnit(Unit):
@@ -223,7 +259,12 @@ class SingleUnit(Unit):
         return float(values[0])
 
     def member_view(self, name: str) -> Tensor:
-        return self.tensors[name].unsqueeze(0)
+        return self.module.get_parameter(name).unsqueeze(0) if name in self.tensors \
+            else self.module.get_buffer(name).unsqueeze(0)
+
+    def member_state_names(self) -> list[str]:
+        return [name for name, _ in self.module.named_parameters()] + \
+            [name for name, _ in self.module.named_buffers()]
 
     def compute_grads(self, x: Tensor, y: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
