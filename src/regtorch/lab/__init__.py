@@ -12,7 +12,9 @@ The lab's modules follow its data flow:
 * :mod:`regtorch.lab.present`: the run directory, tables, plots, HTML reports and the console;
 * :mod:`regtorch.lab.cli`: the ``regtorch`` command.
 
-Records and summaries have one schema, :mod:`regtorch.lab.schema`.
+Records and summaries have one schema, :mod:`regtorch.lab.schema`. From Python (a notebook),
+:func:`regtorch.lab.run` and :func:`regtorch.lab.sweep` (:mod:`regtorch.lab.api`) take a study
+or your own model factory and arrays.
 
 Needs the ``lab`` extra (``pip install "regtorch[lab]"``). The lab uses only regtorch's public API.
 """
@@ -22,14 +24,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Member", "Study", "StudyError", "StudyResult", "Variant", "parse_study", "run_study"]
+__all__ = ["Member", "Study", "StudyError", "StudyResult", "Variant", "parse_study", "run",
+           "run_study", "sweep"]
 
 # Imported on first use (PEP 562): importing one module of the lab, or the command for its
 # --help, does not import the engine.
 _HOMES = {"Member": "regtorch.lab.train", "StudyResult": "regtorch.lab.train",
           "run_study": "regtorch.lab.train", "Study": "regtorch.lab.study",
           "StudyError": "regtorch.lab.study", "Variant": "regtorch.lab.study",
-          "parse_study": "regtorch.lab.study"}
+          "parse_study": "regtorch.lab.study", "run": "regtorch.lab.api",
+          "sweep": "regtorch.lab.api"}
 
 
 def __getattr__(name: str) -> Any:

@@ -87,7 +87,8 @@ class _GroupBase(TypedDict):
 class GroupInfo(_GroupBase, total=False):
     """How a group of members was trained (``config.json``'s ``run.groups``)."""
 
-    reason: str  # why vmap could not run the model (mode "loop" with several members)
+    reason: str  # why the members train one by one (vmap cannot run the model, or memory)
+    chunks: list[int]  # members per stacked unit, when the memory budget split the group
 
 
 class Stats(TypedDict, total=False):

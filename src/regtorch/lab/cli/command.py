@@ -170,6 +170,9 @@ def _parser() -> _Parser:
         sub.add_argument("--fresh", action="store_true",
                          help="start over: discard what an earlier run left in the directory "
                          "(default: continue it)")
+        sub.add_argument("--memory", metavar="SIZE", help="memory budget of the members "
+                         "trained stacked at once, e.g. 512M or 2G; a larger group trains in "
+                         "chunks (default: a quarter of the RAM, at most 2G)")
         sub.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_SECONDS,
                          metavar="SECONDS", help="save the training state this often "
                          f"(default: {CHECKPOINT_SECONDS:g}; 0: every epoch)")

@@ -50,6 +50,7 @@ from regtorch.lab.present.tables import choice_rows, path_rows, table_rows
 from regtorch.lab.study import PRESETS, Study, parse_study, preset, preset_names, read_toml
 from regtorch.lab.study.presets import demo_names
 from regtorch.lab.train import Checkpoints, StudyResult, check_study, run_study
+from regtorch.lab.train.memory import parse_memory
 
 __all__ = ["COMMANDS", "load_study", "sweep_and_write", "train_and_write"]
 
@@ -64,8 +65,8 @@ def list_command(args: argparse.Namespace) -> None:
 
 def run_command(args: argparse.Namespace) -> None:
     study = load_study(args.study).with_overrides(seeds=args.seeds, epochs=args.epochs)
-    _run_studies([study], _output_dir(args.out), options=_options(args),
-                 threads=_threads(args))
+    options = _options(args)  # a bad option fails before the output directory is made
+    _run_studies([study], _output_dir(args.out), options=options, threads=_threads(args))
 
 
 def demo_command(args: argparse.Namespace) -> None:
@@ -138,8 +139,8 @@ def _exists(path: Path) -> bool:
 
 def train_and_write(study: Study, out: Path,
                     on_epoch: Callable[[int, int], None] | None = None, *, fresh: bool = False,
-                    checkpoint_every: float | None = None, report: bool = True
-                    ) -> dict[str, Any]:
+                    checkpoint_every: float | None = None, report: bool = True,
+                    memory: int | None = None) -> dict[str, Any]:
     """Train one study (continuing an interrupted run in ``out/<study>``), write its files and
     (unless ``report`` is false: the caller draws it) its report; return what the console shows
     of it."""
@@ -148,7 +149,8 @@ def train_and_write(study: Study, out: Path,
     with _holding(directory):
         config, checkpoints = _prepare(directory, study.to_dict(), fresh, checkpoint_every)
         start = time.perf_counter()
-        result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints)
+        result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints,
+                           memory=memory)
         seconds = time.perf_counter() - start
         summary = summarize(result)
         config["run"]["groups"] = result.groups
@@ -165,7 +167,8 @@ def train_and_write(study: Study, out: Path,
 
 
 def sweep_and_write(base: Study, spec: SweepSpec, out: Path, *, fresh: bool = False,
-                    checkpoint_every: float | None = None) -> dict[str, Any]:
+                    checkpoint_every: float | None = None, memory: int | None = None
+                    ) -> dict[str, Any]:
     """Search λ_max when no grid is given, train the path, write its files and report; return
     what the console shows of it (see :mod:`regtorch.lab.analysis.sweep`)."""
     check_study(path_study(base, spec, (1.0,)))  # a bad study fails before its directory is made
@@ -179,7 +182,8 @@ def sweep_and_write(base: Study, spec: SweepSpec, out: Path, *, fresh: bool = Fa
         def train(study: Study, phase: str) -> StudyResult:
             with progress(stderr, f"{directory.name}: {phase}") as on_epoch:
                 result = run_study(study, on_epoch=on_epoch,
-                                   checkpoints=checkpoints.child(f"{phase}-"))
+                                   checkpoints=checkpoints.child(f"{phase}-"),
+                                   memory=memory)
             resumed.extend(f"{phase} {line}" for line in result.resumed)
             return result
 
@@ -281,11 +285,16 @@ def _train_in_worker(on_epoch: Callable[[int, int], None], study: Study, out: st
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """How results are kept: ``fresh`` and ``checkpoint_every`` (validated)."""
+    """How results are kept and groups sized: ``fresh``, ``checkpoint_every``, ``memory``
+    (validated)."""
     every = args.checkpoint_every
     if not every >= 0 or every == float("inf"):
         raise UsageError(f"--checkpoint-every: must be a number of seconds >= 0, got {every}")
-    return {"fresh": args.fresh, "checkpoint_every": every}
+    try:
+        memory = None if args.memory is None else parse_memory(args.memory)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return {"fresh": args.fresh, "checkpoint_every": every, "memory": memory}
 
 
 def _threads(args: argparse.Namespace) -> int | None:

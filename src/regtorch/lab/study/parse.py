@@ -36,7 +36,8 @@ from regtorch.lab.study.spec import (
     positive_int,
 )
 
-__all__ = ["parse_study", "read_toml"]
+__all__ = ["parse_data", "parse_model", "parse_recipe", "parse_study", "parse_variants",
+           "read_toml"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -60,17 +61,8 @@ def parse_study(spec: Mapping[str, Any], source: str = "study", root: str | Path
     data = _data(_Table(top.get("data", Mapping, required=True), f"{source}: data"),
                  Path(root))
     model = _model(_Table(top.get("model", Mapping, {}), f"{source}: model"), data, root)
-    recipe = _recipe(_Table(top.get("train", Mapping, {}), f"{source}: train"))
-    raw_variants = top.get("variants", list, required=True)
-    if not raw_variants:
-        raise StudyError(f"{source}: variants is empty (give at least one [[variants]])")
-    variants = tuple(_variant(_Table(v, f"{source}: variants[{i}]", mapping_of="variant"),
-                              recipe)
-                     for i, v in enumerate(raw_variants))
-    names = [v.name for v in variants]
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise StudyError(f"{source}: variants[{i}].name {n!r} is used twice")
+    recipe = parse_recipe(top.get("train", Mapping, {}), f"{source}: train")
+    variants = parse_variants(top.get("variants", list, required=True), recipe, source)
     top.done()
     for i, v in enumerate(variants):
         if model.kind == "linear" and v.dropout:
@@ -99,6 +91,37 @@ def parse_study(spec: Mapping[str, Any], source: str = "study", root: str | Path
                          f"'cross-entropy' does not apply")
     return Study(name=name, description=description, data=data, model=model, train=recipe,
                  variants=variants, seeds=seeds, data_seed=data_seed)
+
+
+def parse_data(raw: Mapping[str, Any], where: str = "data", root: str | Path = "."
+               ) -> DataSpec | Source:
+    """The ``[data]`` table (see the vocabulary); ``root`` as for :func:`parse_study`."""
+    return _data(_Table(raw, where), Path(root))
+
+
+def parse_model(raw: Mapping[str, Any], where: str = "model", root: str | Path = "."
+                ) -> ModelSpec:
+    """The ``[model]`` table (see the vocabulary); ``root`` as for :func:`parse_study`."""
+    return _model(_Table(raw, where), None, root)
+
+
+def parse_recipe(raw: Mapping[str, Any], where: str = "train") -> Recipe:
+    """The ``[train]`` table: the training recipe (see the vocabulary)."""
+    return _recipe(_Table(raw, where))
+
+
+def parse_variants(raw: list[Any], recipe: Recipe, source: str = "study") -> tuple[Variant, ...]:
+    """The ``[[variants]]`` list, names unique (see the vocabulary)."""
+    if not raw:
+        raise StudyError(f"{source}: variants is empty (give at least one [[variants]])")
+    variants = tuple(_variant(_Table(v, f"{source}: variants[{i}]", mapping_of="variant"),
+                              recipe)
+                     for i, v in enumerate(raw))
+    names = [v.name for v in variants]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise StudyError(f"{source}: variants[{i}].name {n!r} is used twice")
+    return variants
 
 
 class _Table:

@@ -46,9 +46,10 @@ from regtorch import WEIGHTS, EarlyStopping
 from regtorch.lab.schema import GroupInfo, Record
 from regtorch.lab.study.data import Datasets, make_data
 from regtorch.lab.study.models import build_model
-from regtorch.lab.study.spec import Study
+from regtorch.lab.study.spec import Study, StudyError
 from regtorch.lab.train.build import DTYPES, criterion, parameter_names
 from regtorch.lab.train.checkpoints import Checkpoints
+from regtorch.lab.train.memory import chunk_sizes, default_memory, member_bytes
 from regtorch.lab.train.plan import Member, group_members, members_of
 from regtorch.lab.train.records import EvaluationSet, record_epoch
 from regtorch.lab.train.step import StackedStep, vectorizable
@@ -75,7 +76,8 @@ class StudyResult:
 
 
 def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = None,
-              checkpoints: Checkpoints | None = None) -> StudyResult:
+              checkpoints: Checkpoints | None = None, memory: int | None = None,
+              data: Datasets | None = None) -> StudyResult:
     """Train every member of ``study`` and record its metrics.
 
     Args:
@@ -85,13 +87,18 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
             and found again when the same study runs a second time (see the module docstring).
             The caller makes sure they belong to this study
             (:func:`regtorch.lab.present.rundir.prepare_directory`).
+        memory: the budget in bytes of what a stacked group holds at once (see
+            :mod:`regtorch.lab.train.memory`; default: ``default_memory()``).
+        data: the data, when it is not made from ``study.data`` (the Python API's arrays).
 
     Returns:
         the records (one per member per epoch, epoch 0 = before training), each member's
         final parameters and a description of the groups.
     """
     dtype = DTYPES[study.train.dtype]
-    data = make_data(study.data, study.data_seed, dtype)
+    if data is None:
+        data = make_data(study.data, study.data_seed, dtype)
+    budget = default_memory() if memory is None else memory
     result = StudyResult(study, data)
     groups = group_members(study, members_of(study))
     total = sum(len(g) for g in groups) * study.train.epochs
@@ -118,17 +125,18 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
             tick(len(members) * study.train.epochs)
             continue
         trainer = _Group(study, data, members, initial, seed=study.data_seed * 7919 + index,
-                         traces=traces)
+                         traces=traces, budget=budget)
         group: GroupInfo = {"variants": sorted({m.variant.name for m in members}),
                             "members": len(members),
                             "mode": "vectorized" if trainer.vectorized else "loop"}
+        if len(trainer.units) > 1 and trainer.vectorized:
+            group["chunks"] = [len(unit.members) for unit in trainer.units]
         if trainer.reason is not None:
             group["reason"] = trainer.reason
             if trainer.reason not in said:  # once per study, however many groups it stops
                 said.add(trainer.reason)
-                logger.warning("regtorch.lab: %s: vmap cannot run this model (%s); its members "
-                               "train one by one, with the same results", study.name,
-                               trainer.reason)
+                logger.warning("regtorch.lab: %s: members train one by one (same results, "
+                               "slower): %s", study.name, trainer.reason)
         records: list[Record] = []
         partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
         first_epoch = trainer.run(records, tick, partial)
@@ -167,7 +175,8 @@ class _Group:
     unit each)."""
 
     def __init__(self, study: Study, data: Datasets, members: list[Member],
-                 initial: _InitialModels, seed: int, traces: dict[tuple, Callable]) -> None:
+                 initial: _InitialModels, seed: int, traces: dict[tuple, Callable],
+                 budget: int) -> None:
         self.study, self.data, self.members, self.seed = study, data, members, seed
         first = members[0].variant
         models = [initial(m.seed, first.dropout) for m in members]
@@ -175,24 +184,44 @@ class _Group:
         loss = criterion(study.train.loss)
         x, y = data.split("train")
         # A lone member gains nothing from stacking and trains faster as the plain module.
-        self.reason = None if len(members) == 1 else vectorizable(
-            template, x, y, loss, random=bool(first.dropout))
-        self.vectorized = len(members) > 1 and self.reason is None
+        why = None if len(members) == 1 else vectorizable(template, x, y, loss,
+                                                          random=bool(first.dropout))
+        self.reason = None if why is None else f"vmap cannot run this model ({why})"
+        sizes = [1] * len(members)
+        if len(members) > 1 and self.reason is None:
+            batch = study.train.batch_size or x.shape[0]
+            cost = member_bytes(template, x[:batch], self.evaluation_rows(data),
+                                study.train.optimizer)
+            sizes = chunk_sizes(len(members), cost, budget)
+            if sizes == [1] * len(members):
+                self.reason = (f"the memory budget ({_mib(budget)}) holds one member "
+                               f"(about {_mib(cost)}), not two")
+        self.vectorized = len(sizes) < len(members)
         self.weight_names = parameter_names(template, WEIGHTS)
         self.evaluation = EvaluationSet(data)
         options = dict(schedule=study.schedule_of(first), loss=loss,
                        train_data=data.split("train"))
         self.units: list[Unit]
         if self.vectorized:
-            stacked, buffers = stack_module_state(models)
-            step = StackedStep(template, list(stacked), loss, random=bool(first.dropout),
-                               traces=traces, buffer_names=list(buffers))
-            self.units = [StackedUnit(study, template, members, stacked, step, buffers=buffers,
-                                      **options)]
+            self.units = []
+            start = 0
+            for size in sizes:
+                chunk = slice(start, start + size)
+                start += size
+                stacked, buffers = stack_module_state(models[chunk])
+                step = StackedStep(template, list(stacked), loss, random=bool(first.dropout),
+                                   traces=traces, buffer_names=list(buffers))
+                self.units.append(StackedUnit(study, template, members[chunk], stacked, step,
+                                              buffers=buffers, **options))
         else:
             self.units = [SingleUnit(study, template, m, model, **options)
                           for m, model in zip(members, models)]
         self.early = _EarlyStops(members, self.units)
+        self.plan = [len(unit.members) for unit in self.units]
+
+    @staticmethod
+    def evaluation_rows(data: Datasets) -> int:
+        return sum(data.split(split)[0].shape[0] for split in ("train", "val", "test"))
 
     def run(self, records: list[Record], tick: Callable[[int], None],
             partial: tuple[Checkpoints, str] | None = None) -> int:
@@ -242,12 +271,17 @@ class _Group:
     def _state(self, records: list[Record], epoch: int, order: torch.Generator
                ) -> dict[str, Any]:
         """Everything the epochs after ``epoch`` depend on (see the module docstring)."""
-        return {"epoch": epoch, "records": records, "order": order.get_state(),
+        return {"epoch": epoch, "plan": self.plan, "records": records,
+                "order": order.get_state(),
                 "rng": torch.get_rng_state(), "units": [unit.state() for unit in self.units],
                 "early": self.early.state()}
 
     def _restore(self, state: dict[str, Any], records: list[Record],
                  order: torch.Generator) -> int:
+        if state.get("plan") != self.plan:
+            raise StudyError(f"the checkpoint of this group was trained in chunks of "
+                             f"{state.get('plan')}, this run would use {self.plan} (another "
+                             f"--memory): rerun with the same --memory, or --fresh")
         records.extend(state["records"])
         order.set_state(state["order"])
         torch.set_rng_state(state["rng"])
@@ -310,3 +344,7 @@ class _EarlyStops:
                 stopper.load_state_dict(saved)
         self.best = dict(state["best"])
         self.stopped = set(state["stopped"])
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**20:.3g} MiB"
