@@ -277,7 +277,8 @@ def test_the_manuals_study_file_is_valid():
     manual = (Path(__file__).resolve().parents[2] / "docs" / "lab.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```toml\n(.*?)```", manual, flags=re.DOTALL)
     assert blocks, "docs/lab.md has no ```toml block"
-    study = parse_study(tomllib.loads(blocks[0]), "docs/lab.md")
+    block = next(b for b in blocks if 'name = "my-study"' in b)
+    study = parse_study(tomllib.loads(block), "docs/lab.md")
     assert [v.name for v in study.variants] == ["none", "l1", "prox-l1"]
     assert study.data.nonzeros == 5 and study.train.batch_size == 0
     assert study.variants[2].apply == "prox" and study.variants[2].tuned

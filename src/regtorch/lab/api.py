@@ -233,14 +233,15 @@ def _study(study: Study | str | Mapping[str, Any] | None, *, model: Any, data: A
     base = _base(study, name)
     if data_seed is not None:
         base = dataclasses.replace(base, data_seed=data_seed)
+    if train:  # before the data: the arrays are made in the recipe's dtype
+        recipe = {**_recipe_dict(base), **train}
+        base = dataclasses.replace(base, train=parse_recipe(recipe, "train"))
     datasets = None
     if data is not None:
         base, datasets = _with_data(base, data, val, test)
-    if "loss" not in train and study is None:
-        classification = datasets is not None and datasets.classification
-        train["loss"] = "cross-entropy" if classification else "mse"
-    if train:
-        recipe = {**_recipe_dict(base), **train}
+    if "loss" not in train and study is None and datasets is not None \
+            and datasets.classification:
+        recipe = {**_recipe_dict(base), "loss": "cross-entropy"}
         base = dataclasses.replace(base, train=parse_recipe(recipe, "train"))
     if model is not None:
         base = dataclasses.replace(base, model=_model(model))
