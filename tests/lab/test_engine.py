@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import regtorch
+from regtorch.lab.schema import LOSS_KEYS
 from regtorch.lab.study import ModelSpec, Study, Variant, parse_study
 from regtorch.lab.study.data import make_data
 from regtorch.lab.study.models import build_model
@@ -44,7 +45,6 @@ ATOL = 1e-10
 F32_ATOL = 1e-5
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-LOSS_KEYS = ("train_loss", "val_loss", "test_loss")
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,3 +64,11 @@ def test_matplotlib_only_in_present():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=120)
     assert done.stdout.strip() == "False"
+
+
+def test_the_linear_model_s_names_are_the_ones_the_summary_reads():
+    from regtorch.lab.study.models import LINEAR_BIAS, LINEAR_WEIGHT, build_model
+    from regtorch.lab.study.spec import ModelSpec
+
+    model = build_model(ModelSpec("linear"), inputs=3, outputs=1, seed=0)
+    assert [name for name, _ in model.named_parameters()] == [LINEAR_WEIGHT, LINEAR_BIAS]

@@ -36,7 +36,15 @@ from typing import Any
 import torch
 
 from regtorch.lab.analysis.reference import ALPHA_PER_LAMBDA, lasso_comparison, lasso_reference
-from regtorch.lab.schema import ACC_KEYS, LOSS_KEYS, STAT_KEYS
+from regtorch.lab.schema import (
+    ACC_KEYS,
+    LOSS_KEYS,
+    STAT_KEYS,
+    Record,
+    Stats,
+    StudySummary,
+)
+from regtorch.lab.study.models import LINEAR_BIAS, LINEAR_WEIGHT
 from regtorch.lab.study.spec import Study, Variant
 from regtorch.lab.train.engine import StudyResult
 
@@ -51,7 +59,7 @@ SAME_RTOL = 1e-7            # "the same": float32 rounding (two runs that merely
 #                             the same constant predictor agree only to ~1e-6)
 
 
-def summarize(result: StudyResult) -> dict[str, Any]:
+def summarize(result: StudyResult) -> StudySummary:
     """The summary of a finished study (what ``summary.json`` holds; see the module docstring)."""
     study = result.study
     epochs = study.train.epochs
@@ -97,7 +105,7 @@ def summarize(result: StudyResult) -> dict[str, Any]:
 
 
 # -- statistics --------------------------------------------------------------------------------
-def final_stats(rows: list[dict], study: Study) -> dict[str, Any]:
+def final_stats(rows: list[Record], study: Study) -> Stats:
     """Means and standard deviations (``ddof=1``) of final-epoch records over the members that
     did not diverge, the test/train ratio of the mean losses, and how many diverged."""
     alive = [r for r in rows if not r["diverged"]]
@@ -166,7 +174,7 @@ def _lasso_extras(result: StudyResult, variant: Variant, candidates: list[dict[s
         return {}
     weights = []
     for lam in variant.strengths:
-        thetas = [t["0.weight"].reshape(-1).double() for (name, s, _), t in
+        thetas = [t[LINEAR_WEIGHT].reshape(-1).double() for (name, s, _), t in
                   result.finals.items() if name == variant.name and s == lam]
         if not thetas:
             return {}
@@ -229,8 +237,8 @@ def _linear_extras(result: StudyResult, variant: Variant, strength: float | None
               if not r["diverged"]]
     if not thetas:
         return {}
-    weights = torch.stack([t["0.weight"].reshape(-1).double() for t in thetas])
-    biases = torch.stack([t["0.bias"].reshape(-1).double() for t in thetas])
+    weights = torch.stack([t[LINEAR_WEIGHT].reshape(-1).double() for t in thetas])
+    biases = torch.stack([t[LINEAR_BIAS].reshape(-1).double() for t in thetas])
     out: dict[str, Any] = {}
     if weights.shape[1] == 1:
         out["slope"] = float(weights.mean())

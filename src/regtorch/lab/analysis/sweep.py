@@ -49,6 +49,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from regtorch.lab.analysis.summary import final_stats
+from regtorch.lab.schema import Entry, Record, SearchPoint, SweepSummary
 from regtorch.lab.study.spec import Study, StudyError, Variant
 from regtorch.lab.train.engine import StudyResult
 
@@ -239,7 +240,7 @@ def find_lambda_max(base: Study, spec: SweepSpec,
     return Search(found, rule, points, records)
 
 
-def _search_points(result: StudyResult, spec: SweepSpec) -> list[dict[str, Any]]:
+def _search_points(result: StudyResult, spec: SweepSpec) -> list[SearchPoint]:
     points = []
     for lam in result.study.variants[1].strengths:
         row = _final(result, spec.penalty, lam)
@@ -249,7 +250,7 @@ def _search_points(result: StudyResult, spec: SweepSpec) -> list[dict[str, Any]]
     return points
 
 
-def _final(result: StudyResult, variant: str, strength: float | None) -> dict[str, Any]:
+def _final(result: StudyResult, variant: str, strength: float | None) -> Record:
     epochs = result.study.train.epochs
     return next(r for r in result.records if r["variant"] == variant and r["epoch"] == epochs
                 and r["strength"] == strength)
@@ -275,7 +276,7 @@ def _qualifying(points: list[dict[str, Any]], reference: dict[str, Any]
 
 # -- the path and the choice -------------------------------------------------------------------
 def summarize_sweep(result: StudyResult, spec: SweepSpec, base: Study,
-                    search: Search | None = None) -> dict[str, Any]:
+                    search: Search | None = None) -> SweepSummary:
     """The sweep's ``summary.json`` (schema in the module docstring)."""
     study = result.study
     epochs = study.train.epochs
@@ -313,7 +314,7 @@ def _spec_fields(spec: SweepSpec) -> dict[str, Any]:
     return fields
 
 
-def _entry(rows: list[dict], study: Study) -> dict[str, Any]:
+def _entry(rows: list[Record], study: Study) -> Entry:
     stats = final_stats(rows, study)
     alive = len(rows) - stats["diverged"]
     std = stats["val_loss_std"]

@@ -105,9 +105,8 @@ def write_report(directory: str | os.PathLike[str]) -> Path:
     run = load_run(Path(directory))
     images = _draw(run)
     path = run.directory / REPORT
-    title = f"{run.name}: regularization path" if run.sweep else run.name
-    _write_page(path, title, [*_run_body(run, images, level=1), _config_block(run),
-                              _footer()])
+    _write_page(path, f"{run.name}{_kind(run).suffix}",
+                [*_run_body(run, images, level=1), _config_block(run), _footer()])
     return path
 
 
@@ -133,9 +132,8 @@ def write_index(out: str | os.PathLike[str],
     runs = [load_run(Path(d)) for d in directories]
     parts = [f"<h1>regtorch lab: {_count(len(runs), 'run')}</h1>", "<ul class=\"contents\">"]
     for run in runs:
-        kind = "regularization path" if run.sweep else "study"
         parts.append(f"<li><a href=\"#{_e(_anchor(run))}\">{_e(run.name)}</a> "
-                     f"<span class=\"meta\">({kind})</span></li>")
+                     f"<span class=\"meta\">({_kind(run).noun})</span></li>")
     parts.append("</ul>")
     for run in runs:
         link = urllib.parse.quote(Path(os.path.relpath(run.directory / REPORT, out)).as_posix())
@@ -178,10 +176,66 @@ def regenerate(path: str | os.PathLike[str]) -> list[Path]:
     return [*reports, write_index(path, runs)]
 
 
+# -- the two kinds of run -------------------------------------------------------------------
+class _StudyKind:
+    """How a study's page reads: its comparison table, verdicts, and curves per epoch."""
+
+    noun, suffix = "study", ""
+
+    @staticmethod
+    def rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        return table_rows(summary)
+
+    @staticmethod
+    def figures(run: Run) -> dict[str, Any]:
+        return study_figures(run.records, run.summary)
+
+    @staticmethod
+    def meta(run: Run) -> str:
+        return _study_meta(run)
+
+    @staticmethod
+    def sections(run: Run, sub: str, headers: list[str], rows: list[list[str]]) -> list[str]:
+        return [f"<{sub}>Comparison</{sub}>",
+                "<p class=\"hint\">Final epoch, mean ± std over the seeds that did not "
+                "diverge.</p>",
+                _table(headers, rows), f"<{sub}>Verdicts</{sub}>", _verdicts(run.summary),
+                *_lasso_sections(run.summary, sub)]
+
+
+class _SweepKind:
+    """How a sweep's page reads: the choices of λ, the path table, the λ_max search, the path."""
+
+    noun, suffix = "regularization path", ": regularization path"
+
+    @staticmethod
+    def rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        return path_rows(summary)
+
+    @staticmethod
+    def figures(run: Run) -> dict[str, Any]:
+        return path_figures(run.summary)
+
+    @staticmethod
+    def meta(run: Run) -> str:
+        return _sweep_meta(run)
+
+    @staticmethod
+    def sections(run: Run, sub: str, headers: list[str], rows: list[list[str]]) -> list[str]:
+        return [f"<{sub}>Choice of λ</{sub}>", *_choices(run.summary),
+                f"<{sub}>Path</{sub}>", _table(headers, rows, _path_row_classes(rows)),
+                *_search(run.summary, sub)]
+
+
+def _kind(run: Run) -> type[_StudyKind] | type[_SweepKind]:
+    """The page kind of a run: the one place a study and a sweep are told apart."""
+    return _SweepKind if run.sweep else _StudyKind
+
+
 def _table_of(run: Run) -> tuple[list[str], list[list[str]]]:
     """The run's table, as the console prints it; a summary missing a value fails by name."""
     try:
-        return path_rows(run.summary) if run.sweep else table_rows(run.summary)
+        return _kind(run).rows(run.summary)
     except (KeyError, TypeError, ValueError) as error:
         raise ReportError(f"{run.directory / SUMMARY}: malformed: cannot make its "
                           f"table ({type(error).__name__}: {error})") from None
@@ -190,8 +244,7 @@ def _table_of(run: Run) -> tuple[list[str], list[list[str]]]:
 # -- figures ------------------------------------------------------------------------------------
 def _draw(run: Run) -> dict[str, bytes]:
     """Draw the run's figures, write them as PNG files, and return their bytes by name."""
-    figures = (path_figures(run.summary) if run.sweep
-               else study_figures(run.records, run.summary))
+    figures = _kind(run).figures(run)
     images = {}
     for name, figure in figures.items():
         images[name] = png_bytes(figure)
@@ -242,22 +295,13 @@ def _run_body(run: Run, images: dict[str, bytes], level: int) -> list[str]:
     """A run's title, what it was, its table, its words and its plots; headings from ``level``."""
     h, sub = f"h{level}", f"h{level + 1}"
     headers, rows = _table_of(run)
-    parts = [f"<{h}>{_e(run.name)}{': regularization path' if run.sweep else ''}</{h}>"]
+    kind = _kind(run)
+    parts = [f"<{h}>{_e(run.name)}{kind.suffix}</{h}>"]
     description = run.config.get("description")
     if description:
         parts.append(f"<p class=\"description\">{_e(description)}</p>")
-    parts.append(f"<p class=\"meta\">{_e(_sweep_meta(run) if run.sweep else _study_meta(run))}"
-                 f"</p>")
-    if run.sweep:
-        parts += [f"<{sub}>Choice of λ</{sub}>", *_choices(run.summary),
-                  f"<{sub}>Path</{sub}>", _table(headers, rows, _path_row_classes(rows)),
-                  *_search(run.summary, sub)]
-    else:
-        parts += [f"<{sub}>Comparison</{sub}>",
-                  "<p class=\"hint\">Final epoch, mean ± std over the seeds that did not "
-                  "diverge.</p>",
-                  _table(headers, rows), f"<{sub}>Verdicts</{sub}>", _verdicts(run.summary)]
-        parts += _lasso_sections(run.summary, sub)
+    parts.append(f"<p class=\"meta\">{_e(kind.meta(run))}</p>")
+    parts += kind.sections(run, sub, headers, rows)
     notes = run.summary.get("notes") or []
     if notes:
         parts += [f"<{sub}>Notes</{sub}>", "<ul class=\"notes\">",

@@ -24,7 +24,11 @@ from regtorch.lab.study.cnn import build_cnn
 from regtorch.lab.study.sources import import_factory
 from regtorch.lab.study.spec import ModelSpec, StudyError, factory_name
 
-__all__ = ["build_model"]
+__all__ = ["LINEAR_BIAS", "LINEAR_WEIGHT", "build_model"]
+
+LINEAR_WEIGHT, LINEAR_BIAS = "0.weight", "0.bias"
+"""The parameter names of ``kind = "linear"`` (an ``nn.Sequential`` of one ``nn.Linear``): what
+the closed-form checks of the summary read."""
 
 
 def build_model(spec: ModelSpec, inputs: int | tuple[int, ...], outputs: int, *,
