@@ -9,7 +9,7 @@ from torch import nn
 
 from regtorch.lab.cli import main
 from regtorch.lab.present.rundir import checkpoint_directory
-from regtorch.lab.study import StudyError, parse_study
+from regtorch.lab.study import parse_study
 from regtorch.lab.train import Checkpoints, run_study
 from regtorch.lab.train.memory import (
     MAX_DEFAULT_MEMORY,
@@ -17,6 +17,7 @@ from regtorch.lab.train.memory import (
     default_memory,
     member_bytes,
     parse_memory,
+    state_bytes,
 )
 
 # float64; chunks run the same ops on fewer stacked members: only the rounding order of batched
@@ -35,8 +36,12 @@ STUDY = {
 
 
 def _same(a, b) -> None:
+    def key(r):
+        return (r["variant"], r["strength"] or 0.0, r["seed"], r["epoch"])
+
     assert len(a.records) == len(b.records)
-    for x, y in zip(a.records, b.records):
+    # chunks write their records one chunk after the other: compare member by member
+    for x, y in zip(sorted(a.records, key=key), sorted(b.records, key=key)):
         assert x.keys() == y.keys()
         for key, value in x.items():
             if isinstance(value, float):
@@ -59,9 +64,9 @@ def test_chunks_train_as_one_group():
     data = make_data(study.data, 1, torch.float64)
     model = build_model(study.model, 5, 1, dtype=torch.float64)
     cost = member_bytes(model, data.x_train[:8], 40, "sgd")
-    chunked = run_study(study, memory=4 * cost)
+    chunked = run_study(study, memory=4 * cost + 10 * state_bytes(model))  # 4 at a time
     assert chunked.groups == [{"variants": ["l2", "none"], "members": 10, "mode": "vectorized",
-                               "chunks": [4, 3, 3]}]
+                               "chunks": [4, 3, 3]}]  # trained one chunk after the other
     _same(whole, chunked)
 
 
@@ -75,7 +80,9 @@ def test_a_budget_below_two_members_trains_one_by_one(caplog):
     _same(run_study(study), alone)
 
 
-def test_a_checkpoint_of_other_chunks_is_refused(tmp_path):
+def test_another_budget_does_not_pick_up_another_plan_s_checkpoint(tmp_path):
+    """Interrupted one by one (a tiny budget), run again stacked: the partial state of the other
+    plan is left alone and the results are an uninterrupted run's."""
     study = parse_study(STUDY)
     checkpoints = Checkpoints(checkpoint_directory(tmp_path), interval=0)
 
@@ -85,9 +92,15 @@ def test_a_checkpoint_of_other_chunks_is_refused(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_study(study, checkpoints=checkpoints, on_epoch=stop, memory=1)
-    with pytest.raises(StudyError, match=r"chunks of \[1, 1.*this run would use \[10\].*"
-                                         r"--memory"):
-        run_study(study, checkpoints=checkpoints)
+    again = run_study(study, checkpoints=checkpoints)
+    assert again.resumed == []
+    _same(run_study(study), again)
+    # one by one again: the first run's partial state is that plan's, and is continued
+    alone = run_study(study, checkpoints=checkpoints, memory=2)
+    assert alone.groups[0]["mode"] == "loop"
+    # one by one, each member over every epoch: 6 members had finished, the 7th was at epoch 2
+    assert alone.resumed == ["group 1: finished"] * 6 + ["group 1: from epoch 2"]
+    _same(again, alone)
 
 
 @pytest.mark.parametrize(("text", "size"), [
@@ -112,6 +125,8 @@ def test_default_is_a_quarter_of_the_ram_at_most_2_gib():
     (10, 10, 90, [5, 5]), (3, 10, 19, [1, 1, 1]), (1, 10, 5, [1])])
 def test_chunk_sizes(members, cost, budget, sizes):
     assert chunk_sizes(members, cost, budget) == sizes
+    # what is kept of every member (its final state) comes off the budget first
+    assert chunk_sizes(members, cost, budget + 3 * members, kept=3) == sizes
 
 
 def test_the_estimate_counts_parameters_state_and_activations():

@@ -3,16 +3,17 @@
 Usage::
 
     regtorch list                                   # every preset and what it shows
-    regtorch run NAME|FILE [--seeds N] [--epochs N] [--out DIR] [--fresh]
-    regtorch demo [--seeds N] [--epochs N] [--out DIR] [--jobs N] [--fresh]
+    regtorch run NAME|FILE [--seeds N] [--epochs N] [--out DIR] [--fresh] [--memory SIZE]
+    regtorch demo [--seeds N] [--epochs N] [--out DIR] [--jobs N] [--fresh] [--memory SIZE]
     regtorch sweep NAME|FILE --penalty l1|l2|elasticnet|group [--lambdas a:b:n | v1,v2,...]
                    [--apply gradient|prox] [--l1-ratio R] [--groups rows|columns]
-                   [--seeds N] [--epochs N] [--out DIR] [--fresh]
+                   [--seeds N] [--epochs N] [--out DIR] [--fresh] [--memory SIZE]
     regtorch report DIR                             # redraw the reports from the files
 
 ``NAME`` is a preset (``regtorch list``); ``FILE`` is a study written in TOML with the vocabulary
 of :mod:`regtorch.lab.study` (a ``.toml`` path, or any existing file). ``--seeds`` and
-``--epochs`` override the study's own. Each study writes, under ``DIR/<study>/`` (``DIR`` is
+``--epochs`` override the study's own; ``--memory`` bounds what a stacked group holds at once
+(:mod:`regtorch.lab.train.memory`). Each study writes, under ``DIR/<study>/`` (``DIR`` is
 ``runs`` by default), atomically (:mod:`regtorch.lab.present.rundir`):
 
 * ``config.json``: the study in the file vocabulary (``Study.to_dict()``, with the seeds and

@@ -46,10 +46,10 @@ from regtorch import WEIGHTS, EarlyStopping
 from regtorch.lab.schema import GroupInfo, Record
 from regtorch.lab.study.data import Datasets, make_data
 from regtorch.lab.study.models import build_model
-from regtorch.lab.study.spec import Study, StudyError
+from regtorch.lab.study.spec import Study
 from regtorch.lab.train.build import DTYPES, criterion, parameter_names
 from regtorch.lab.train.checkpoints import Checkpoints
-from regtorch.lab.train.memory import chunk_sizes, default_memory, member_bytes
+from regtorch.lab.train.memory import chunk_sizes, default_memory, member_bytes, state_bytes
 from regtorch.lab.train.plan import Member, group_members, members_of
 from regtorch.lab.train.records import EvaluationSet, record_epoch
 from regtorch.lab.train.step import StackedStep, vectorizable
@@ -114,43 +114,83 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
     initial = _InitialModels(study, data, dtype)
     said: set[str] = set()
     for index, members in enumerate(groups):
-        name = f"group-{index}"
-        finished = checkpoints.load(name) if checkpoints is not None else None
-        if finished is not None:
-            result.records.extend(finished["records"])
-            result.finals.update({(v, lam, seed): tensors
-                                  for v, lam, seed, tensors in finished["finals"]})
-            result.groups.append(finished["group"])
-            result.resumed.append(f"group {index + 1}: finished")
-            tick(len(members) * study.train.epochs)
-            continue
-        trainer = _Group(study, data, members, initial, seed=study.data_seed * 7919 + index,
-                         traces=traces, budget=budget)
+        plan = _plan(study, data, members, initial, budget)
         group: GroupInfo = {"variants": sorted({m.variant.name for m in members}),
                             "members": len(members),
-                            "mode": "vectorized" if trainer.vectorized else "loop"}
-        if len(trainer.units) > 1 and trainer.vectorized:
-            group["chunks"] = [len(unit.members) for unit in trainer.units]
-        if trainer.reason is not None:
-            group["reason"] = trainer.reason
-            if trainer.reason not in said:  # once per study, however many groups it stops
-                said.add(trainer.reason)
+                            "mode": "vectorized" if plan.stacked else "loop"}
+        if len(plan.sizes) > 1 and plan.stacked:
+            group["chunks"] = plan.sizes
+        if plan.reason is not None:
+            group["reason"] = plan.reason
+            if plan.reason not in said:  # once per study, however many groups it stops
+                said.add(plan.reason)
                 logger.warning("regtorch.lab: %s: members train one by one (same results, "
-                               "slower): %s", study.name, trainer.reason)
-        records: list[Record] = []
-        partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
-        first_epoch = trainer.run(records, tick, partial)
-        if first_epoch > 1:
-            result.resumed.append(f"group {index + 1}: from epoch {first_epoch}")
-        finals = trainer.finals()
-        if checkpoints is not None:
-            checkpoints.save(name, {"records": records, "group": group, "finals": [
-                [*key, tensors] for key, tensors in finals.items()]})
-            checkpoints.remove(f"{name}-partial")
-        result.records.extend(records)
-        result.finals.update(finals)
+                               "slower): %s", study.name, plan.reason)
+        # The chunks of a group train one after the other, each over every epoch (one by one:
+        # chunks of one member, as plain modules): only one chunk's tensors are alive at a time.
+        # A checkpoint's name says which members it holds (a run with another --memory does not
+        # pick up another plan's state).
+        start = 0
+        for size in plan.sizes:
+            chunk = members[start:start + size]
+            name = f"group-{index}"
+            if size < len(members):
+                name += f"-members-{start}-{start + size}"
+            start += size
+            finished = checkpoints.load(name) if checkpoints is not None else None
+            if finished is not None:
+                result.records.extend(finished["records"])
+                result.finals.update({(v, lam, seed): tensors
+                                      for v, lam, seed, tensors in finished["finals"]})
+                result.resumed.append(f"group {index + 1}: finished")
+                tick(len(chunk) * study.train.epochs)
+                continue
+            trainer = _Group(study, data, chunk, initial, seed=study.data_seed * 7919 + index,
+                             traces=traces, stacked=plan.stacked)
+            records: list[Record] = []
+            partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
+            first_epoch = trainer.run(records, tick, partial)
+            if first_epoch > 1:
+                result.resumed.append(f"group {index + 1}: from epoch {first_epoch}")
+            finals = trainer.finals()
+            if checkpoints is not None:
+                checkpoints.save(name, {"records": records, "group": group, "finals": [
+                    [*key, tensors] for key, tensors in finals.items()]})
+                checkpoints.remove(f"{name}-partial")
+            result.records.extend(records)
+            result.finals.update(finals)
         result.groups.append(group)
     return result
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a group trains: stacked in chunks of ``sizes`` (one chunk: the whole group), or
+    member by member (``stacked`` false, with the ``reason`` when the group has several)."""
+
+    stacked: bool
+    sizes: list[int]
+    reason: str | None = None
+
+
+def _plan(study: Study, data: Datasets, members: list[Member], initial: _InitialModels,
+          budget: int) -> _Plan:
+    if len(members) == 1:  # a lone member gains nothing from stacking: the plain module
+        return _Plan(False, [1])
+    template = initial(members[0].seed, members[0].variant.dropout)
+    loss = criterion(study.train.loss)
+    x, y = data.split("train")
+    why = vectorizable(template, x, y, loss, random=bool(members[0].variant.dropout))
+    if why is not None:
+        return _Plan(False, [1] * len(members), f"vmap cannot run this model ({why})")
+    batch = study.train.batch_size or x.shape[0]
+    rows = sum(data.split(split)[0].shape[0] for split in ("train", "val", "test"))
+    cost = member_bytes(template, x[:batch], rows, study.train.optimizer)
+    sizes = chunk_sizes(len(members), cost, budget, kept=state_bytes(template))
+    if len(sizes) == len(members):
+        return _Plan(False, sizes, f"the memory budget ({_mib(budget)}) holds one member "
+                                   f"(about {_mib(cost)}), not two")
+    return _Plan(True, sizes)
 
 
 class _InitialModels:
@@ -176,52 +216,28 @@ class _Group:
 
     def __init__(self, study: Study, data: Datasets, members: list[Member],
                  initial: _InitialModels, seed: int, traces: dict[tuple, Callable],
-                 budget: int) -> None:
+                 stacked: bool) -> None:
         self.study, self.data, self.members, self.seed = study, data, members, seed
         first = members[0].variant
         models = [initial(m.seed, first.dropout) for m in members]
         template = copy.deepcopy(models[0])  # the structure; functional_call supplies tensors
         loss = criterion(study.train.loss)
-        x, y = data.split("train")
-        # A lone member gains nothing from stacking and trains faster as the plain module.
-        why = None if len(members) == 1 else vectorizable(template, x, y, loss,
-                                                          random=bool(first.dropout))
-        self.reason = None if why is None else f"vmap cannot run this model ({why})"
-        sizes = [1] * len(members)
-        if len(members) > 1 and self.reason is None:
-            batch = study.train.batch_size or x.shape[0]
-            cost = member_bytes(template, x[:batch], self.evaluation_rows(data),
-                                study.train.optimizer)
-            sizes = chunk_sizes(len(members), cost, budget)
-            if sizes == [1] * len(members):
-                self.reason = (f"the memory budget ({_mib(budget)}) holds one member "
-                               f"(about {_mib(cost)}), not two")
-        self.vectorized = len(sizes) < len(members)
+        self.vectorized = stacked
         self.weight_names = parameter_names(template, WEIGHTS)
         self.evaluation = EvaluationSet(data)
         options = dict(schedule=study.schedule_of(first), loss=loss,
                        train_data=data.split("train"))
         self.units: list[Unit]
         if self.vectorized:
-            self.units = []
-            start = 0
-            for size in sizes:
-                chunk = slice(start, start + size)
-                start += size
-                stacked, buffers = stack_module_state(models[chunk])
-                step = StackedStep(template, list(stacked), loss, random=bool(first.dropout),
-                                   traces=traces, buffer_names=list(buffers))
-                self.units.append(StackedUnit(study, template, members[chunk], stacked, step,
-                                              buffers=buffers, **options))
+            stacked_params, buffers = stack_module_state(models)
+            step = StackedStep(template, list(stacked_params), loss, random=bool(first.dropout),
+                               traces=traces, buffer_names=list(buffers))
+            self.units = [StackedUnit(study, template, members, stacked_params, step,
+                                      buffers=buffers, **options)]
         else:
             self.units = [SingleUnit(study, template, m, model, **options)
                           for m, model in zip(members, models)]
         self.early = _EarlyStops(members, self.units)
-        self.plan = [len(unit.members) for unit in self.units]
-
-    @staticmethod
-    def evaluation_rows(data: Datasets) -> int:
-        return sum(data.split(split)[0].shape[0] for split in ("train", "val", "test"))
 
     def run(self, records: list[Record], tick: Callable[[int], None],
             partial: tuple[Checkpoints, str] | None = None) -> int:
@@ -271,17 +287,12 @@ class _Group:
     def _state(self, records: list[Record], epoch: int, order: torch.Generator
                ) -> dict[str, Any]:
         """Everything the epochs after ``epoch`` depend on (see the module docstring)."""
-        return {"epoch": epoch, "plan": self.plan, "records": records,
-                "order": order.get_state(),
+        return {"epoch": epoch, "records": records, "order": order.get_state(),
                 "rng": torch.get_rng_state(), "units": [unit.state() for unit in self.units],
                 "early": self.early.state()}
 
     def _restore(self, state: dict[str, Any], records: list[Record],
                  order: torch.Generator) -> int:
-        if state.get("plan") != self.plan:
-            raise StudyError(f"the checkpoint of this group was trained in chunks of "
-                             f"{state.get('plan')}, this run would use {self.plan} (another "
-                             f"--memory): rerun with the same --memory, or --fresh")
         records.extend(state["records"])
         order.set_state(state["order"])
         torch.set_rng_state(state["rng"])

@@ -5,10 +5,11 @@ with momentum: one tensor per parameter; Adam: two), copies for the penalties an
 and the activations of one training batch and of one evaluation over every split.
 :func:`member_bytes` estimates that sum from the model itself — the parameter and buffer sizes,
 and the outputs of every leaf module on one training batch (kept for backward: twice) and on the
-evaluation rows (at most two layers alive at once) — and :func:`chunk_sizes` splits the members
-into as few chunks of near-equal size as fit the budget. A chunk is one stacked unit; a model too
-large for two members at once trains one by one. Every chunk sees the same batches, so only
-dropout masks depend on the chunking (they are drawn per chunk).
+evaluation rows (about three outputs of the widest layer alive at once) — and
+:func:`chunk_sizes` splits the members into as few chunks of near-equal size as fit the budget.
+The chunks train one after the other, each over every epoch, so only one chunk's tensors are
+alive at a time; a model too large for two members at once trains one by one. Every chunk sees
+the same batches, so only dropout masks depend on the chunking (they are drawn per chunk).
 
 The budget is ``--memory`` (``regtorch run``, ``sweep``, ``demo``) or ``memory=`` (the Python
 API), in bytes or with a unit (``"512M"``, ``"2G"``); by default :func:`default_memory`: a quarter
@@ -28,13 +29,16 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["MAX_DEFAULT_MEMORY", "chunk_sizes", "default_memory", "member_bytes",
-           "parse_memory"]
+           "parse_memory", "state_bytes"]
 
 MAX_DEFAULT_MEMORY = 2 << 30
 """The default budget's ceiling: 2 GiB."""
 
 _OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2}  # state tensors per parameter (SGD: momentum)
 _COPIES = 4  # parameter, gradient, a penalty's temporaries, early stopping's best copy
+# Outputs of the widest layer alive at once in an evaluation (a vmap'd forward over every row):
+# measured 3 on the digits FC (peak RSS of 4- to 13-member chunks, benchmarks/bench_lab.py).
+_EVAL_LAYERS = 3
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
           "MB": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
 _MEMORY = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
@@ -82,8 +86,7 @@ def member_bytes(template: nn.Module, x_batch: Tensor, eval_rows: int, optimizer
         forward: how to run the model (default: ``model(x)``).
     """
     model = copy.deepcopy(template)
-    tensors = [*model.parameters(), *model.buffers()]
-    state = sum(t.numel() * t.element_size() for t in tensors)
+    state = state_bytes(model)
     outputs: list[int] = []
 
     def measure(module: nn.Module, args: object, out: object) -> None:
@@ -102,14 +105,22 @@ def member_bytes(template: nn.Module, x_batch: Tensor, eval_rows: int, optimizer
     rows = min(2, x_batch.shape[0])
     per_row = [size // rows for size in outputs]  # bytes of each leaf's output per example
     train = 2 * sum(per_row) * x_batch.shape[0]
-    evaluation = 2 * max(per_row, default=0) * eval_rows
+    evaluation = _EVAL_LAYERS * max(per_row, default=0) * eval_rows
     return state * (_COPIES + _OPTIMIZER_SLOTS.get(optimizer, 2)) + train + evaluation
 
 
-def chunk_sizes(members: int, per_member: int, budget: int) -> list[int]:
-    """Sizes of the fewest near-equal chunks of ``members`` whose estimated cost fits
-    ``budget``; ``[1] * members`` when not even two fit."""
-    fit = max(1, budget // max(1, per_member))
+def state_bytes(template: nn.Module) -> int:
+    """Bytes of one member's parameters and buffers: what the run keeps of every member (its
+    final state) while the chunks train."""
+    return sum(t.numel() * t.element_size() for t in [*template.parameters(),
+                                                        *template.buffers()])
+
+
+def chunk_sizes(members: int, per_member: int, budget: int, kept: int = 0) -> list[int]:
+    """Sizes of the fewest near-equal chunks of ``members`` whose estimated cost fits what
+    ``budget`` leaves after ``kept`` bytes per member (the final states of every member);
+    ``[1] * members`` when not even two fit."""
+    fit = max(1, (budget - kept * members) // max(1, per_member))
     if fit >= members:
         return [members]
     if fit < 2:
