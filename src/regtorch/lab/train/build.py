@@ -25,6 +25,7 @@ from regtorch import (
     Regularizer,
     exponential_decay,
     named,
+    select,
 )
 from regtorch.lab.study.data import make_data
 from regtorch.lab.study.models import build_model
@@ -91,19 +92,18 @@ def check_study(study: Study) -> None:
 
 
 def parameter_names(template: nn.Module, chosen, what: Variant | None = None) -> list[str]:
-    """Names of the template's parameters the selector ``chosen`` picks (regtorch's selection).
+    """Names of the template's parameters the selector ``chosen`` picks
+    (:func:`regtorch.select`).
 
     Raises:
         StudyError: with ``what``, when the selector picks nothing (naming the variant);
             without, nothing is raised and the list is empty.
     """
-    try:
-        reg = Regularizer(template, {chosen: L2(0.0)})
-    except ValueError as error:
-        if what is None:
-            return []
-        raise StudyError(f"variant {what.name!r}: params = {what.params!r}: {error}") from None
-    return [name for name, _ in reg.named_parameters()]
+    names = [name for name, _ in select(template, chosen)]
+    if not names and what is not None:
+        raise StudyError(f"variant {what.name!r}: params = {what.params!r} selects no trainable "
+                         f"parameter of the model")
+    return names
 
 
 def make_optimizer(recipe: Recipe, param_groups: list[dict]) -> torch.optim.Optimizer:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from regtorch import L2, Penalty, Proximal, Regularizer
+from regtorch import L2, Penalty, Proximal, Regularizer, param_groups
 from regtorch.lab.study.spec import Schedule, Study, StudyError, Variant
 from regtorch.lab.train.build import (
     make_optimizer,
@@ -76,16 +76,14 @@ class Unit:
                 self.grad_regs.append(reg)
 
         # The optimizer, with torch's weight_decay on the selected tensors.
-        wd_names: list[str] = []
+        groups: list[dict[str, Any]] = [{"params": list(tensors.values()), "weight_decay": 0.0}]
         if first.weight_decay:
             wd_names = parameter_names(template, selector(first.params), what=first)
             for k in range(len(members)):
                 self.own_penalties[k].append((L2(first.weight_decay), wd_names))
-        decayed = [tensors[n] for n in wd_names]
-        rest = [t for n, t in tensors.items() if n not in wd_names]
-        param_groups = [{"params": ps, "weight_decay": wd} for ps, wd in
-                        ((decayed, first.weight_decay), (rest, 0.0)) if ps]
-        optimizer = make_optimizer(study.train, param_groups)
+            groups = param_groups(template, first.weight_decay, selector(first.params),
+                                  parameters=tensors)
+        optimizer = make_optimizer(study.train, groups)
         self.optimizer = optimizer if prox_reg is None else Proximal(optimizer, prox_reg)
         self.per_step = schedule.per == "step"
         self.scheduler = make_scheduler(schedule, self.optimizer)
