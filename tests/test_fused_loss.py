@@ -139,3 +139,45 @@ def test_stacked_strengths_use_the_function():
     value.backward()
     want = lam.view(3, 1, 1) * stacked.detach()
     torch.testing.assert_close(stacked.grad, want, rtol=RTOL, atol=ATOL)
+
+
+def test_regularizer_call_is_one_function_node_with_autograds_gradients():
+    from torch import nn
+
+    from regtorch import Regularizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    reg = Regularizer(model, ElasticNet(0.01, 0.1))
+    term = reg()  # float64 parameters: no cast node after the Function
+    assert type(term.grad_fn).__name__ == "_PenaltyTermBackward"
+    term.backward()
+    got = [p.grad.clone() for p in reg.parameters()]
+    want_value, want = autograd_reference(reg.rules[0][1], list(reg.parameters()))
+    torch.testing.assert_close(term.detach(), want_value, rtol=RTOL, atol=ATOL)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=RTOL, atol=ATOL)
+
+
+def test_regularizer_call_under_vmap_of_grad_takes_autograd():
+    from torch import nn
+    from torch.func import functional_call, stack_module_state
+
+    from regtorch import Regularizer
+
+    torch.manual_seed(0)
+    models = [nn.Linear(4, 3).double() for _ in range(3)]
+    params, _ = stack_module_state(models)
+    reg = Regularizer(models[0], L1(0.1) + L2(0.2))
+    x = torch.randn(8, 4, dtype=torch.float64)
+
+    def loss(p):
+        out = functional_call(models[0], p, (x,))
+        rebound = Regularizer(models[0], reg.rules[0][1], parameters=p)
+        return out.square().mean() + rebound()
+
+    got = vmap(grad(loss))(params)
+    for k, m in enumerate(models):
+        m.zero_grad()
+        (m(x).square().mean() + Regularizer(m, reg.rules[0][1])()).backward()
+        torch.testing.assert_close(got["weight"][k], m.weight.grad, rtol=RTOL, atol=ATOL)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from regtorch import _distributed
+from regtorch._fused import penalty_term
 from regtorch._strength import Strength
 from regtorch._table import Row, binding_summary, binding_table
 from regtorch.penalties import GroupLasso, Orthogonal, Penalty, Scratch
@@ -158,7 +159,7 @@ class Regularizer:
         """R per rule; the rules on DTensor parameters share one collective per round."""
         sharded = [g for g in self._groups if g.sharded]
         if not sharded:
-            return [g.penalty.value(g.trainable()) for g in self._groups]
+            return [penalty_term(g.penalty, g.trainable()) for g in self._groups]
         reduced = iter(_distributed.value([(g.penalty, g.trainable()) for g in sharded]))
         return [next(reduced) if g.sharded else g.penalty.value(g.trainable())
                 for g in self._groups]

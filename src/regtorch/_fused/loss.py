@@ -15,6 +15,7 @@ The plain autograd path (``penalty.value(params)``) is kept where the function c
   through: a custom Function without a ``vmap`` rule fails there;
 - while ``torch.compile`` traces (dynamo sees the ordinary ops);
 - for penalties without a closed-form gradient (:class:`~regtorch.Orthogonal`);
+- for half-precision parameters and under ``torch.autocast``;
 - when no tensor needs a gradient (grad mode off, or every tensor frozen).
 
 Double backward (``create_graph=True``) works: the backward then differentiates
@@ -29,6 +30,10 @@ import torch
 from torch import Tensor
 
 __all__ = ["penalty_term", "uses_function"]
+
+# Half-precision parameters and autocast keep autograd: the penalty is then computed in float32
+# by ``penalty.value`` (see regularizer.py), which the closed-form gradients do not do.
+_DTYPES = (torch.float32, torch.float64)
 
 
 def _closed_form(penalty) -> bool:
@@ -46,6 +51,7 @@ def _transformed(params: Sequence[Tensor]) -> bool:
 def uses_function(penalty, params: Sequence[Tensor]) -> bool:
     """Whether :func:`penalty_term` takes the custom-Function path for this call."""
     return (bool(params) and torch.is_grad_enabled() and _closed_form(penalty)
+            and params[0].dtype in _DTYPES and not torch.is_autocast_enabled()
             and not _transformed(params) and not torch.compiler.is_compiling()
             and any(p.requires_grad for p in params))
 
