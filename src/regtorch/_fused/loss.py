@@ -50,10 +50,11 @@ def _transformed(params: Sequence[Tensor]) -> bool:
 
 def uses_function(penalty, params: Sequence[Tensor]) -> bool:
     """Whether :func:`penalty_term` takes the custom-Function path for this call."""
+    if torch.compiler.is_compiling():  # first: dynamo traces the plain path, nothing else here
+        return False
     return (bool(params) and torch.is_grad_enabled() and _closed_form(penalty)
             and params[0].dtype in _DTYPES and not torch.is_autocast_enabled()
-            and not _transformed(params) and not torch.compiler.is_compiling()
-            and any(p.requires_grad for p in params))
+            and not _transformed(params) and any(p.requires_grad for p in params))
 
 
 def penalty_term(penalty, params: Sequence[Tensor]) -> Tensor:
