@@ -14,9 +14,10 @@ model with its own optimizer:
   then the fused proximal step with the same effective step (Adam: ``lr/(√v̂+ε)`` from the
   optimizer's ``exp_avg_sq``, in the kernel; SGD: ``lr/(1−μ)``);
 * ``L2 fused (no value)``: the kernel's L2 gradient alone (the loss-mode target's reference);
-* ``L2 reg() autograd``: ``loss + reg()`` through autograd; ``L2 reg() Function``: ``loss +`` the
-  loss-mode ``autograd.Function`` (``regtorch._fused.penalty_term``) over today's ``add_grad_``;
-  ``L2 reg() Function + kernel``: the same over the fused kernel (the state once it is wired).
+* ``L2 reg() autograd``: ``loss + penalty.value(params)`` through autograd; ``L2 reg()
+  Function``: ``loss +`` the loss-mode ``autograd.Function`` (``regtorch._fused.penalty_term``,
+  what ``reg()`` is now) over ``add_grad_`` (itself the kernel when it is built); ``L2 reg()
+  Function + kernel``: the same calling the kernel directly.
 
 Method (as ``bench_penalty.py``): 1 thread, warm-up steps for every variant, then rounds; each
 round runs every variant in a freshly shuffled order for a few steps, the fastest step counting;
@@ -216,8 +217,12 @@ def _fused_prox(model, make_optimizer, work):
 
 
 def _loss_autograd(model, make_optimizer, work):
+    """``loss + R`` through autograd on the value's ops (what ``reg()`` was before it became one
+    Function node)."""
     reg = Regularizer(model, L2(LAM))
-    return _step(model, make_optimizer(model.parameters()), work, penalty=reg)
+    penalty, params = reg.rules[0][1], list(reg.parameters())
+    return _step(model, make_optimizer(model.parameters()), work,
+                 penalty=lambda: penalty.value(params).to(torch.float32))
 
 
 class _KernelL2(L2):
