@@ -23,3 +23,17 @@ def test_every_excerpt_line_stands_in_its_example(block):
     source = {line.strip() for line in (ROOT / first[2:]).read_text(encoding="utf-8").splitlines()}
     missing = [line for line in lines if line.strip() and line.strip() not in source]
     assert not missing, f"README lines not in {first[2:]}: {missing}"
+
+
+def _own_model_blocks(text: str, marker: str) -> list[str]:
+    section = text.split(marker, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(?:toml|python)\n(.*?)```", section, flags=re.DOTALL)[:2]
+
+
+def test_the_readme_own_model_example_is_the_manuals_tested_one():
+    """The README's study file and factory are those of docs/lab.md "Your own model and data",
+    which tests/lab/test_api.py runs with `regtorch run` and `regtorch sweep`."""
+    manual = (ROOT / "docs" / "lab.md").read_text(encoding="utf-8")
+    readme = _own_model_blocks(README, "**Your own model and data.**")
+    assert len(readme) == 2
+    assert readme == _own_model_blocks(manual, "## Your own model and data")
