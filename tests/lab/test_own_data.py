@@ -30,8 +30,9 @@ path = "animals.csv"
 target = "species"
 
 [model]
-kind = "mlp"
-hidden = [8]
+kind = "python"
+factory = "mymodel.py:make"
+kwargs = {width = 8}
 
 [train]
 loss = "cross-entropy"
@@ -110,6 +111,13 @@ BAD = [
      r"data\.target: no column 'specie'"),
     ("missing-file", "my.toml", 'path = "animals.csv"', 'path = "nope.csv"',
      r"data\.path: no such file '.*nope\.csv'"),
+    ("factory-not-importable", "my.toml", '"mymodel.py:make"', '"nomodule_xyz:make"',
+     r"model\.factory: cannot import 'nomodule_xyz:make'"),
+    ("factory-raises", "mymodel.py", "    return nn.Sequential",
+     "    raise ValueError('width too small')\n    return nn.Sequential",
+     r"model\.factory: 'mymodel\.py:make' raised ValueError: width too small"),
+    ("wrong-return-type", "mymodel.py", "    return nn.Sequential(", "    return 3, (",
+     r"model\.factory: 'mymodel\.py:make' returned tuple"),
 ]
 
 

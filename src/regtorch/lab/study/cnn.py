@@ -65,7 +65,7 @@ def build_cnn(spec: ModelSpec, input_shape: tuple[int, ...], outputs: int, *,
     Raises:
         StudyError: the input is not an image, or a block leaves no pixel.
     """
-    flat = cnn_output_shape(spec, input_shape)
+    flat = cnn_output_shape(spec, input_shape, spec.where)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

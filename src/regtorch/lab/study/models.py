@@ -52,7 +52,7 @@ def build_model(spec: ModelSpec, inputs: int | tuple[int, ...], outputs: int, *,
     if spec.kind == "cnn":
         return build_cnn(spec, shape, outputs, dropout=dropout, seed=seed, dtype=dtype)
     if len(shape) != 1:
-        raise StudyError(f"model.kind: {spec.kind!r} needs flat features [N, features]; the "
+        raise StudyError(f"{spec.where}.kind: {spec.kind!r} needs flat features [N, features]; the "
                          f"data's examples have shape {list(shape)} (use kind = 'cnn')")
     inputs = shape[0]
     with torch.random.fork_rng(devices=[]):
@@ -82,7 +82,7 @@ def build_model(spec: ModelSpec, inputs: int | tuple[int, ...], outputs: int, *,
 
 def _from_factory(spec: ModelSpec, *, dropout: float, seed: int | None, dtype: torch.dtype
                   ) -> nn.Module:
-    where = "model.factory"
+    where = f"{spec.where}.factory"
     if callable(spec.factory):
         factory, ref = spec.factory, factory_name(spec.factory)
     else:

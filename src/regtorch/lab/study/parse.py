@@ -233,7 +233,8 @@ def _model(t: _Table, data: DataSpec | Source | None, root: str | Path = ".") ->
                              f"'file.py:function'")
         kwargs = t.get("kwargs", Mapping, {})
         t.done()
-        return ModelSpec("python", factory=factory, kwargs=dict(kwargs), root=str(root))
+        return ModelSpec("python", factory=factory, kwargs=dict(kwargs), root=str(root),
+                         where=t.where)
     hidden = t.get("hidden", list, [])
     if kind == "linear" and hidden:
         raise StudyError(f"{t.where}.hidden: a linear model has no hidden layers")
@@ -248,7 +249,7 @@ def _model(t: _Table, data: DataSpec | Source | None, root: str | Path = ".") ->
                          f"1..{len(hidden)}, got {after!r}")
     spec = ModelSpec(kind, tuple(hidden), None if after is None else tuple(sorted(set(after))),
                      norm=t.choice("norm", ("none", "batch"), "none"),
-                     init=t.choice("init", ("default", "normal"), "default"))
+                     init=t.choice("init", ("default", "normal"), "default"), where=t.where)
     if spec.norm == "batch" and kind == "linear":
         raise StudyError(f"{t.where}.norm: 'batch' needs an mlp (it follows hidden layers)")
     t.done()
@@ -272,7 +273,7 @@ def _cnn(t: _Table) -> ModelSpec:
                      kernel=_count(t, "kernel", 3), padding=padding,
                      norm=t.choice("norm", ("none", "batch"), "none"),
                      pool=t.choice("pool", ("max", "avg", "none"), "max"),
-                     pool_size=_count(t, "pool_size", 2))
+                     pool_size=_count(t, "pool_size", 2), where=t.where)
     t.done()
     return spec
 

@@ -140,7 +140,8 @@ _DIABETES_LASSO: dict[str, Any] = {
 # scikit-learn's breast cancer (569 tumours, 30 features), an MLP classifier.
 _BREAST_CANCER: dict[str, Any] = {
     "name": "breast-cancer",
-    "description": "MLP 30-32-16-2 on scikit-learn's breast cancer: L2, proximal L1, dropout",
+    "description": "MLP 30-32-16-2 on scikit-learn's breast cancer: L2, proximal L1, dropout, "
+                   "early stopping",
     "data": {"kind": "sklearn", "name": "breast_cancer"},
     "model": {"kind": "mlp", "hidden": [32, 16]},
     "train": {"loss": "cross-entropy", "optimizer": "adam", "lr": 0.001, "batch_size": 32,
@@ -151,6 +152,7 @@ _BREAST_CANCER: dict[str, Any] = {
         {"name": "prox-l1", "penalty": "l1", "strength": [0.00001, 0.0001, 0.001],
          "apply": "prox"},
         {"name": "dropout-0.3", "dropout": 0.3},
+        {"name": "early-stop", "early_stopping": {"patience": 5}},
     ],
 }
 

@@ -272,6 +272,8 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     root: str = "."
     """python: the directory a relative ``file.py`` is found in (the study file's)."""
+    where: str = field(default="model", compare=False, repr=False)
+    """Where the table was written (``"my.toml: model"``): the prefix of its error messages."""
 
 
 @dataclass(frozen=True)
@@ -366,7 +368,7 @@ class Study:
         if self.model.kind == "python":
             out["model"] = _model_dict(self.model)
         else:
-            for key in ("factory", "kwargs", "root"):
+            for key in ("factory", "kwargs", "root", "where"):  # where: not what it says
                 del out["model"][key]
             out["model"]["hidden"] = list(self.model.hidden)
             if self.model.dropout_after is None:
