@@ -281,28 +281,6 @@ def run_original(make: Callable[[], nn.Module], data: Data, epochs: int, seed: i
     return Arm("original", model, accuracy(model, data.x_test, data.y_test))
 
 
-@torch.no_grad()
-def zero_silent_producers(model: nn.Module, groups: regtorch.ChannelGroups,
-                          example: Tensor) -> list[int]:
-    """Zero the producer rows of every group whose normalization entries (BatchNorm weight and
-    bias) are all exactly zero; returns those groups.
-
-    Such a channel already emits exactly 0 (BatchNorm gives ``0 · x̂ + 0``, in eval and training
-    mode), whatever its producer rows hold, so zeroing them does not change the function — checked
-    here on ``example`` — and ``compact`` removes the channel (it looks at the rows)."""
-    model.eval()
-    before = model(example)
-    silent = groups.zero_groups(("norm",))
-    for index in silent:
-        for s in groups.groups[index].of("out", "bias"):
-            groups.tensor(s.tensor).index_fill_(s.dim, torch.tensor(s.indices), 0.0)
-    after = model(example)
-    if not torch.equal(before, after):
-        raise RuntimeError(f"zeroing the rows of silent channels changed the outputs by "
-                           f"{float((before - after).abs().max()):.3g}")
-    return silent
-
-
 def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_epochs: int,
                  target: float, seed: int, lam: float, factor: float,
                  roles: tuple[str, ...]) -> Arm:
@@ -335,7 +313,6 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
                          stop=reached)
     zero_fraction = groups.zero_fraction(penalty.roles)
     acc_before = accuracy(model, data.x_test, data.y_test)
-    zero_silent_producers(model, groups, data.x_test[:256])
     small = regtorch.compact(model.eval(), data.x_test[:256])
     record = regtorch.compaction_of(small)
     acc_cut = accuracy(small, data.x_test, data.y_test)

@@ -1,10 +1,14 @@
 r"""``compact``: a smaller model without the exactly-zero channels, checked to compute the same
 function; ``carry_optimizer``: the optimizer state carried across the cut.
 
-A coupled channel group (:func:`~regtorch.channel_groups`) whose producer rows (``out`` slices) are
-all exactly zero emits a value that does not depend on the input: its producers output their bias
-(or 0), and everything on its way to the consumers acts channel-wise (BatchNorm in eval mode,
-activations, pooling, additions of channels of the same group). :func:`compact` reads that value
+A coupled channel group (:func:`~regtorch.channel_groups`) emits a value that does not depend on
+the input when every path from the model's inputs to its consumers is cut (``_Plan.live``): by a
+producer row that is exactly zero (the producer outputs its bias), or by a BatchNorm/InstanceNorm
+weight γ that is exactly zero (the norm outputs ``0·x̂ + β = β`` exactly in eval and training mode,
+assuming finite ``x̂``: a constant channel in training mode has variance 0 and ``x̂ = 0/√ε``), and
+everything else on its way acts channel-wise (activations, pooling, additions of channels of the
+same group). With γ = β = 0 (``ChannelLasso(roles=("norm",))``, network slimming) the value is
+exactly 0 whatever the producer rows hold. :func:`compact` reads that value
 from a run on the example inputs and decides, per consumer (a ``Linear``/``Conv`` whose input
 columns the channel feeds):
 
@@ -43,6 +47,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from regtorch.structure.graph import (
+    _CONVS,
     ChannelGroups,
     _analyse,
     _as_tuple,
@@ -189,8 +194,78 @@ class _Plan:
                 planned.append((str(node.target), delta, f"node '{source}'"))
         return None, planned
 
+    @torch.no_grad()
+    def live(self) -> dict[str, list[bool]]:
+        """Per traced node with channels, per position: may it depend on the model's inputs?
+
+        ``False`` is proved, never guessed: a ``Linear``/``Conv``/``Embedding`` output channel
+        whose weight row is exactly zero (it emits its bias); a BatchNorm/InstanceNorm output
+        channel with weight (γ) exactly zero, in eval and training mode (``γ·x̂ + β = β``:
+        ``0·x̂ = 0`` exactly for a finite ``x̂``, and ``x̂`` is finite for finite inputs —
+        a constant channel has variance 0 and ``x̂ = 0/√ε``); a depthwise channel with zero
+        entries or a constant input; and otherwise a position whose group is constant in every
+        traced input of the node (the analysis proves channels of one group depend only on
+        channels of that group). An untracked tensor input makes every position live.
+        """
+        live: dict[str, list[bool]] = {}
+        node_groups = self.groups._node_groups
+        for node in self.gm.graph.nodes:
+            entry = node_groups.get(node.name)
+            if entry is None:
+                continue
+            gids = entry[1]
+            module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+            rows = None
+            depthwise = False
+            if isinstance(module, (nn.Linear, *_CONVS)):
+                rows = module.weight.detach().flatten(1).ne(0).any(1).tolist()
+                depthwise = (isinstance(module, _CONVS) and module.groups > 1
+                             and module.groups == module.in_channels == module.out_channels)
+            elif isinstance(module, nn.Embedding):
+                rows = module.weight.detach().ne(0).any(0).tolist()
+            if rows is not None and not depthwise:
+                live[node.name] = [bool(r) for r in rows] if len(rows) == len(gids) \
+                    else [True] * len(gids)
+                continue
+            inputs_live: set[int] = set()
+            untracked = False
+            for arg in node.all_input_nodes:
+                if not isinstance(self.values.get(arg.name), Tensor):
+                    continue
+                if arg.name not in live:
+                    untracked = True
+                    break
+                inputs_live.update(g for g, on in zip(node_groups[arg.name][1], live[arg.name])
+                                   if on)
+            out = [untracked or g < 0 or g in inputs_live for g in gids]
+            gate = None
+            if depthwise:
+                gate = rows
+            elif (isinstance(module, nn.modules.batchnorm._NormBase) and module.affine
+                  and module.weight is not None):
+                gate = module.weight.detach().ne(0).tolist()
+            if gate is not None:
+                out = ([a and bool(b) for a, b in zip(out, gate)] if len(gate) == len(out)
+                       else [True] * len(out))
+            live[node.name] = out
+        return live
+
+    def input_independent(self) -> set[int]:
+        """Groups whose value at every consumer provably does not depend on the model's inputs
+        (:meth:`live`): the groups that :meth:`fold` may fold or drop."""
+        live = self.live()
+        independent = set()
+        for group in self.groups.groups:
+            exits = list(self.consumers(group.index))
+            if exits and all(
+                    not any(live.get(node.args[0].name, [True] * (max(positions) + 1))[j]
+                            for j in positions)
+                    for node, _, positions in exits):
+                independent.add(group.index)
+        return independent
+
     def decide(self) -> set[int]:
-        zero = set(self.groups.zero_groups(("out",)))
+        zero = set(self.groups.zero_groups(("out",))) | self.input_independent()
         removed: set[int] = set()
         folds: dict[int, list[tuple[str, Tensor, str]]] = {}
         for index in sorted(zero):
@@ -335,7 +410,8 @@ def _first_difference(plan: _Plan, new: nn.Module, example_inputs: Any, removed:
 
 def compact(model: nn.Module, example_inputs: Any, *,
             tolerance: float | None = None) -> nn.Module:
-    """A new, smaller model without the exactly-zero coupled channel groups (module docstring).
+    """A new, smaller model without the coupled channel groups whose output provably does not
+    depend on the input and is exactly 0 or folded into its consumers (module docstring).
 
     The original is not changed. The result is a deep copy of ``model`` (same class, same
     ``forward``) with sliced parameters and buffers and updated layer attributes, in the same
