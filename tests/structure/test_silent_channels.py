@@ -163,3 +163,29 @@ def test_nonzero_weight_with_zero_bias_is_not_removed():
     small = compact(model, torch.randn(32, 6, dtype=F64))
     assert compaction_of(small).removed == []
     assert small[0].out_features == 16 and small[3].out_features == 12
+
+
+class InPlaceSum(nn.Module):
+    """``h.add_(other)`` writes the second branch into ``h`` after its BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn_a = nn.Linear(5, 6), nn.BatchNorm1d(6)
+        self.b, self.bn_b = nn.Linear(5, 6), nn.BatchNorm1d(6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn_a(self.a(x))
+        h.add_(self.bn_b(self.b(x)))
+        return self.head(torch.relu(h))
+
+
+def test_a_channel_written_in_place_by_a_live_branch_is_kept():
+    torch.manual_seed(4)
+    model = InPlaceSum().to(F64)
+    randomize_statistics(model)
+    silence(model.bn_a, (0, 1))  # the other branch still feeds channels 0 and 1
+    x = torch.randn(16, 5, dtype=F64)
+    small = compact(model, x)
+    assert compaction_of(small).removed == []
+    same_outputs(small, model, (x, torch.randn(8, 5, dtype=F64)))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 import weakref
 from collections import defaultdict
 from collections.abc import Iterator
@@ -209,6 +210,16 @@ class _Plan:
         """
         live: dict[str, list[bool]] = {}
         node_groups = self.groups._node_groups
+        # An in-place operation with a second tensor operand (``out += identity``, ``add_``,
+        # ``out=``) can make a tensor, and its aliases, depend on that operand after their nodes
+        # were computed: its groups are taken as live everywhere (never guessed).
+        forced: set[int] = set()
+        for node in self.gm.graph.nodes:
+            tensors = [a for a in node.all_input_nodes
+                       if isinstance(self.values.get(a.name), Tensor)]
+            if len(tensors) > 1 and _mutates(node):
+                for a in (*tensors, node):
+                    forced.update(node_groups.get(a.name, (None, []))[1])
         for node in self.gm.graph.nodes:
             entry = node_groups.get(node.name)
             if entry is None:
@@ -224,8 +235,8 @@ class _Plan:
             elif isinstance(module, nn.Embedding):
                 rows = module.weight.detach().ne(0).any(0).tolist()
             if rows is not None and not depthwise:
-                live[node.name] = [bool(r) for r in rows] if len(rows) == len(gids) \
-                    else [True] * len(gids)
+                live[node.name] = ([bool(r) or g in forced for r, g in zip(rows, gids)]
+                                   if len(rows) == len(gids) else [True] * len(gids))
                 continue
             inputs_live: set[int] = set()
             untracked = False
@@ -247,7 +258,7 @@ class _Plan:
             if gate is not None:
                 out = ([a and bool(b) for a, b in zip(out, gate)] if len(gate) == len(out)
                        else [True] * len(out))
-            live[node.name] = out
+            live[node.name] = [on or g in forced for on, g in zip(out, gids)]
         return live
 
     def input_independent(self) -> set[int]:
@@ -297,6 +308,26 @@ class _Plan:
             for s in group.of("out"):
                 lengths[s.tensor] = self.groups.tensor(s.tensor).shape[s.dim]
         return lengths
+
+
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                      operator.ifloordiv, operator.imod, operator.ipow, operator.imatmul,
+                      operator.iand, operator.ior, operator.ixor, operator.ilshift,
+                      operator.irshift}
+
+
+def _mutates(node: fx.Node) -> bool:
+    """May ``node`` write into one of its inputs (in-place op, ``out=``, ``inplace=True``)?"""
+    if node.kwargs.get("out") is not None or node.kwargs.get("inplace"):
+        return True
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).startswith("_")
+    if node.op == "call_function":
+        if node.target in _INPLACE_OPERATORS:
+            return True
+        name = getattr(node.target, "__name__", "")
+        return name.endswith("_") and not name.startswith("_")
+    return False
 
 
 def _removals(groups: ChannelGroups, removed: set[int]) -> dict[str, dict[int, set[int]]]:
