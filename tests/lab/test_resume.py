@@ -168,9 +168,15 @@ def test_cli_refuses_another_configuration(tmp_path, capsys):
 
 
 # -- killing the real command ------------------------------------------------------------------
+# Enough epochs that the path outlasts a loaded machine's scheduling delay between seeing its
+# first checkpoint and signalling it (with 40, ~1.7 s were left: a busy CI machine once let the
+# sweep finish first, and Ctrl-C found it done).
+_EPOCHS = "120"
+
+
 def _command(out: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "regtorch.lab", "sweep", "d2l-highdim", "--penalty", "l2",
-            "--seeds", "2", "--epochs", "40", "--out", str(out), *args]
+            "--seeds", "2", "--epochs", _EPOCHS, "--out", str(out), *args]
 
 
 def _env() -> dict[str, str]:
