@@ -184,6 +184,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def _as_from_a_terminal() -> None:
+    # A command started from a shell has Ctrl-C's default disposition; a child inherits an
+    # ignored or blocked SIGINT from its parent, and the test process's may have been changed by
+    # a library an earlier test ran (the full suite once made this child ignore the signal).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _files(directory: Path) -> dict[str, bytes]:
     return {name: (directory / name).read_bytes() for name in
             ("metrics.jsonl", "search.jsonl", "summary.json")}
@@ -204,7 +212,8 @@ def test_killed_sweep_resumes_to_identical_results(tmp_path, how, uninterrupted)
     directory = tmp_path / "cut" / "d2l-highdim-sweep-l2"
     partial = directory / "checkpoints" / "path-group-0-partial.pt"
     process = subprocess.Popen(_command(tmp_path / "cut", "--checkpoint-every", "0"),
-                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=_as_from_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
