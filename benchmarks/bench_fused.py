@@ -36,21 +36,26 @@ from __future__ import annotations
 
 import copy
 import functools
-import gc
 import json
 import math
 import os
 import random
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from bench_penalty import MODELS as PENALTY_MODELS
-from bench_penalty import OPTIMIZERS, Workload, overheads, parse_arguments, set_up
+from bench_penalty import (
+    OPTIMIZERS,
+    Workload,
+    overheads,
+    parse_arguments,
+    set_up,
+    time_interleaved,
+)
 from torch import Tensor, nn
 
 import regtorch
@@ -270,26 +275,7 @@ VARIANTS["L2 reg() Function + kernel"] = _loss_function(_KernelL2)
 def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> dict[str, list]:
     steps = {name: factory(copy.deepcopy(work.model), make_optimizer, work)
              for name, factory in VARIANTS.items()}
-    for step in steps.values():
-        for _ in range(work.warmup):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            gc.collect()
-            rng.shuffle(names)
-            for name in names:
-                fastest = math.inf
-                for _ in range(work.steps_per_round):
-                    start = time.perf_counter()
-                    steps[name]()
-                    fastest = min(fastest, time.perf_counter() - start)
-                times[name].append(fastest)
-    finally:
-        gc.enable()
-    return times
+    return time_interleaved(steps, work, rounds, rng)
 
 
 def _pct(x: float) -> str:

@@ -243,6 +243,15 @@ def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> 
         model = copy.deepcopy(work.model)
         steps[name] = factory(model, make_optimizer,
                               functools.partial(_data_loss, model, work))
+    return time_interleaved(steps, work, rounds, rng)
+
+
+def time_interleaved(steps: dict[str, Step], work: Workload, rounds: int,
+                     rng: random.Random) -> dict[str, list[float]]:
+    """Seconds per step of every variant, one entry per round (paired by index): after
+    ``work.warmup`` steps each, every round runs the variants in a fresh shuffled order, each for
+    ``work.steps_per_round`` steps, and keeps the fastest (load from other processes only ever
+    slows a step). The garbage collector runs between rounds only."""
     for step in steps.values():
         for _ in range(work.warmup):
             step()

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import json
-import math
 import os
 import random
 import statistics
@@ -47,6 +45,7 @@ from bench_penalty import (
     overheads,
     parse_arguments,
     set_up,
+    time_interleaved,
 )
 from torch import nn
 
@@ -126,26 +125,7 @@ def measure(work: Workload, make_optimizer, rng: random.Random) -> dict[str, lis
     for name, factory in VARIANTS.items():
         model = copy.deepcopy(work.model)
         steps[name] = factory(model, make_optimizer(model.parameters()), work)
-    for step in steps.values():
-        for _ in range(work.warmup):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    gc.disable()
-    try:
-        for _ in range(work.rounds):
-            gc.collect()
-            rng.shuffle(names)
-            for name in names:
-                fastest = math.inf
-                for _ in range(work.steps_per_round):
-                    start = time.perf_counter()
-                    steps[name]()
-                    fastest = min(fastest, time.perf_counter() - start)
-                times[name].append(fastest)
-    finally:
-        gc.enable()
-    return times
+    return time_interleaved(steps, work, work.rounds, rng)
 
 
 def print_table(results: dict[str, dict[str, list[float]]]) -> None:
