@@ -202,7 +202,15 @@ def test_invalid_arguments_are_refused():
     with pytest.raises(ValueError, match="Invalid lam"):
         ChannelLasso(-1.0, groups)
     with pytest.raises(TypeError, match="not stacked"):
-        ChannelLasso(torch.tensor([0.1, 0.2]), groups)
+        ChannelSparsity(ChannelLasso(torch.tensor([0.1, 0.2]), groups), target=0.5)
+    model, _, _ = setup("mlp")
+    with pytest.raises(ValueError, match="parameters= has no tensor"):
+        ChannelLasso(0.1, groups, parameters={"0.weight": model[0].weight})
+    stacked = {n: torch.stack([groups.tensor(n).detach()] * 2) for n in groups.parameter_names()}
+    with pytest.raises(ValueError, match=r"stacked as \[3, ...\], got shape \(2, 7, 5\)"):
+        Regularizer(model, {groups.selector: ChannelLasso(torch.tensor([0.1, 0.2, 0.3]), groups,
+                                                          parameters=stacked)},
+                    parameters=stacked)
     with pytest.raises(ValueError, match="Invalid target"):
         ChannelSparsity(ChannelLasso(0.1, groups), target=1.5)
 
@@ -247,3 +255,97 @@ def test_loss_term_and_fused_gradient_give_the_same_gradients():
     reg.add_grad_()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, by_loss[name], rtol=RTOL, atol=1e-15)
+
+
+# -- stacked members: K models as [K, ...] tensors, a [K] strength -----------------------------
+def stacked_setup(kind, members=3):
+    """K copies of the model with different weights (member 1 has some exactly-zero groups),
+    their groups each, and the stacked tensors."""
+    models, groups_of = [], []
+    for k in range(members):
+        model, _, groups = setup(kind)
+        torch.manual_seed(10 + k)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+            if k == 1:
+                ChannelLasso(2.0, groups).prox_(params_of(groups), [0.5] * len(params_of(groups)))
+        models.append(model)
+        groups_of.append(groups)
+    template = groups_of[0]
+    stacked = {n: torch.stack([g.tensor(n).detach() for g in groups_of]).requires_grad_()
+               for n in template.parameter_names()}
+    return models, groups_of, template, stacked
+
+
+@pytest.mark.parametrize("kind", ["resnet", "mlp"])
+def test_stacked_members_equal_separate_penalties(kind):
+    _, groups_of, template, stacked = stacked_setup(kind)
+    lams = torch.tensor([0.3, 0.0, 1.1], dtype=F64)
+    penalty = ChannelLasso(lams, template, parameters=stacked)
+    params = list(stacked.values())
+    expected = sum(naive_value(g, float(lam)) for g, lam in zip(groups_of, lams))
+    torch.testing.assert_close(penalty.value(params), expected, rtol=RTOL, atol=0)
+    grads = [torch.zeros_like(p) for p in params]
+    with torch.no_grad():
+        value = penalty.add_grad_(params, grads, value=True)
+    torch.testing.assert_close(value, expected.detach(), rtol=RTOL, atol=0)
+    for k, (groups, lam) in enumerate(zip(groups_of, lams)):
+        member_grads = torch.autograd.grad(naive_value(groups, float(lam)), params_of(groups),
+                                           allow_unused=True)
+        for g, e in zip(grads, member_grads):
+            torch.testing.assert_close(g[k], torch.zeros_like(g[k]) if e is None else e,
+                                       rtol=RTOL, atol=1e-15)
+    # Proximal steps: one scalar step, then element-wise steps (their mean per member, group).
+    torch.manual_seed(5)
+    for steps in ([0.4] * len(params), [torch.rand_like(p) for p in params]):
+        expected_params = []
+        for k, (groups, lam) in enumerate(zip(groups_of, lams)):
+            if isinstance(steps[0], float):
+                group_steps = [steps[0]] * len(groups)
+            else:
+                by_name = {n: s[k] for n, s in zip(template.parameter_names(), steps)}
+                group_steps = [torch.cat([by_name[s.tensor].index_select(
+                    s.dim, torch.tensor(s.indices)).reshape(-1)
+                    for s in g.of("out", "bias", "norm")]).mean() for g in groups]
+            expected_params.append(naive_prox(groups, float(lam), group_steps))
+            with torch.no_grad():  # the reference models follow, for the next round of steps
+                for name, value in expected_params[-1].items():
+                    groups.tensor(name).copy_(value)
+        with torch.no_grad():
+            penalty.prox_(params, steps)
+        for name, p in stacked.items():
+            for k in range(len(groups_of)):
+                torch.testing.assert_close(p[k].detach(), expected_params[k][name], rtol=RTOL,
+                                           atol=1e-15)
+
+
+def test_stacked_proximal_sgd_equals_separate_runs():
+    models, groups_of, template, _ = stacked_setup("mlp")
+    lams = [0.2, 0.05, 0.0]
+    x, y = torch.randn(6, 5, dtype=F64), torch.tensor([0, 1, 0, 1, 1, 0])
+    everything = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]
+                                 ).requires_grad_() for n, _ in models[0].named_parameters()}
+    # K plain runs: each model, its own groups, Proximal SGD with momentum.
+    for model, groups, lam in zip(models, groups_of, lams):
+        reg = Regularizer(model, {groups.selector: ChannelLasso(lam, groups)})
+        optimizer = Proximal(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5), reg)
+        for _ in range(4):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    # One stacked run: every parameter stacked, the gradients of the members' losses.
+    penalty = ChannelLasso(torch.tensor(lams, dtype=F64), template, parameters=everything)
+    reg = Regularizer(models[0], {template.selector: penalty}, parameters=everything)
+    optimizer = Proximal(torch.optim.SGD(list(everything.values()), lr=0.1, momentum=0.5), reg)
+    for _ in range(4):
+        optimizer.zero_grad()
+        loss = sum(F.cross_entropy(torch.func.functional_call(
+            models[0], {n: t[k] for n, t in everything.items()}, (x,)), y)
+            for k in range(len(models)))
+        loss.backward()
+        optimizer.step()
+    for k, model in enumerate(models):
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(everything[name][k].detach(), p.detach(), rtol=1e-10,
+                                       atol=1e-12)

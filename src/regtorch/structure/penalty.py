@@ -27,16 +27,22 @@ entries) by default (``roles=`` narrows it). Consumer input columns (``in``) are
 they overlap the next group's rows, and with them the proximal step would no longer be exact.
 Running statistics (``buffer``) are not parameters: never penalized, removed with the channel by
 :func:`~regtorch.compact`.
+
+**Stacked members.** With a ``[K]`` strength and ``parameters=`` tensors stacked ``[K, ...]``
+(K copies of the model, as :func:`torch.func.stack_module_state` makes them), member ``k`` is
+penalized at ``lam[k]`` on its own slice: norms, steps and shrink factors are per member and
+per group, the value is :math:`\sum_k` of the members' values, and nothing couples the members.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from regtorch._strength import check_members
 from regtorch.penalties import Penalty, Scratch
 from regtorch.structure.graph import PENALIZED_ROLES, ChannelGroups
 
@@ -46,7 +52,8 @@ __all__ = ["ChannelLasso", "ChannelSparsity"]
 class _Layout:
     """Per tensor name: the dim its channels index and the group of each index (−1: none)."""
 
-    def __init__(self, groups: ChannelGroups, roles: Sequence[str], scale: str) -> None:
+    def __init__(self, groups: ChannelGroups, roles: Sequence[str], scale: str,
+                 parameters: Mapping[str, Tensor] | None) -> None:
         self.dims: dict[str, int] = {}
         self.group_of: dict[str, Tensor] = {}
         sizes = [0] * len(groups.groups)
@@ -64,7 +71,15 @@ class _Layout:
         self.count = len(sizes)
         self.coefficients = torch.tensor(
             [math.sqrt(n) if scale == "sqrt" else 1.0 for n in sizes], dtype=torch.float64)
-        self.names_by_id = {id(groups.tensor(name)): name for name in self.dims}
+        self.shapes = {name: groups.tensor(name).shape for name in self.dims}
+        if parameters is None:
+            self.names_by_id = {id(groups.tensor(name)): name for name in self.dims}
+        else:
+            missing = [name for name in self.dims if name not in parameters]
+            if missing:
+                raise ValueError(f"ChannelLasso: parameters= has no tensor {missing[0]!r} "
+                                 f"(every tensor with penalized slices is needed)")
+            self.names_by_id = {id(parameters[name]): name for name in self.dims}
 
 
 class ChannelLasso(Penalty):
@@ -76,14 +91,19 @@ class ChannelLasso(Penalty):
         reg = Regularizer(model, {groups.selector: ChannelLasso(lam, groups)})
 
     Args:
-        lam: strength λ ≥ 0 (a number; stacked ``[K]`` strengths are not supported).
+        lam: strength λ ≥ 0, or a ``[K]`` tensor for ``parameters`` stacked ``[K, ...]``.
         groups: the :class:`~regtorch.structure.ChannelGroups` of the model.
         scale: ``"sqrt"`` (:math:`c_g = \sqrt{|g|}`) or ``"none"`` (1).
         roles: the slice roles penalized, a subset of ``("out", "bias", "norm")``.
+        parameters: the tensors penalized instead of the groups' model's own, by name (as
+            :class:`~regtorch.Regularizer`'s ``parameters=``, and the same mapping): shaped like
+            the model's, or stacked ``[K, ...]`` with a ``[K]`` ``lam`` (module docstring).
 
     Raises:
-        ValueError: bad ``scale`` or ``roles``; :meth:`check` raises for a parameter that holds no
-            penalized slice (e.g. bound by the default ``WEIGHTS`` selection).
+        ValueError: bad ``scale`` or ``roles``; ``parameters`` without a penalized tensor;
+            :meth:`check` raises for a parameter that holds no penalized slice (e.g. bound by
+            the default ``WEIGHTS`` selection) or is not shaped like the model's tensor
+            (``[K, ...]`` with a ``[K]`` strength).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
@@ -107,7 +127,8 @@ class ChannelLasso(Penalty):
     _SCALES = ("sqrt", "none")
 
     def __init__(self, lam: float, groups: ChannelGroups, scale: str = "sqrt",
-                 roles: Sequence[str] = PENALIZED_ROLES) -> None:
+                 roles: Sequence[str] = PENALIZED_ROLES, *,
+                 parameters: Mapping[str, Tensor] | None = None) -> None:
         if not isinstance(groups, ChannelGroups):
             raise TypeError(f"Invalid groups: {groups!r} (expected regtorch.channel_groups(...))")
         if scale not in self._SCALES:
@@ -120,13 +141,7 @@ class ChannelLasso(Penalty):
         self.groups = groups
         self.scale = scale
         self.roles = roles
-        self._layout = _Layout(groups, roles, scale)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        super().__setattr__(name, value)
-        if name == "lam" and isinstance(self.lam, Tensor):
-            raise TypeError("Invalid lam value: ChannelLasso takes a number, not stacked [K] "
-                            "strengths")
+        self._layout = _Layout(groups, roles, scale, parameters)
 
     def _extra_repr(self) -> str:
         return f", {len(self.groups)} groups, scale={self.scale!r}"
@@ -140,56 +155,78 @@ class ChannelLasso(Penalty):
         return name
 
     def check(self, param: Tensor) -> None:
-        self._name(param)
+        shape = self._layout.shapes[self._name(param)]
+        if isinstance(self.lam, Tensor):
+            check_members(self.lam, param, "ChannelLasso")
+            shape = torch.Size((self.lam.shape[0], *shape))
+        if param.shape != shape:
+            stacked = ", stacked [K, ...]" if isinstance(self.lam, Tensor) else ""
+            raise ValueError(f"ChannelLasso: expected a tensor of shape {tuple(shape)} (the "
+                             f"model's{stacked}), got {tuple(param.shape)}")
+
+    def _members(self, param: Tensor) -> Tensor:
+        """``param`` as ``[M, ...]``: its K stacked members, or M = 1 for one model."""
+        return param if isinstance(self.lam, Tensor) else param.unsqueeze(0)
 
     def _index(self, param: Tensor) -> tuple[int, Tensor]:
+        """The channel dim of ``_members(param)`` and the group of each index along it."""
         name = self._name(param)
-        return self._layout.dims[name], self._layout.group_of[name].to(param.device)
+        return self._layout.dims[name] + 1, self._layout.group_of[name].to(param.device)
 
-    def _per_index(self, param: Tensor, dim: int, values: Tensor) -> Tensor:
-        """A vector along ``dim`` viewed to broadcast against ``param``."""
-        shape = [1] * param.ndim
-        shape[dim] = -1
-        return values.view(shape)
+    def _strengths(self, device: torch.device) -> Tensor | float:
+        """λ as a ``[M, 1]`` float64 column (stacked) or the number."""
+        if isinstance(self.lam, Tensor):
+            return self.lam.to(dtype=torch.float64, device=device).view(-1, 1)
+        return self.lam
 
     def _group_sums(self, params: Sequence[Tensor], per_index) -> Tensor:
-        """Σ over each group's elements of ``per_index(param, dim)`` (a float64 vector per
-        index along the channel dim)."""
-        total = torch.zeros(self._layout.count, dtype=torch.float64,
+        """``[M, G]``: Σ over each member's and group's elements of ``per_index(param, m, dim)``,
+        a float64 ``[M, n]`` per index along the channel dim ``dim`` of
+        ``m = _members(param)``."""
+        members = self._members(params[0]).shape[0] if params else 1
+        total = torch.zeros(members, self._layout.count, dtype=torch.float64,
                             device=params[0].device if params else None)
         for p in params:
             dim, gid = self._index(p)
-            values = per_index(p, dim)
+            values = per_index(p, self._members(p), dim)
             keep = gid >= 0
-            total = total.index_add(0, gid[keep], values[keep])
+            total = total.index_add(1, gid[keep], values[:, keep])
         return total
 
     def _norms(self, params: Sequence[Tensor]) -> Tensor:
-        def squares(p: Tensor, dim: int) -> Tensor:
-            others = [d for d in range(p.ndim) if d != dim]
-            return p.to(torch.float64).square().sum(dim=others) if others else (
-                p.to(torch.float64).square())
+        def squares(p: Tensor, m: Tensor, dim: int) -> Tensor:
+            others = [d for d in range(1, m.ndim) if d != dim]
+            squared = m.to(torch.float64).square()
+            return squared.sum(dim=others) if others else squared
 
         sums = self._group_sums(params, squares)
         positive = sums > 0  # √ with gradient 0, not NaN, at an exactly-zero group
         return torch.where(positive, torch.where(positive, sums, 1.0).sqrt(), 0.0)
 
+    def _total(self, norms: Tensor) -> Tensor:
+        per_member = (self._layout.coefficients.to(norms.device) * norms).sum(dim=1)
+        if isinstance(self.lam, Tensor):
+            return (self._strengths(norms.device).view(-1) * per_member).sum()
+        return self.lam * per_member[0]
+
     def value(self, params: Sequence[Tensor]) -> Tensor:
         if not params:
             return torch.zeros((), dtype=torch.float64)
-        norms = self._norms(params)
-        return self.lam * (self._layout.coefficients.to(norms.device) * norms).sum()
+        return self._total(self._norms(params))
 
     def _factors(self, params: Sequence[Tensor], per_group: Tensor,
                  fill: float) -> list[Tensor]:
-        """``per_group`` (length G, float64) as one broadcastable factor per parameter, ``fill``
-        where an index belongs to no group."""
+        """``per_group`` (``[M, G]``, float64) as one factor per parameter that broadcasts
+        against it, ``fill`` where an index belongs to no group."""
         out = []
-        padded = torch.cat([per_group, per_group.new_full((1,), fill)])
+        padded = torch.cat([per_group, per_group.new_full((per_group.shape[0], 1), fill)], 1)
         for p in params:
             dim, gid = self._index(p)
-            factor = padded[torch.where(gid >= 0, gid, len(per_group))].to(p.dtype)
-            out.append(self._per_index(p, dim, factor))
+            factor = padded[:, torch.where(gid >= 0, gid, per_group.shape[1])].to(p.dtype)
+            shape = [1] * self._members(p).ndim
+            shape[0], shape[dim] = factor.shape[0], -1
+            factor = factor.view(shape)
+            out.append(factor if isinstance(self.lam, Tensor) else factor[0])
         return out
 
     def add_grad_(self, params, grads, *, value=False, scratch: Scratch | None = None):
@@ -199,10 +236,10 @@ class ChannelLasso(Penalty):
             norms = self._norms(params)
         coefficients = self._layout.coefficients.to(norms.device)
         floor = torch.finfo(torch.float64).tiny ** 0.5
-        per_group = self.lam * coefficients / norms.clamp_min(floor)
+        per_group = self._strengths(norms.device) * coefficients / norms.clamp_min(floor)
         for p, grad, factor in zip(params, grads, self._factors(params, per_group, 0.0)):
             grad.addcmul_(p, factor)
-        return self.lam * (coefficients * norms).sum() if value else None
+        return self._total(norms) if value else None
 
     def prox_(self, params, steps, *, scratch: Scratch | None = None):
         if not params:
@@ -210,24 +247,30 @@ class ChannelLasso(Penalty):
         with torch.no_grad():
             norms = self._norms(params)
 
-            def step_sums(p: Tensor, dim: int, step) -> Tensor:
-                others = [d for d in range(p.ndim) if d != dim]
-                per = p.numel() // p.shape[dim] if p.ndim else 1
+            def step_sums(p: Tensor, m: Tensor, dim: int) -> Tensor:
+                """Σ of the steps over each member's elements at each channel index."""
+                step = step_of[id(p)]
                 if isinstance(step, Tensor):
-                    expanded = step.to(torch.float64).expand_as(p)
+                    expanded = self._members(step.to(torch.float64).expand_as(p))
+                    others = [d for d in range(1, m.ndim) if d != dim]
                     return expanded.sum(dim=others) if others else expanded.clone()
-                return torch.full((p.shape[dim],), float(step) * per, dtype=torch.float64,
-                                  device=p.device)
+                per = m[0].numel() // m.shape[dim]
+                return torch.full((m.shape[0], m.shape[dim]), float(step) * per,
+                                  dtype=torch.float64, device=m.device)
 
-            step_of = {id(p): s for p, s in zip(params, steps)}
-            totals = self._group_sums(params, lambda p, d: step_sums(p, d, step_of[id(p)]))
-            counts = self._group_sums(params, lambda p, d: torch.full(
-                (p.shape[d],), float(p.numel() // p.shape[d]), dtype=torch.float64,
-                device=p.device))
+            def counts_of(p: Tensor, m: Tensor, dim: int) -> Tensor:
+                per = float(m[0].numel() // m.shape[dim])
+                return torch.full((m.shape[0], m.shape[dim]), per, dtype=torch.float64,
+                                  device=m.device)
+
+            step_of = {id(p): step for p, step in zip(params, steps)}
+            totals = self._group_sums(params, step_sums)
+            counts = self._group_sums(params, counts_of)
             mean_steps = torch.where(counts > 0, totals / counts.clamp_min(1.0), 0.0)
             coefficients = self._layout.coefficients.to(norms.device)
             floor = torch.finfo(torch.float64).tiny ** 0.5
-            shrink = (1.0 - mean_steps * self.lam * coefficients / norms.clamp_min(floor))
+            shrink = (1.0 - mean_steps * self._strengths(norms.device) * coefficients
+                      / norms.clamp_min(floor))
             for p, factor in zip(params, self._factors(params, shrink.clamp_min(0.0), 1.0)):
                 p.mul_(factor)
 
@@ -260,6 +303,9 @@ class ChannelSparsity:
                  patience: int = 1, max_lam: float | None = None) -> None:
         if not isinstance(penalty, ChannelLasso):
             raise TypeError(f"Invalid penalty: {penalty!r} (expected a ChannelLasso)")
+        if isinstance(penalty.lam, Tensor):
+            raise TypeError("Invalid penalty: ChannelSparsity raises one model's λ (a number), "
+                            "not stacked [K] strengths")
         if not 0.0 < target <= 1.0:
             raise ValueError(f"Invalid target value: {target} (expected 0 < target <= 1)")
         if not factor > 1.0:
