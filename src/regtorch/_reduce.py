@@ -11,6 +11,12 @@ tensor to float64 is exact but ~20× slower. Two cheap ways keep the error below
   16M elements), one call per tensor, results added in float64.
 
 Half-precision tensors are reduced in float32.
+
+The detached sums of ``add_grad_(value=True)`` (float32 and float64 only) take pieces made once
+by :func:`flat_pieces` (a penalty's scratch caches them across steps) and come in two forms: one
+``dot`` per piece (:func:`sum_of_dots`, the fastest and most accurate on CPU), or one
+``_foreach_norm`` over every piece (:func:`foreach_sum_of_powers`: a constant number of kernel
+launches whatever the number of tensors, the form for accelerators).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK", "accumulation_dtype", "float64_zero", "member_sum_of_powers", "sum_nonnegative",
-           "sum_of_abs", "sum_of_squares"]
+__all__ = ["CHUNK", "accumulation_dtype", "flat_pieces", "float64_zero", "foreach_sum_of_powers",
+           "member_sum_of_powers", "sum_nonnegative", "sum_of_abs", "sum_of_dots", "sum_of_squares"]
 
 CHUNK = 1 << 18
 _HALF = (torch.float16, torch.bfloat16)
@@ -49,14 +55,43 @@ def _squares(piece: Tensor) -> Tensor:
     return torch.dot(piece, piece)
 
 
-def sum_of_squares(tensors: Sequence[Tensor]) -> Tensor:
-    """``Σ_t Σ_i t_i²`` as a 0-d float64 tensor (differentiable)."""
-    parts = []
+def flat_pieces(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Every tensor as 1-D pieces of at most ``CHUNK`` elements, in order (views of a contiguous
+    tensor; a non-contiguous one is copied by ``reshape``)."""
+    out: list[Tensor] = []
     for t in tensors:
         flat = t.reshape(-1)
-        pieces = flat.split(CHUNK) if flat.numel() > CHUNK else (flat,)
-        parts.extend(_squares(piece) for piece in pieces)
-    return _total(parts)
+        if flat.numel() > CHUNK:
+            out.extend(flat.split(CHUNK))
+        else:
+            out.append(flat)
+    return out
+
+
+def sum_of_squares(tensors: Sequence[Tensor]) -> Tensor:
+    """``Σ_t Σ_i t_i²`` as a 0-d float64 tensor (differentiable)."""
+    return _total([_squares(piece) for piece in flat_pieces(tensors)])
+
+
+def sum_of_dots(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """``Σ_j a_j · b_j`` over paired 1-D float32/float64 pieces (from :func:`flat_pieces`): one
+    ``dot`` per piece, the results added in float64. With ``b = a`` it is :func:`sum_of_squares`
+    bit for bit; with ``b = sign(a)`` it is ``Σ|a|`` (each product ``a·sign(a) = |a|`` exactly)."""
+    return _total([torch.dot(x, y) for x, y in zip(a, b)])
+
+
+def foreach_sum_of_powers(pieces: Sequence[Tensor], p: int) -> Tensor:
+    """``Σ_j ‖piece_j‖_p^p`` for ``p`` in (1, 2), float64, from one ``torch._foreach_norm`` over
+    all the pieces (float32/float64): O(1) kernel launches in the number of tensors.
+
+    Each piece's norm is a float32 (or float64) reduction; on CPU torch's norm kernel is less
+    accurate than ``dot`` (2.5e-6 relative on a 2¹⁸-element float32 piece, vs 8e-7), which is why
+    the CPU path uses :func:`sum_of_dots`.
+    """
+    if not pieces:
+        return float64_zero()
+    norms = torch.stack(torch._foreach_norm(list(pieces), p)).to(torch.float64)
+    return torch.dot(norms, norms) if p == 2 else norms.sum()
 
 
 def sum_of_abs(tensors: Sequence[Tensor]) -> Tensor:

@@ -54,10 +54,12 @@ from regtorch import _fused
 from regtorch._reduce import (
     CHUNK,
     accumulation_dtype,
+    flat_pieces,
     float64_zero,
+    foreach_sum_of_powers,
     member_sum_of_powers,
-    sum_nonnegative,
     sum_of_abs,
+    sum_of_dots,
     sum_of_squares,
 )
 from regtorch._strength import Strength, as_tensor_like, check_members, is_zero, validate_strength
@@ -76,20 +78,33 @@ _KERAS_EPSILON = 1e-7
 
 
 class Scratch:
-    """Per-call-site state reused across steps: buffers shaped like a list of parameters (no
-    per-step allocation) and per-parameter metadata a penalty derives from shapes.
+    """Per-call-site state reused across steps, so that a step allocates nothing and recomputes
+    nothing that only depends on shapes or strengths:
 
-    Both caches are keyed on the identity of the parameters (plus the first one's dtype and device
-    for buffers, plus the shapes for metadata), so freezing a layer or moving the model recomputes
-    them once.
+    * buffers shaped like a list of parameters (:meth:`like`);
+    * 1-D pieces of at most ``CHUNK`` elements of the parameters and buffers (:meth:`pieces`),
+      the views a value is reduced over;
+    * ``[K]`` strengths as one ``[K, 1, ..., 1]`` view per parameter in its dtype and device
+      (:meth:`member_strengths`);
+    * per-parameter metadata a penalty derives from shapes (:meth:`memo`).
+
+    Every cache is checked against what it was made from at each use. Buffers and metadata are
+    keyed on the identity, shape, dtype and device of the parameters (freezing a layer or moving
+    the model recomputes them once); pieces also on each tensor's storage address and strides
+    (``p.data = ...`` makes new ones); member strengths on the strength tensor itself and its
+    version counter, so both assigning a new tensor (``penalty.lam = t``) and changing it in place
+    (``penalty.lam.mul_(2)``) are seen at the next step. While ``torch.compile`` traces, the
+    pieces and strengths are recomputed instead (nothing to guard on in a graph).
     """
 
-    __slots__ = ("_bufs", "_key", "_memo")
+    __slots__ = ("_bufs", "_key", "_memo", "_pieces", "_strengths")
 
     def __init__(self) -> None:
         self._bufs: list[Tensor] = []
         self._key: tuple | None = None
         self._memo: dict[object, tuple[tuple, object]] = {}
+        self._pieces: dict[int, tuple[tuple, list[Tensor]]] = {}  # 0: parameters, 1: buffers
+        self._strengths: tuple[Tensor, int, tuple, list[Tensor]] | None = None
 
     def like(self, params: Sequence[Tensor]) -> list[Tensor]:
         key = (tuple(map(id, params)), params[0].dtype, params[0].device) if params else ()
@@ -97,11 +112,36 @@ class Scratch:
             self._bufs = [torch.empty_like(p, memory_format=torch.preserve_format)
                           for p in params]
             self._key = key
+            self._pieces.pop(1, None)
         return self._bufs
 
+    def pieces(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """:func:`~regtorch._reduce.flat_pieces` of ``tensors`` (a list of parameters or of this
+        scratch's buffers), made once while every tensor keeps its storage, shape and strides."""
+        if torch.compiler.is_compiling():
+            return flat_pieces(tensors)
+        slot = 1 if tensors is self._bufs else 0
+        key = tuple((id(t), t.data_ptr(), t.shape, t.stride()) for t in tensors)
+        hit = self._pieces.get(slot)
+        if hit is None or hit[0] != key:
+            hit = self._pieces[slot] = (key, flat_pieces([t.detach() for t in tensors]))
+        return hit[1]
+
+    def member_strengths(self, lam: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
+        """:func:`_per_param` of ``lam``, made once per strength tensor, version and layout."""
+        if torch.compiler.is_compiling() or lam.is_inference():
+            return _per_param(lam, params)
+        layout = tuple((id(p), p.shape, p.dtype, p.device) for p in params)
+        hit = self._strengths
+        if hit is None or hit[0] is not lam or hit[1] != lam._version or hit[2] != layout:
+            hit = self._strengths = (lam, lam._version, layout, _per_param(lam, params))
+        return hit[3]
+
     def memo(self, owner: object, params: Sequence[Tensor], compute):
-        """``compute()``, cached per ``owner`` until the parameters or their shapes change."""
-        key = (tuple(map(id, params)), tuple(p.shape for p in params))
+        """``compute()``, cached per ``owner`` until the parameters, their shapes or their device
+        change."""
+        key = (tuple(map(id, params)), tuple(p.shape for p in params),
+               params[0].device if params else None)
         hit = self._memo.get(owner)
         if hit is None or hit[0] != key:
             hit = self._memo[owner] = (key, compute())
@@ -110,6 +150,10 @@ class Scratch:
 
 def _buffers(params: Sequence[Tensor], scratch: Scratch | None) -> list[Tensor]:
     return scratch.like(params) if scratch is not None else [torch.empty_like(p) for p in params]
+
+
+def _pieces(tensors: Sequence[Tensor], scratch: Scratch | None) -> list[Tensor]:
+    return scratch.pieces(tensors) if scratch is not None else flat_pieces(tensors)
 
 
 def _per_param(lam: Strength, params: Sequence[Tensor]) -> list[Tensor]:
@@ -121,6 +165,34 @@ def _per_param(lam: Strength, params: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+def _member_strengths(lam: Tensor, params: Sequence[Tensor],
+                      scratch: Scratch | None) -> list[Tensor]:
+    """:func:`_per_param`, cached in ``scratch`` when there is one."""
+    return scratch.member_strengths(lam, params) if scratch is not None else _per_param(lam, params)
+
+
+_LEAN_DTYPES = (torch.float32, torch.float64)
+
+
+def _stacked_value(lam: Tensor, params: Sequence[Tensor], p: int) -> Tensor:
+    """``Σ_k lam_k · Σ_params Σ_i |w[k]_i|^p`` (float64) for parameters stacked as ``[K, ...]``:
+    the members' sums of every parameter stacked as one ``[P, K]`` tensor, then one dot with the
+    strengths in float64 (a fixed number of ops after the per-parameter reductions)."""
+    if not params:
+        return float64_zero()
+    per_member = torch.stack([member_sum_of_powers(t, p) for t in params]).sum(dim=0)
+    return torch.dot(per_member, lam.to(dtype=torch.float64, device=per_member.device))
+
+
+def _multi_tensor(params: Sequence[Tensor]) -> bool:
+    """Whether the pure-PyTorch path takes its multi-tensor form (a constant number of kernel
+    launches: ``_foreach_*`` ops and one ``_foreach_norm``) rather than its per-tensor one (a
+    ``sign``/``dot`` per tensor). On CPU a launch is a function call and per-tensor ``dot`` and
+    ``sign(out=)`` measured fastest (``benchmarks/bench_penalty.py``); on an accelerator each
+    launch costs microseconds, so the number of launches is what counts."""
+    return not params[0].is_cpu
+
+
 def _taus(lam: Strength, steps: Steps, params: Sequence[Tensor]) -> tuple[list, bool]:
     """Thresholds ``t_i · lam`` per parameter, and whether they are all plain floats."""
     lams = _per_param(lam, params) if isinstance(lam, Tensor) else [lam] * len(params)
@@ -128,19 +200,25 @@ def _taus(lam: Strength, steps: Steps, params: Sequence[Tensor]) -> tuple[list, 
     return taus, all(not isinstance(t, Tensor) for t in taus)
 
 
-def _add_sign_(params: Sequence[Tensor], grads: Sequence[Tensor], lam: Strength,
+def _add_sign_(params: Sequence[Tensor], grads: Sequence[Tensor], lam: float | list[Tensor],
                signs: list[Tensor]) -> None:
-    """``grads += lam · sign(params)`` through the buffers ``signs``.
+    """``grads += lam · sign(params)`` through the buffers ``signs`` (``lam`` a float, or one
+    ``[K, 1, ..., 1]`` strength per parameter).
 
-    ``sign(p, out=buffer)`` per tensor reads each weight once; there is no single-pass foreach
-    form (``_foreach_copy_`` + ``_foreach_sign_`` makes two passes, ``_foreach_sign.out``
-    allocates and copies), and on CPU the per-tensor kernels measured faster in
-    ``benchmarks/bench_penalty.py``. The accumulation into ``.grad`` is one fused kernel.
+    On CPU, ``sign(p, out=buffer)`` per tensor reads each weight once; there is no single-pass
+    foreach form (``_foreach_copy_`` + ``_foreach_sign_`` makes two passes, ``_foreach_sign.out``
+    allocates and copies), and the per-tensor kernels measured faster in
+    ``benchmarks/bench_penalty.py``. Elsewhere the two foreach ops keep the launches O(1). The
+    accumulation into ``.grad`` is one fused kernel.
     """
-    for p, buffer in zip(params, signs):
-        torch.sign(p, out=buffer)
-    if isinstance(lam, Tensor):
-        torch._foreach_addcmul_(grads, signs, _per_param(lam, params))
+    if _multi_tensor(params):
+        torch._foreach_copy_(signs, params)
+        torch._foreach_sign_(signs)
+    else:
+        for p, buffer in zip(params, signs):
+            torch.sign(p, out=buffer)
+    if isinstance(lam, list):
+        torch._foreach_addcmul_(grads, signs, lam)
     else:
         torch._foreach_add_(grads, signs, alpha=lam)
 
@@ -333,10 +411,21 @@ class L2(Penalty):
         if ops is not None:  # gradient and value in one pass
             return _kernel_grad(ops.elementwise_grad, params, grads, 0.0, self.lam, value=value)
         if _stacked(self.lam):
-            torch._foreach_addcmul_(grads, params, _per_param(self.lam, params))
-        elif not is_zero(self.lam):  # a zero constant adds nothing: skip the pass
+            lams = _member_strengths(self.lam, params, scratch)
+            torch._foreach_addcmul_(grads, params, lams)
+            if not value:
+                return None
+            return 0.5 * _stacked_value(self.lam, params, 2)
+        if not is_zero(self.lam):  # a zero constant adds nothing: skip the pass
             torch._foreach_add_(grads, params, alpha=self.lam)
-        return self.value(params) if value else None
+        if not value:
+            return None
+        if params[0].dtype not in _LEAN_DTYPES:
+            return self.value(params)
+        pieces = _pieces(params, scratch)
+        if _multi_tensor(params):
+            return 0.5 * self.lam * foreach_sum_of_powers(pieces, 2)
+        return 0.5 * self.lam * sum_of_dots(pieces, pieces)  # = value(params), bit for bit
 
     def prox_(self, params, steps, *, scratch=None):
         if _elementwise_prox_(params, steps, 0.0, self.lam):
@@ -381,18 +470,26 @@ class L1(Penalty):
         ops = _kernel(params, self.lam)
         if ops is not None:  # gradient and value in one pass
             return _kernel_grad(ops.elementwise_grad, params, grads, self.lam, 0.0, value=value)
-        buffers = _buffers(params, scratch)
-        total = None
-        if value and not _stacked(self.lam):
-            # Σ|w| as plain sums of |w| written into the buffers (an ord=1 norm is ~3× slower).
-            for p, buffer in zip(params, buffers):
-                torch.abs(p, out=buffer)
-            total = self.lam * sum_nonnegative(buffers)
-        elif value:
-            total = self.value(params)
-        if not is_zero(self.lam):
-            _add_sign_(params, grads, self.lam, buffers)
-        return total
+        if _stacked(self.lam):
+            lams = _member_strengths(self.lam, params, scratch)
+            _add_sign_(params, grads, lams, _buffers(params, scratch))
+            if not value:
+                return None
+            return _stacked_value(self.lam, params, 1)
+        lean = params[0].dtype in _LEAN_DTYPES
+        if is_zero(self.lam) or not lean:
+            total = self.value(params) if value else None
+            if not is_zero(self.lam):
+                _add_sign_(params, grads, self.lam, _buffers(params, scratch))
+            return total
+        signs = _buffers(params, scratch)
+        _add_sign_(params, grads, self.lam, signs)
+        if not value:
+            return None
+        # Σ|w| = Σ w·sign(w) from the signs the gradient just wrote: no pass to write |w|.
+        if _multi_tensor(params):
+            return self.lam * foreach_sum_of_powers(_pieces(params, scratch), 1)
+        return self.lam * sum_of_dots(_pieces(params, scratch), _pieces(signs, scratch))
 
     def prox_(self, params, steps, *, scratch=None):
         if _elementwise_prox_(params, steps, self.lam, 0.0):
@@ -401,12 +498,22 @@ class L1(Penalty):
 
 
 class _GroupLayout(NamedTuple):
-    """What a group lasso derives from parameter shapes, cached across steps."""
+    """What a group lasso derives from parameter shapes, cached across steps, and the strength
+    it last scaled the coefficients by (``scaled`` is ``[lam · c]`` for ``lam = scaled_by``)."""
 
     dims: list[tuple[int, ...]]
     coefficients: list[float]
-    coefficient_vector: Tensor
+    coefficient_vector: Tensor  # float64, on the parameters' device
     floors: list[float]
+    scaled: list
+    scaled_by: list  # [lam]: a one-element cell, so the tuple stays immutable
+
+    def scaled_coefficients(self, lam: float) -> list[float]:
+        """``[lam · c_i]`` (made once per value of ``lam``; the same floats as recomputed)."""
+        if torch.compiler.is_compiling() or self.scaled_by[0] != lam:
+            self.scaled[:] = [lam * c for c in self.coefficients]
+            self.scaled_by[0] = lam
+        return self.scaled
 
 
 class GroupLasso(Penalty):
@@ -512,15 +619,21 @@ class GroupLasso(Penalty):
     def _layout(self, params: Sequence[Tensor]) -> _GroupLayout:
         dims = [self._reduce_dims(p) for p in params]
         coefficients = [self._coefficient(p, d) for p, d in zip(params, dims)]
-        return _GroupLayout(dims, coefficients, torch.tensor(coefficients, dtype=torch.float64),
-                            [_norm_floor(p.dtype) for p in params])
+        device = params[0].device if params else None
+        return _GroupLayout(dims, coefficients,
+                            torch.tensor(coefficients, dtype=torch.float64, device=device),
+                            [_norm_floor(p.dtype) for p in params], [], [None])
+
+    def _cached_layout(self, params: Sequence[Tensor], scratch: Scratch | None) -> _GroupLayout:
+        if scratch is None:
+            return self._layout(params)
+        return scratch.memo((self, self.groups, self.scale, _stacked(self.lam)), params,
+                            lambda: self._layout(params))
 
     def add_grad_(self, params, grads, *, value=False, scratch=None):
         if not params or (is_zero(self.lam) and not value):
             return float64_zero() if value else None
-        layout = (scratch.memo((self, self.groups, self.scale, _stacked(self.lam)), params,
-                               lambda: self._layout(params))
-                  if scratch is not None else self._layout(params))
+        layout = self._cached_layout(params, scratch)
         ops = _kernel(params, self.lam)
         if ops is not None:  # norms, gradient and value in one call
             return _kernel_grad(ops.group_grad, params, grads, self.lam,
@@ -533,30 +646,36 @@ class GroupLasso(Penalty):
                             for n, p, d in zip(norms, params, layout.dims))
             else:
                 per_tensor = torch.stack(torch._foreach_norm(norms, ord=1)).to(torch.float64)
-                total = self.lam * torch.dot(per_tensor,
-                                             layout.coefficient_vector.to(per_tensor.device))
+                vector = layout.coefficient_vector
+                if vector.device != per_tensor.device:  # norms of a DTensor's local shards
+                    vector = vector.to(per_tensor.device)
+                total = self.lam * torch.dot(per_tensor, vector)
         if is_zero(self.lam):
             return total
         # w_g / max(‖w_g‖, √tiny): exactly 0 for a zero group, finite for a tiny one.
         torch._foreach_clamp_min_(norms, layout.floors)
         if _stacked(self.lam):
             torch._foreach_reciprocal_(norms)
-            torch._foreach_mul_(norms, _per_param(self.lam, params))
+            torch._foreach_mul_(norms, _member_strengths(self.lam, params, scratch))
             torch._foreach_mul_(norms, layout.coefficients)
             torch._foreach_addcmul_(grads, params, norms)
         else:
-            torch._foreach_addcdiv_(grads, params, norms,
-                                    [self.lam * c for c in layout.coefficients])
+            torch._foreach_addcdiv_(grads, params, norms, layout.scaled_coefficients(self.lam))
         return total
 
     def prox_(self, params, steps, *, scratch=None):
-        taus, _ = _taus(self.lam, steps, params)
-        for p, tau in zip(params, taus):
-            dims = self._reduce_dims(p)
+        if not params:
+            return
+        layout = self._cached_layout(params, scratch)
+        lams = (_member_strengths(self.lam, params, scratch) if _stacked(self.lam)
+                else [self.lam] * len(params))
+        for p, step, lam, dims, c, floor in zip(params, steps, lams, layout.dims,
+                                                layout.coefficients, layout.floors):
+            tau = step * lam
             if isinstance(tau, Tensor) and dims:
                 tau = tau.expand_as(p).mean(dim=dims, keepdim=True)  # one step per group
-            norms = self._group_norms(p, dims).clamp_min_(_norm_floor(p.dtype))
-            factor = (1.0 - tau * self._coefficient(p, dims) / norms).clamp_min_(0.0)
+            norms = self._group_norms(p, dims).clamp_min_(floor)
+            factor = (1.0 - tau * c / norms).clamp_min_(0.0)
             p.mul_(factor)
 
 
@@ -700,7 +819,12 @@ class Sum(Penalty):
         if ops is not None:  # L1 then L2, as the terms would, in one pass
             return _kernel_grad(ops.elementwise_grad, params, grads, *pair, value=value)
         values = [t.add_grad_(params, grads, value=value, scratch=scratch) for t in self.terms]
-        return sum(values, float64_zero()) if value else None
+        if not value:
+            return None
+        total = values[0] if values else float64_zero()  # == 0 + values[0]: no extra op
+        for v in values[1:]:
+            total = total + v
+        return total
 
     def _elastic_net_strengths(self) -> tuple[Strength, Strength] | None:
         """(l1, l2) when this sum is exactly ``L1 + L2`` in that order, else ``None``."""
