@@ -194,9 +194,22 @@ def _fused_grad(name):
     return factory
 
 
-def _proximal(model, make_optimizer, work):
-    reg = Regularizer(model, L1(L1_LAM))
-    return _step(model, Proximal(make_optimizer(model.parameters()), reg), work)
+def _proximal(name):
+    """The public ``Proximal(optimizer, Regularizer(model, P))``: the fused proximal step when
+    the kernel is built, the pure-PyTorch one otherwise (``REGTORCH_FUSED=0``)."""
+
+    def factory(model, make_optimizer, work):
+        reg = Regularizer(model, PENALTIES[name]())
+        return _step(model, Proximal(make_optimizer(model.parameters()), reg), work)
+
+    return factory
+
+
+def _attach_prox(model, make_optimizer, work):
+    """``attach_prox(optimizer, reg)`` on the user's optimizer (what Lightning users call)."""
+    optimizer = make_optimizer(model.parameters())
+    regtorch.attach_prox(optimizer, Regularizer(model, L1(L1_LAM)))
+    return _step(model, optimizer, work)
 
 
 def _fused_prox(model, make_optimizer, work):
@@ -265,7 +278,9 @@ for _name in PENALTIES:
     VARIANTS[f"{_name} add_grad_(value=True)"] = _today(_name)
     VARIANTS[f"{_name} fused(value=True)"] = _fused_grad(_name)
 VARIANTS["L2 fused (no value)"] = _fused_grad_only
-VARIANTS["L1 Proximal"] = _proximal
+for _name in ("L1", "ElasticNet", "GroupLasso"):
+    VARIANTS[f"{_name} Proximal"] = _proximal(_name)
+VARIANTS["L1 attach_prox"] = _attach_prox
 VARIANTS["L1 fused prox"] = _fused_prox
 VARIANTS["L2 reg() autograd"] = _loss_autograd
 VARIANTS["L2 reg() Function"] = _loss_function(L2)
@@ -291,7 +306,8 @@ TARGETS = [  # (what, variant, reference variant, allowed points above it, seed 
      "L2 fused(value=True)", 4.0, 2.0),
     ("GroupLasso value: fused ≤ L2 fused + 4 / + 2", "GroupLasso fused(value=True)",
      "L2 fused(value=True)", 4.0, 2.0),
-    ("L1 prox: fused ≤ builtin + 8", "L1 fused prox", "builtin weight_decay", 8.0, 8.0),
+    ("L1 prox: Proximal ≤ builtin + 8", "L1 Proximal", "builtin weight_decay", 8.0, 8.0),
+    ("L1 prox: attach_prox ≤ builtin + 8", "L1 attach_prox", "builtin weight_decay", 8.0, 8.0),
 ]
 
 

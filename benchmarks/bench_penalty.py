@@ -145,6 +145,9 @@ OPTIMIZERS: dict[str, tuple[str, Callable[..., torch.optim.Optimizer]]] = {
     "sgd": ("SGD(lr=1e-3, momentum=0.9)",
             functools.partial(torch.optim.SGD, lr=1e-3, momentum=0.9)),
     "adam": ("Adam(lr=1e-3)", functools.partial(torch.optim.Adam, lr=1e-3)),
+    # weight_decay=0: torch's AdamW decays every parameter by 0.01 by default
+    "adamw": ("AdamW(lr=1e-3, weight_decay=0)",
+              functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0)),
 }
 
 

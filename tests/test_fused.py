@@ -320,3 +320,72 @@ def test_a_failed_build_falls_back_with_one_line(monkeypatch, caplog, tmp_path):
         assert _build._load() is None
     assert caplog.messages[0].startswith("regtorch: building the fused penalty kernel")
     assert caplog.messages[-1].startswith("regtorch: the fused kernel failed to build")
+
+
+# -- the attached proximal step (prox_step) ----------------------------------------------------
+
+def np_prox_step(w, v, k, lr, eps, beta2, lr_decay, l1, l2, lam, groups, c):
+    """The contract of ``prox_step`` in NumPy: the effective step t from the optimizer's state,
+    soft-threshold by t·l1, shrink each group by max(1 − τ_g·c/‖w_g‖, 0) with τ_g the group's
+    mean of t·λ, divide by 1 + t·l2."""
+    lr_k = lr / (1.0 + (k - 1.0) * lr_decay) if lr_decay else lr
+    if v is None:
+        t = np.full(w.shape, lr_k)
+    else:
+        scale = math.sqrt(1.0 - beta2 ** k) if beta2 else 1.0
+        t = lr_k / (np.sqrt(v) / scale + eps)
+    x = np.sign(w) * np.maximum(np.abs(w) - t * l1, 0.0)
+    if lam:
+        g, taus = np_groups(x, groups), np_groups(t * lam, groups)
+        # a group the L1 step zeroed: divided by the √tiny floor, it stays 0
+        floor = math.sqrt(np.finfo(float).tiny)
+        norms = np.maximum(np.linalg.norm(g, axis=1, keepdims=True), floor)
+        factor = np.maximum(1.0 - taus.mean(axis=1, keepdims=True) * c / norms, 0.0)
+        shrunk = g * factor
+        if groups == "columns":
+            moved = np.moveaxis(x, 1, 0).shape
+            x = np.moveaxis(shrunk.reshape(moved), 0, 1)
+        else:
+            x = shrunk.reshape(x.shape)
+    return x / (1.0 + t * l2)
+
+
+PROX_STEP_CASES = [pytest.param(*case, id=name) for name, case in [
+    # (moments?, beta2, lr_decay, l1, l2, lam, groups)
+    ("sgd-elastic-net", (False, 0.0, 0.0, 0.21, 0.37, 0.0, None)),
+    ("sgd-group-rows", (False, 0.0, 0.0, 0.0, 0.0, 0.3, "rows")),
+    ("adam-l1", (True, 0.99, 0.0, 0.21, 0.0, 0.0, None)),
+    ("adam-sparse-group-rows", (True, 0.99, 0.0, 0.05, 0.37, 0.3, "rows")),
+    ("adam-group-columns", (True, 0.99, 0.0, 0.0, 0.0, 0.3, "columns")),
+    ("adam-group-tensor", (True, 0.99, 0.0, 0.0, 0.0, 0.3, "tensor")),
+    ("adagrad-lr-decay-group-columns", (True, 0.0, 0.1, 0.05, 0.0, 0.3, "columns")),
+    ("adagrad-plain-lr-decay", (False, 0.0, 0.1, 0.21, 0.0, 0.0, None)),
+]]
+
+
+@pytest.mark.parametrize("shape", [pytest.param(s, id="x".join(map(str, s)))
+                                   for s in [(40, 37), (4, 3, 5, 2), (7,)]])
+@pytest.mark.parametrize("moments, beta2, lr_decay, l1, l2, lam, groups", PROX_STEP_CASES)
+def test_prox_step_matches_formula(ops, shape, moments, beta2, lr_decay, l1, l2, lam, groups):
+    if groups == "columns" and len(shape) < 2:
+        shape = (*shape, 3)  # column groups need >= 2 dims (GroupLasso refuses a vector)
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(shape, generator=generator, dtype=torch.float64)
+    # rows and columns of very different sizes, so that some groups go to 0
+    w = w * torch.logspace(-3, 0, shape[0], dtype=torch.float64).reshape(-1, *[1] * (w.ndim - 1))
+    if w.ndim >= 2:
+        w = w * torch.logspace(-2, 0, shape[1], dtype=torch.float64).reshape(1, -1,
+                                                                             *[1] * (w.ndim - 2))
+    v = torch.rand(shape, generator=generator, dtype=torch.float64) * 0.01
+    counts = [torch.tensor(5.0)]  # torch's optimizers keep the step count as a float32 tensor
+    lr, eps, c = 0.05, 1e-6, 1.7
+    expected = np_prox_step(w.numpy(), v.numpy() if moments else None, 5.0, lr, eps, beta2,
+                            lr_decay, l1, l2, lam, groups, c)
+    mine = w.clone()
+    code = {None: -1, "rows": 0, "columns": 1, "tensor": 2}[groups]
+    ops.prox_step([mine], [v] if moments else [], counts, lr, eps, beta2, lr_decay, l1, l2, lam,
+                  code, [c] if lam else [])
+    np.testing.assert_allclose(mine.numpy(), expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(mine.numpy() == 0, expected == 0)
+    if l1 or (lam and groups != "tensor"):
+        assert (mine == 0).any()  # the thresholds acted

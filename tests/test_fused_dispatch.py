@@ -1,15 +1,20 @@
 """The penalties' dispatch point (penalties._kernel): the fused kernel when it is built and the
 call is one it covers, else the pure-PyTorch path; both ways give the same results (gradients
-bit for bit, values within float64 accumulation; group lasso within 2 ulp)."""
+bit for bit, values within float64 accumulation; group lasso within 2 ulp). And the same for the
+proximal step attached to an optimizer (Proximal / attach_prox), which calls the kernel itself."""
 
 from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from regtorch import L1, L2, ElasticNet, GroupLasso, Regularizer, penalties
+from regtorch import L1, L2, ElasticNet, GroupLasso, Proximal, Regularizer, attach_prox, penalties
 from regtorch._fused import _build
+from regtorch.optim import proximal
 
 RTOL = 1e-12
 ATOL = 1e-14
@@ -135,3 +140,154 @@ def test_a_truthy_value_argument_is_accepted(built):
     total = L2(0.5).add_grad_([w], [g], value=print)
     assert float(total) == 0.75 and g.tolist() == [0.5, 0.5, 0.5]
     assert L2(0.5).add_grad_([w], [g], value=0) is None
+
+
+# -- the proximal step attached to an optimizer (regtorch.optim.proximal) ----------------------
+# Proximal / attach_prox run the kernel's prox_step (one call per rule and param group, the
+# effective step computed from the optimizer's state inside it) when it covers the case, else
+# today's path: effective_steps() then reg.prox_. Both ways must agree (float64: 1e-12; the same
+# exact zeros).
+
+# float32: the kernel's √ is exactly rounded, torch's may be 1 ulp off; over a few steps of
+# training those ulps grow by the optimizer's own dynamics (measured ≤ 3e-5 relative)
+PROX_FLOAT32_RTOL = 1e-4
+PROX_FLOAT32_ATOL = 1e-6
+PROX_STEPS = 6
+
+OPTIMIZERS = [pytest.param(make, id=name) for name, make in [
+    ("sgd", lambda p: torch.optim.SGD(p, lr=0.1)),
+    ("sgd-momentum", lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.1)),
+    ("adam", lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.95))),
+    ("amsgrad", lambda p: torch.optim.Adam(p, lr=0.05, amsgrad=True)),
+    ("adamw", lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.01)),
+    ("adagrad", lambda p: torch.optim.Adagrad(p, lr=0.1, lr_decay=0.05)),
+    ("rmsprop", lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5)),
+    ("adam-plain-lr", lambda p: (torch.optim.Adam(p, lr=0.05), {"preconditioned": False})),
+]]
+PROX_PENALTIES = [pytest.param(p, id=n) for n, p in [
+    ("L1", L1(0.05)), ("L2", L2(0.3)), ("ElasticNet", ElasticNet(0.05, 0.3)),
+    ("GroupLasso-rows", GroupLasso(0.5)), ("GroupLasso-columns", GroupLasso(0.5, "columns")),
+    ("GroupLasso-tensor", GroupLasso(0.2, "tensor", "none")),
+    ("sparse-group", L1(0.02) + GroupLasso(0.2) + L2(0.1))]]
+
+
+@pytest.fixture
+def prox_calls(monkeypatch):
+    """Count the kernel's prox_step calls made by the proximal hook."""
+    ops = _build.load_kernel()
+    calls = []
+
+    def prox_step(*args):
+        calls.append(len(args[0]))
+        ops.prox_step(*args)
+
+    monkeypatch.setattr(proximal._fused, "load_kernel", lambda: SimpleNamespace(
+        prox_step=prox_step))
+    return calls
+
+
+def train_proximal(make_optimizer, penalty, dtype=torch.float64, steps=PROX_STEPS, rules=None,
+                   attach=Proximal):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+    made = make_optimizer(model.parameters())
+    optimizer, options = made if isinstance(made, tuple) else (made, {})
+    reg = Regularizer(model, copy.deepcopy(penalty) if rules is None else rules(model))
+    stepper = attach(optimizer, reg, **options)
+    if attach is not Proximal:
+        stepper = optimizer
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 6, generator=generator, dtype=torch.float64).to(dtype)
+    y = torch.randn(16, 3, generator=generator, dtype=torch.float64).to(dtype)
+    for _ in range(steps):
+        stepper.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        stepper.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_same_result(fused, lean_params, dtype=torch.float64):
+    float32 = dtype == torch.float32
+    for a, b in zip(fused, lean_params):
+        torch.testing.assert_close(a, b, rtol=PROX_FLOAT32_RTOL if float32 else RTOL,
+                                   atol=PROX_FLOAT32_ATOL if float32 else ATOL)
+        if not float32:
+            assert torch.equal(a == 0, b == 0)  # the same exact zeros
+
+
+@pytest.mark.filterwarnings("ignore:.*mean step:UserWarning")
+@pytest.mark.parametrize("penalty", PROX_PENALTIES)
+@pytest.mark.parametrize("make_optimizer", OPTIMIZERS)
+def test_proximal_both_ways(built, prox_calls, monkeypatch, make_optimizer, penalty):
+    fused = train_proximal(make_optimizer, penalty)
+    assert len(prox_calls) == PROX_STEPS  # one rule, one param group: one call per step
+    monkeypatch.setattr(proximal._fused, "load_kernel", lambda: None)
+    assert_same_result(fused, train_proximal(make_optimizer, penalty))
+    # the threshold acted (Adam's plain lr·λ is too small to reach 0 in a few steps)
+    plain_lr = isinstance(make_optimizer(nn.Linear(1, 1).parameters()), tuple)
+    if not plain_lr and any(isinstance(t, L1) for t in penalty.terms):
+        assert any((p == 0).any() for p in fused)
+
+
+@pytest.mark.filterwarnings("ignore:.*mean step:UserWarning")
+@pytest.mark.parametrize("penalty", [pytest.param(L1(0.05), id="L1"),
+                                     pytest.param(GroupLasso(0.2), id="GroupLasso-rows")])
+@pytest.mark.parametrize("make_optimizer", [OPTIMIZERS[0], OPTIMIZERS[2], OPTIMIZERS[5]])
+def test_proximal_both_ways_float32(built, prox_calls, monkeypatch, make_optimizer, penalty):
+    fused = train_proximal(make_optimizer, penalty, torch.float32)
+    assert len(prox_calls) == PROX_STEPS
+    monkeypatch.setattr(proximal._fused, "load_kernel", lambda: None)
+    assert_same_result(fused, train_proximal(make_optimizer, penalty, torch.float32),
+                       torch.float32)
+
+
+def test_attach_prox_rules_and_param_groups_both_ways(built, prox_calls, monkeypatch):
+    """Two rules (a group lasso and an elastic net) over two param groups with their own lr:
+    one kernel call per (rule, group) that holds penalized tensors."""
+    def rules(model):
+        return {"0.weight": GroupLasso(0.2, "columns"), "2.weight": ElasticNet(0.05, 0.1)}
+
+    def make(params):
+        params = list(params)
+        return torch.optim.Adam([{"params": params[:2], "lr": 0.05},
+                                 {"params": params[2:], "lr": 0.01}])
+
+    with pytest.warns(UserWarning, match="mean step"):
+        fused = train_proximal(make, None, rules=rules, attach=attach_prox)
+    assert prox_calls == [1, 1] * PROX_STEPS
+    monkeypatch.setattr(proximal._fused, "load_kernel", lambda: None)
+    with pytest.warns(UserWarning, match="mean step"):
+        assert_same_result(fused, train_proximal(make, None, rules=rules, attach=attach_prox))
+
+
+def _stacked_case():
+    """The lab's K members: parameters stacked [K, ...] with [K] strengths."""
+    params, _ = torch.func.stack_module_state([nn.Linear(5, 3) for _ in range(4)])
+    params = {name: p.requires_grad_() for name, p in params.items()}
+    reg = Regularizer(nn.Linear(5, 3), L1(torch.tensor([0.0, 0.01, 0.05, 0.1])),
+                      parameters=params)
+    return reg, torch.optim.Adam(list(params.values()), lr=0.05)
+
+
+def _single_case(make_optimizer, dtype=torch.float32):
+    model = nn.Linear(5, 3).to(dtype)
+    return Regularizer(model, L1(0.05)), make_optimizer(model.parameters())
+
+
+KEPT_ON_THE_PURE_PYTORCH_PATH = {
+    "stacked-strength": _stacked_case,
+    "bfloat16": lambda: _single_case(lambda p: torch.optim.Adam(p, lr=0.05), torch.bfloat16),
+    "tensor-lr": lambda: _single_case(lambda p: torch.optim.Adam(p, lr=torch.tensor(0.05))),
+    "centered-rmsprop": lambda: _single_case(lambda p: torch.optim.RMSprop(p, centered=True)),
+}
+
+
+@pytest.mark.parametrize("case", list(KEPT_ON_THE_PURE_PYTORCH_PATH))
+def test_what_keeps_the_pure_pytorch_proximal_step(built, prox_calls, case):
+    torch.manual_seed(0)
+    reg, optimizer = KEPT_ON_THE_PURE_PYTORCH_PATH[case]()
+    optimizer = Proximal(optimizer, reg)
+    for p in reg.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert prox_calls == []  # today's path ran instead (tests/test_proximal.py covers it)

@@ -107,7 +107,11 @@ def test_sgd_equals_manual_step_then_prox_lr(penalty):
         manual.step()
         regs[1].prox_(0.1)
     for a, b in zip(models[0].parameters(), models[1].parameters()):
-        assert torch.equal(a, b)
+        if isinstance(penalty, GroupLasso):
+            # the fused kernel's group norms are rounded from float64 sums: within an ulp
+            torch.testing.assert_close(a, b, rtol=RTOL, atol=0)
+        else:
+            assert torch.equal(a, b)
 
 
 def test_each_param_group_uses_its_own_current_lr():

@@ -361,6 +361,263 @@ void adam_prox(at::TensorList params, at::TensorList exp_avg_sqs, at::ArrayRef<d
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The proximal step attached to an optimizer (regtorch.optim.proximal), one call per penalty rule
+// and optimizer param group, with the optimizer's effective step t read from its own state:
+//
+//   t = lr_k                                      (no moments: SGD's lr·(1−d)/(1−μ), or lr)
+//   t = (1 / (√v / s_k + eps)) · lr_k             (v: exp_avg_sq / max_exp_avg_sq, Adagrad's sum,
+//                                                  RMSprop's square_avg)
+//   s_k  = √(1 − β₂ᵏ) (β₂ > 0: Adam's bias correction), else 1;
+//   lr_k = lr / (1 + (k − 1)·lr_decay) (lr_decay > 0: Adagrad), else lr;
+//
+// k read from the optimizer's step tensor of each parameter (a CPU tensor: no host sync). Then,
+// in the order of regtorch's Sum.prox_: soft-threshold by t·l1, shrink each group by
+// max(1 − τ_g·c/‖w_g‖, 0), divide by 1 + t·l2. With an element-wise t a group's τ_g is the mean
+// of t·λ over its elements (GroupLasso.prox_'s rule); with a scalar t it is t·λ.
+// groups: −1 none, 0 rows, 1 columns, 2 tensor (a tensor viewed as [R, C, K] as in group_grad).
+// The arithmetic follows the pure-PyTorch path operation by operation (only √ and the float64
+// sums of norms and group means may round differently).
+// ---------------------------------------------------------------------------------------------
+// The per-element helpers below must inline into the `omp simd` loops, or the loops do not
+// vectorize (GCC 12 kept StepSize::operator() out of line in some instantiations: 10x slower).
+#if defined(__GNUC__) || defined(__clang__)
+#define REGTORCH_INLINE inline __attribute__((always_inline))
+#else
+#define REGTORCH_INLINE inline
+#endif
+
+double read_count(const at::Tensor& count) {
+  TORCH_CHECK(count.device().is_cpu() && count.numel() == 1,
+              "regtorch fused: a step count must be a one-element CPU tensor");
+  double k = 0.0;
+  AT_DISPATCH_ALL_TYPES(count.scalar_type(), "regtorch_read_count", [&] {
+    k = static_cast<double>(*count.const_data_ptr<scalar_t>());
+  });
+  return k;
+}
+
+template <typename T, bool PRE>
+struct StepSize {
+  const T* v;
+  T lr, scale, eps;
+  REGTORCH_INLINE T operator()(int64_t i) const {
+    if (PRE) return (T(1) / (std::sqrt(v[i]) / scale + eps)) * lr;
+    return lr;
+  }
+};
+
+// The L1 threshold t·l1: per element, or the scalar one rounded once from float64 (as the
+// pure-PyTorch path passes a Python float).
+template <typename T, bool PRE, bool L1>
+REGTORCH_INLINE T soft_threshold(T x, T t, T l1, T scalar_tau) {
+  if (!L1) return x;
+  const T tau = PRE ? t * l1 : scalar_tau;
+  return x - std::min(std::max(x, -tau), tau);
+}
+
+// L2 divisor: per element 1 + t·l2 (element-wise t), or the precomputed float one.
+template <typename T, bool PRE>
+REGTORCH_INLINE T l2_divisor(T t, T l2, T scalar_divisor) {
+  return PRE ? T(1) + t * l2 : scalar_divisor;
+}
+
+template <typename T, bool PRE, bool L1, bool L2>
+void prox_elementwise_loop(T* __restrict w, int64_t n, StepSize<T, PRE> step, T l1, T tau,
+                           T l2, T divisor) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T t = step(i);
+    T x = soft_threshold<T, PRE, L1>(w[i], t, l1, tau);
+    if (L2) x = x / l2_divisor<T, PRE>(t, l2, divisor);
+    w[i] = x;
+  }
+}
+
+// The group factor max(1 − τ_g·c/max(‖w_g‖, floor), 0); τ_g·c precomputed as `tau_c`.
+template <typename T>
+inline T group_factor(double sum_sq, T tau_c, T floor) {
+  const T norm = std::max(static_cast<T>(std::sqrt(sum_sq)), floor);
+  return std::max(T(1) - tau_c / norm, T(0));
+}
+
+// Groups of `len` contiguous elements (rows; a whole tensor is one row). Pass 1 soft-thresholds
+// and sums the squares (and t·λ); pass 2 applies the factor and the L2 division.
+template <typename T, bool PRE, bool L1, bool L2>
+void prox_rows_loop(T* __restrict w, int64_t rows, int64_t len, StepSize<T, PRE> step, T l1,
+                    T tau, T l2, T divisor, T lam, T c, T scalar_tau_c, T floor) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* wr = w + r * len;
+    StepSize<T, PRE> s = step;
+    if (PRE) s.v = step.v + r * len;
+    double sum_sq = 0.0, sum_tau = 0.0;
+#pragma omp simd reduction(+ : sum_sq, sum_tau)
+    for (int64_t j = 0; j < len; ++j) {
+      const T t = s(j);
+      const T x = soft_threshold<T, PRE, L1>(wr[j], t, l1, tau);
+      if (L1) wr[j] = x;
+      sum_sq += static_cast<double>(x) * static_cast<double>(x);
+      if (PRE) sum_tau += static_cast<double>(t * lam);
+    }
+    const T tau_c = PRE ? static_cast<T>(sum_tau / static_cast<double>(len)) * c : scalar_tau_c;
+    const T factor = group_factor<T>(sum_sq, tau_c, floor);
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {
+      T x = wr[j] * factor;
+      if (L2) x = x / l2_divisor<T, PRE>(s(j), l2, divisor);
+      wr[j] = x;
+    }
+  }
+}
+
+// Column groups w[:, c, :] of a tensor viewed as [d0, d1, inner]: pass 1 over the whole tensor
+// accumulates every column's sums, pass 2 applies the factors.
+template <typename T, bool PRE, bool L1, bool L2>
+void prox_columns_loop(T* __restrict w, int64_t d0, int64_t d1, int64_t inner,
+                       StepSize<T, PRE> step, T l1, T tau, T l2, T divisor, T lam, T c,
+                       T scalar_tau_c, T floor) {
+  std::vector<double> sum_sq(static_cast<size_t>(d1), 0.0), sum_tau(static_cast<size_t>(d1), 0.0);
+  double* sq_acc = sum_sq.data();
+  double* tau_acc = sum_tau.data();
+  for (int64_t i = 0; inner == 1 && i < d0; ++i) {  // a matrix: vectorized across the columns
+    const int64_t base = i * d1;
+#pragma omp simd
+    for (int64_t col = 0; col < d1; ++col) {
+      const T t = step(base + col);
+      const T x = soft_threshold<T, PRE, L1>(w[base + col], t, l1, tau);
+      if (L1) w[base + col] = x;
+      sq_acc[col] += static_cast<double>(x) * static_cast<double>(x);
+      if (PRE) tau_acc[col] += static_cast<double>(t * lam);
+    }
+  }
+  for (int64_t i = 0; inner > 1 && i < d0; ++i) {
+    for (int64_t col = 0; col < d1; ++col) {
+      const int64_t base = (i * d1 + col) * inner;
+      double sq = 0.0, ta = 0.0;
+#pragma omp simd reduction(+ : sq, ta)
+      for (int64_t k = 0; k < inner; ++k) {
+        const T t = step(base + k);
+        const T x = soft_threshold<T, PRE, L1>(w[base + k], t, l1, tau);
+        if (L1) w[base + k] = x;
+        sq += static_cast<double>(x) * static_cast<double>(x);
+        if (PRE) ta += static_cast<double>(t * lam);
+      }
+      sum_sq[col] += sq;
+      sum_tau[col] += ta;
+    }
+  }
+  const double size = static_cast<double>(d0 * inner);
+  std::vector<T> factors(static_cast<size_t>(d1));
+  for (int64_t col = 0; col < d1; ++col) {
+    const T tau_c = PRE ? static_cast<T>(sum_tau[col] / size) * c : scalar_tau_c;
+    factors[col] = group_factor<T>(sum_sq[col], tau_c, floor);
+  }
+  const T* f_all = factors.data();
+  for (int64_t i = 0; inner == 1 && i < d0; ++i) {
+    const int64_t base = i * d1;
+#pragma omp simd
+    for (int64_t col = 0; col < d1; ++col) {
+      T x = w[base + col] * f_all[col];
+      if (L2) x = x / l2_divisor<T, PRE>(step(base + col), l2, divisor);
+      w[base + col] = x;
+    }
+  }
+  for (int64_t i = 0; inner > 1 && i < d0; ++i) {
+    for (int64_t col = 0; col < d1; ++col) {
+      const int64_t base = (i * d1 + col) * inner;
+      const T f = factors[col];
+#pragma omp simd
+      for (int64_t k = 0; k < inner; ++k) {
+        T x = w[base + k] * f;
+        if (L2) x = x / l2_divisor<T, PRE>(step(base + k), l2, divisor);
+        w[base + k] = x;
+      }
+    }
+  }
+}
+
+struct ProxArgs {
+  double l1, l2, lam, c, t;  // t: the scalar step (no moments)
+  int64_t groups;
+};
+
+template <typename T, bool PRE, bool L1, bool L2>
+void prox_tensor(const at::Tensor& w, StepSize<T, PRE> step, const ProxArgs& a) {
+  T* wp = w.mutable_data_ptr<T>();
+  const int64_t n = w.numel();
+  const T l1 = static_cast<T>(a.l1), l2 = static_cast<T>(a.l2);
+  const T tau = static_cast<T>(a.t * a.l1);
+  const T divisor = static_cast<T>(1.0 + a.t * a.l2);
+  if (a.groups < 0 || a.lam == 0.0) {
+    prox_elementwise_loop<T, PRE, L1, L2>(wp, n, step, l1, tau, l2, divisor);
+    return;
+  }
+  const T lam = static_cast<T>(a.lam), c = static_cast<T>(a.c);
+  const T scalar_tau_c = static_cast<T>(a.t * a.lam * a.c);
+  const T floor = std::sqrt(std::numeric_limits<T>::min());
+  if (a.groups == 1) {
+    TORCH_CHECK(w.dim() >= 2, "regtorch fused: columns need >= 2 dims");
+    const int64_t d0 = w.size(0), d1 = w.size(1);
+    if (n == 0) return;
+    prox_columns_loop<T, PRE, L1, L2>(wp, d0, d1, n / (d0 * d1), step, l1, tau, l2, divisor, lam, c,
+                                      scalar_tau_c, floor);
+  } else {
+    const int64_t rows = a.groups == 2 || w.dim() == 0 ? 1 : w.size(0);
+    if (n == 0) return;
+    prox_rows_loop<T, PRE, L1, L2>(wp, rows, n / rows, step, l1, tau, l2, divisor, lam, c,
+                                   scalar_tau_c, floor);
+  }
+}
+
+template <typename T, bool PRE>
+void prox_dispatch(const at::Tensor& w, StepSize<T, PRE> step, const ProxArgs& a) {
+  const bool has1 = a.l1 != 0.0, has2 = a.l2 != 0.0;
+  if (has1 && has2) prox_tensor<T, PRE, true, true>(w, step, a);
+  else if (has1) prox_tensor<T, PRE, true, false>(w, step, a);
+  else if (has2) prox_tensor<T, PRE, false, true>(w, step, a);
+  else prox_tensor<T, PRE, false, false>(w, step, a);
+}
+
+void prox_step(at::TensorList params, at::TensorList moments, at::TensorList counts, double lr,
+               double eps, double beta2, double lr_decay, double l1, double l2, double lam,
+               int64_t groups, at::ArrayRef<double> coefficients) {
+  const bool pre = !moments.empty();
+  TORCH_CHECK(!pre || moments.size() == params.size(), "regtorch fused: ", params.size(),
+              " params and ", moments.size(), " moments");
+  TORCH_CHECK(counts.empty() || counts.size() == params.size(),
+              "regtorch fused: mismatched step counts");
+  TORCH_CHECK(coefficients.empty() || coefficients.size() == params.size(),
+              "regtorch fused: mismatched group coefficients");
+  const bool group = groups >= 0 && lam != 0.0;
+  if (!group && l1 == 0.0 && l2 == 0.0) return;
+  for (size_t k = 0; k < params.size(); ++k) {
+    double lr_k = lr, scale = 1.0;
+    if (!counts.empty() && (lr_decay != 0.0 || (pre && beta2 != 0.0))) {
+      const double count = read_count(counts[k]);
+      if (lr_decay != 0.0) lr_k = lr / (1.0 + (count - 1.0) * lr_decay);
+      if (pre && beta2 != 0.0) scale = std::sqrt(1.0 - std::pow(beta2, count));
+    }
+    ProxArgs a{l1, l2, lam, coefficients.empty() ? 1.0 : coefficients[k], lr_k, groups};
+    const at::Tensor w = as_fast(params[k]);
+    AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "regtorch_prox_step", [&] {
+      using T = scalar_t;
+      if (pre) {
+        TORCH_CHECK(params[k].sizes() == moments[k].sizes(), "regtorch fused: shape mismatch");
+        const at::Tensor v = moments[k].scalar_type() == w.scalar_type() && fast(moments[k])
+                                 ? moments[k] : moments[k].to(w.scalar_type()).contiguous();
+        StepSize<T, true> step{v.const_data_ptr<T>(), static_cast<T>(lr_k),
+                               static_cast<T>(scale), static_cast<T>(eps)};
+        prox_dispatch<T, true>(w, step, a);
+      } else {
+        StepSize<T, false> step{nullptr, static_cast<T>(lr_k), T(1), T(0)};
+        prox_dispatch<T, false>(w, step, a);
+      }
+    });
+    unstage(params[k], w);
+    params[k].unsafeGetTensorImpl()->bump_version();
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY(regtorch_fused, m) {
@@ -371,6 +628,9 @@ TORCH_LIBRARY(regtorch_fused, m) {
   m.def("elementwise_prox(Tensor(a!)[] params, float[] steps, float l1, float l2) -> ()");
   m.def("adam_prox(Tensor(a!)[] params, Tensor[] exp_avg_sqs, float[] lrs, float[] scales, "
         "float[] eps, float l1, float l2) -> ()");
+  m.def("prox_step(Tensor(a!)[] params, Tensor[] moments, Tensor[] counts, float lr, float eps, "
+        "float beta2, float lr_decay, float l1, float l2, float lam, int groups, "
+        "float[] coefficients) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(regtorch_fused, CPU, m) {
@@ -378,4 +638,5 @@ TORCH_LIBRARY_IMPL(regtorch_fused, CPU, m) {
   m.impl("group_grad", &group_grad);
   m.impl("elementwise_prox", &elementwise_prox);
   m.impl("adam_prox", &adam_prox);
+  m.impl("prox_step", &prox_step);
 }

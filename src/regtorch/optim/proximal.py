@@ -36,6 +36,16 @@ the device at every parameter under fused or capturable Adam, and ``torch.compil
 wrongly). Parameters without a gradient at a step (``.grad is None``) were not updated by the
 optimizer and get no proximal step either.
 
+Where regtorch's fused C++ kernel is built (``docs/performance.md``), the hook does not
+materialize these steps: one kernel call per rule and param group reads the optimizer's own
+``exp_avg_sq`` (``sum``, ``square_avg``) and step tensors and applies the proximal step in one
+pass, with the same arithmetic (equal to the pure-PyTorch path within 1e-12 in float64, with the
+same exact zeros). It covers L1, L2, elastic net, group lasso (rows, columns, tensor) and their
+sums with float strengths, on plain CPU float32/float64 tensors, for every optimizer above except
+centered RMSprop's element-wise step. Everything else — ``[K]`` strengths, half types, other
+devices, DTensors, a tensor ``lr``, ``torch.compile`` tracing — takes the pure-PyTorch path
+(``effective_steps()`` then ``reg.prox_``), as does every step when ``REGTORCH_FUSED=0``.
+
 Because the hook runs inside ``optimizer.step()``, whatever skips that call skips the proximal
 step too: ``torch.amp.GradScaler.step`` does not call ``step()`` when the gradients hold inf/NaN,
 and then no proximal step runs — as it must, the weights did not move.
@@ -43,15 +53,18 @@ and then no proximal step runs — as it must, the weights did not move.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import SGD, Adagrad, Adam, Optimizer, RMSprop
 
-from regtorch.penalties import GroupLasso
+from regtorch import _fused
+from regtorch._fused.reference import group_dims
+from regtorch.penalties import L1, L2, GroupLasso, Penalty
 from regtorch.regularizer import Regularizer
 
 __all__ = ["ProxHandle", "Proximal", "attach_prox"]
@@ -164,6 +177,7 @@ class ProxHandle:
         self.optimizer = optimizer
         self.regularizer = regularizer
         self.preconditioned = preconditioned
+        self._family = family
         self._group_steps: Callable[[dict[str, Any], list[Tensor]], list[Step]] = (
             getattr(self, f"_{family.__name__.lower()}_steps"))
         # The adaptive families read per-parameter state, which exists once a parameter has
@@ -190,7 +204,83 @@ class ProxHandle:
         self._check_groups()
 
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        self.regularizer.prox_(self.effective_steps())
+        if not self._fused_prox_():
+            self.regularizer.prox_(self.effective_steps())
+
+    @torch.no_grad()
+    def _fused_prox_(self) -> bool:
+        """The proximal step by the fused kernel, one call per rule and param group, the
+        effective step computed inside it from the optimizer's state; whether it ran.
+
+        All or nothing: every rule must be one the kernel covers (:func:`_kernel_form`), every
+        updated parameter a plain CPU float32/float64 tensor, every group's ``lr`` a number;
+        otherwise nothing has been changed and the caller takes the pure-PyTorch path.
+        """
+        if not self._rules or torch.compiler.is_compiling():
+            return False
+        ops = _fused.load_kernel()
+        if ops is None:
+            return False
+        groups = self.optimizer.param_groups
+        if sum(len(g["params"]) for g in groups) != self._optimized:
+            self._members = self._locate()  # add_param_group
+        state = self.optimizer.state
+        calls = []
+        for rule in self._rules:
+            form = _kernel_form(rule.penalty) if not rule.sharded else None
+            if form is None:
+                return False
+            l1, l2, lam, grouping, scale = form
+            for index, params in rule.members:
+                updated = [p for p in params if p.grad is not None and p.requires_grad
+                           and (not self._stateful or state.get(p))]
+                if not updated:
+                    continue
+                if not all(p.dtype in _KERNEL_DTYPES and p.is_cpu and type(p) in _PLAIN
+                           for p in updated):
+                    return False
+                step = self._kernel_step(groups[index], updated)
+                if step is None:
+                    return False
+                coefficients = ([_coefficient(p, grouping, scale) for p in updated]
+                                if lam != 0.0 else [])
+                calls.append((updated, *step, l1, l2, lam, _GROUP_CODES[grouping],
+                              coefficients))
+        for call in calls:
+            ops.prox_step(*call)
+        return True
+
+    def _kernel_step(self, group: dict[str, Any], params: list[Tensor]) -> tuple | None:
+        """The kernel's step arguments for one param group, ``(moments, step counts, lr, eps,
+        β₂, lr_decay)`` (see ``prox_step`` in ``kernel.cpp``), or ``None`` when the group is one
+        the kernel does not cover (a tensor ``lr``; centered RMSprop's element-wise step)."""
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            return None
+        family, state = self._family, self.optimizer.state
+        if family is SGD:
+            momentum = _momentum(group)
+            if momentum != 0.0:
+                lr = lr * (1.0 - float(group["dampening"])) / (1.0 - momentum)
+            return [], [], lr, 0.0, 0.0, 0.0
+        if family is RMSprop:
+            lr = lr / (1.0 - _momentum(group))
+            if not self.preconditioned:
+                return [], [], lr, 0.0, 0.0, 0.0
+            if group["centered"]:
+                return None
+            return ([state[p]["square_avg"] for p in params], [], lr, float(group["eps"]), 0.0,
+                    0.0)
+        if family is Adagrad:
+            lr_decay = float(group["lr_decay"])
+            counts = [state[p]["step"] for p in params] if lr_decay != 0.0 else []
+            moments = [state[p]["sum"] for p in params] if self.preconditioned else []
+            return moments, counts, lr, float(group["eps"]), 0.0, lr_decay
+        if not self.preconditioned:  # Adam, AdamW
+            return [], [], lr, 0.0, 0.0, 0.0
+        key = "max_exp_avg_sq" if group["amsgrad"] else "exp_avg_sq"
+        return ([state[p][key] for p in params], [state[p]["step"] for p in params], lr,
+                float(group["eps"]), float(group["betas"][1]), 0.0)
 
     def _check_groups(self) -> None:
         """Refuse what would make the proximal step wrong, before the optimizer steps."""
@@ -246,6 +336,7 @@ class ProxHandle:
                              f"(give the optimizer every parameter the regularizer penalizes)")
         self._optimized = len(group_of)
         self._penalized = len(penalized)
+        self._rules = _rules(self.regularizer, group_of)
         return members
 
     # Effective steps per optimizer family, for the updated penalized tensors of one group: the
@@ -306,6 +397,67 @@ def _family(optimizer: Optimizer) -> type[Optimizer]:
                     f"{type(optimizer).__name__} (supported: {names} and AdamW); call "
                     f"reg.prox_(step) yourself after optimizer.step() with the step size that "
                     f"optimizer takes")
+
+
+class _Rule(NamedTuple):
+    """One rule of the regularizer as the fused proximal step sees it: its penalty, whether its
+    parameters are DTensors, and its parameters per optimizer param group (by index)."""
+
+    penalty: Penalty
+    sharded: bool
+    members: list[tuple[int, list[Tensor]]]
+
+
+def _rules(regularizer: Regularizer, group_of: dict[int, int]) -> list[_Rule]:
+    """The regularizer's rules with their parameters split by optimizer param group (a frozen
+    parameter the optimizer does not hold is left out: it is never stepped)."""
+    rules = []
+    for rule in regularizer._groups:  # the rules' parameters, in reg.parameters() order
+        members: dict[int, list[Tensor]] = {}
+        for p in rule.params:
+            index = group_of.get(id(p))
+            if index is not None:
+                members.setdefault(index, []).append(p)
+        rules.append(_Rule(rule.penalty, rule.sharded, list(members.items())))
+    return rules
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+_PLAIN = (Tensor, torch.nn.Parameter)  # not DTensor, not a functorch wrapper, not a subclass
+_GROUP_CODES = {None: -1, "rows": 0, "columns": 1, "tensor": 2}
+
+
+def _kernel_form(penalty: Penalty) -> tuple[float, float, float, str | None, str] | None:
+    """``(l1, l2, λ, groups, scale)`` of a penalty that is a sum of L1, L2 and GroupLasso terms
+    with float strengths — merged as :meth:`~regtorch.Sum.prox_` merges them — or ``None``
+    (``[K]`` strengths, another kind of term: the pure-PyTorch path)."""
+    l1 = l2 = lam = 0.0
+    grouping, scale = None, "none"
+    for term in penalty.terms:
+        strength = term.lam
+        if isinstance(strength, Tensor):
+            return None
+        kind = type(term)
+        if kind is L1:
+            l1 = l1 + strength
+        elif kind is L2:
+            l2 = l2 + strength
+        elif kind is GroupLasso:
+            lam = lam + strength
+            grouping, scale = term.groups, term.scale
+        else:
+            return None
+    return l1, l2, lam, grouping, scale
+
+
+def _coefficient(param: Tensor, grouping: str | None, scale: str) -> float:
+    """GroupLasso's ``c_g``: √(group size) with ``scale="sqrt"``, else 1."""
+    if scale == "none" or grouping is None:
+        return 1.0
+    size = 1
+    for d in group_dims(param, grouping):
+        size *= param.shape[d]
+    return math.sqrt(size)
 
 
 def _step_counts(states: Sequence[dict[str, Any]]) -> list[Tensor]:
