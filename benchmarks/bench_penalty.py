@@ -11,7 +11,11 @@ with its own optimizer, so no state is shared:
                 every parameter whose name contains "weight", recollected each step;
 * ``L2 reg()``  ``loss + reg()`` with ``Regularizer(model, L2(λ))`` (autograd);
 * ``P add_grad_()`` / ``P add_grad_(value=True)`` for P in L2, L1, ElasticNet, GroupLasso:
-                ``reg.add_grad_()`` between ``loss.backward()`` and ``optimizer.step()``.
+                ``reg.add_grad_()`` between ``loss.backward()`` and ``optimizer.step()`` (the
+                fused kernel when it is built, else the pure-PyTorch path);
+* ``P add_grad_(value=True), pure PyTorch``: the same call with the kernel switched off for
+                it (:func:`pure_pytorch`): what every user without a compiler gets, measured in
+                the same run as the kernel.
 
 Method: fixed thread count, warm-up steps for every variant, then rounds; each round runs every
 variant (in a freshly shuffled order) for a few steps, each timed with ``time.perf_counter``; the
@@ -56,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import regtorch
-from regtorch import L1, L2, ElasticNet, GroupLasso, Regularizer
+from regtorch import L1, L2, ElasticNet, GroupLasso, Regularizer, penalties
 from regtorch.lab.cli._process import keep_freed_memory
 
 SEED = 0
@@ -215,6 +219,35 @@ def _fused(penalty_factory, value: bool):
     return factory
 
 
+def _no_kernel(*_args):
+    return None
+
+
+def pure_pytorch(call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` with the fused kernel switched off while it runs: the penalties' one dispatch
+    point (``penalties._kernel``) answers "no kernel", so they take the pure-PyTorch path, as
+    with ``REGTORCH_FUSED=0`` (two attribute swaps per call, ~0.1 µs)."""
+
+    def run() -> object:
+        dispatch = penalties._kernel
+        penalties._kernel = _no_kernel
+        try:
+            return call()
+        finally:
+            penalties._kernel = dispatch
+
+    return run
+
+
+def _pure_pytorch(penalty_factory):
+    def factory(model, make_optimizer, data_loss):
+        reg = Regularizer(model, penalty_factory())
+        add_grad = pure_pytorch(functools.partial(reg.add_grad_, value=True))
+        return _step(model, make_optimizer(model.parameters()), data_loss, after_backward=add_grad)
+
+    return factory
+
+
 PENALTIES: dict[str, Callable[[], regtorch.Penalty]] = {
     "L2": lambda: L2(LAM),
     "L1": lambda: L1(L1_LAM),
@@ -232,6 +265,8 @@ VARIANTS: dict[str, StepFactory] = {
 for _name, _penalty in PENALTIES.items():
     VARIANTS[f"{_name} add_grad_()"] = _fused(_penalty, value=False)
     VARIANTS[f"{_name} add_grad_(value=True)"] = _fused(_penalty, value=True)
+for _name, _penalty in PENALTIES.items():
+    VARIANTS[f"{_name} add_grad_(value=True), pure PyTorch"] = _pure_pytorch(_penalty)
 
 
 # --------------------------------------------------------------------------------------------

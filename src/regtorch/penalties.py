@@ -642,8 +642,13 @@ class GroupLasso(Penalty):
         total = None
         if value:  # from the norms the gradient needs anyway
             if _stacked(self.lam):
-                total = sum(self._weighted_sum(n.to(torch.float64), p, d)
-                            for n, p, d in zip(norms, params, layout.dims))
+                # Σ_k lam_k Σ_p c_p Σ_g ‖w[k]_g‖: a [P, K] matrix of the members' norm sums,
+                # weighted by the cached coefficients, then one dot with the strengths.
+                per_member = torch.stack([n.flatten(1).sum(dim=1, dtype=torch.float64)
+                                          for n in norms])
+                weighted = layout.coefficient_vector.to(per_member.device) @ per_member
+                total = torch.dot(weighted, self.lam.to(dtype=torch.float64,
+                                                        device=weighted.device))
             else:
                 per_tensor = torch.stack(torch._foreach_norm(norms, ord=1)).to(torch.float64)
                 vector = layout.coefficient_vector
