@@ -25,7 +25,8 @@ from regtorch.lab.train.engine import run_study
 
 # The presets in `regtorch list` order: the six classic experiments, then the real-data three.
 PRESET_NAMES = ["d2l-highdim", "mlp-synthetic", "digits", "linear-1d", "lr-decay",
-                "sparse-recovery", "diabetes-lasso", "breast-cancer", "digits-cnn"]
+                "sparse-recovery", "diabetes-lasso", "breast-cancer", "digits-cnn",
+                "digits-prune"]
 RECORD_KEYS = {"variant", "strength", "seed", "epoch", "train_loss", "val_loss", "test_loss",
                "penalty", "weight_norm", "sparsity", "lr", "diverged"}
 SUMMARY_KEYS = {"train_loss", "val_loss", "test_loss", "train_loss_std", "val_loss_std",

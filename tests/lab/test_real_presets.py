@@ -98,7 +98,8 @@ def test_digits_cnn_counts_zero_filters():
 
 def test_new_presets_are_not_in_the_demo():
     assert demo_names() == [n for n in PRESETS
-                            if n not in ("diabetes-lasso", "breast-cancer", "digits-cnn")]
+                            if n not in ("diabetes-lasso", "breast-cancer", "digits-cnn",
+                                         "digits-prune")]
 
 
 # -- the vocabulary ----------------------------------------------------------------------------

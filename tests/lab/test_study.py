@@ -66,7 +66,8 @@ def test_presets_parse(name):
 
 def test_preset_names_are_the_issue_list():
     assert preset_names() == ["d2l-highdim", "mlp-synthetic", "digits", "linear-1d", "lr-decay",
-                              "sparse-recovery", "diabetes-lasso", "breast-cancer", "digits-cnn"]
+                              "sparse-recovery", "diabetes-lasso", "breast-cancer", "digits-cnn",
+                              "digits-prune"]
 
 
 def test_unknown_preset_names_it_and_lists_the_presets():

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 import regtorch
+from regtorch.lab.analysis.pruning import with_pruning
 from regtorch.lab.analysis.summary import summarize
 from regtorch.lab.analysis.sweep import (
     SweepSpec,
@@ -176,7 +177,7 @@ def run(study: Study | str | Mapping[str, Any] | None = None, *,
     base, datasets = _study(study, model=model, data=data, variants=variants, seeds=seeds,
                             **pieces)
     result = run_study(base, data=datasets, memory=_memory(memory))
-    outcome = StudyRun(base, result, summarize(result))
+    outcome = StudyRun(base, result, with_pruning(summarize(result), result))
     if out is not None:
         outcome.report(out)
     return outcome
@@ -214,7 +215,8 @@ def sweep(study: Study | str | Mapping[str, Any] | None = None, *, penalty: str 
         search = find_lambda_max(base, spec, train)
         grid = geometric_grid(search.lambda_max)
     result = train(path_study(base, spec, grid), "path")
-    outcome = SweepRun(base, spec, result, summarize_sweep(result, spec, base, search),
+    outcome = SweepRun(base, spec, result,
+                       with_pruning(summarize_sweep(result, spec, base, search), result),
                        None if search is None else search.records)
     if out is not None:
         outcome.report(out)

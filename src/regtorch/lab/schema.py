@@ -9,6 +9,8 @@ infinity) is ``None`` (a diverged member).
 * :class:`Stats`: means and standard deviations over the seeds of a variant's final records.
 * :class:`VariantSummary` and :class:`StudySummary`: a study's ``summary.json``.
 * :class:`PathEntry`, :class:`SearchPoint` and :class:`SweepSummary`: a sweep's ``summary.json``.
+* :class:`PruningEntry` and :class:`PruningSummary`: the ``"pruning"`` key of either summary when
+  a variant has ``penalty = "channels"`` (:mod:`regtorch.lab.analysis.pruning`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ __all__ = [
     "Entry",
     "GroupInfo",
     "PathEntry",
+    "PruningEntry",
+    "PruningSummary",
     "Record",
     "SearchPoint",
     "Stats",
@@ -206,3 +210,47 @@ class SweepSummary(TypedDict):
     best: PathEntry | None
     one_se: PathEntry | None
     notes: list[str]
+
+
+_Point = TypedDict("_Point", {"variant": str, "lambda": "float | None"})
+
+
+class PruningEntry(_Point, total=False):
+    """One (variant, λ) of a channel-pruning summary: means over its members (``_std``: the
+    standard deviation) of what compacting each member gave (``lambda`` None: a reference
+    variant without a penalty)."""
+
+    members: int
+    channels: int
+    reference: bool
+    zero_fraction: float | None
+    zero_fraction_std: float | None
+    channels_kept: float | None
+    channels_kept_std: float | None
+    parameters: float | None
+    parameters_std: float | None
+    parameters_compact: float | None
+    parameters_compact_std: float | None
+    macs: float | None
+    macs_std: float | None
+    macs_compact: float | None
+    macs_compact_std: float | None
+    latency_ms: float | None
+    latency_ms_std: float | None
+    latency_compact_ms: float | None
+    latency_compact_ms_std: float | None
+    speedup: float | None
+    speedup_std: float | None
+    test_acc: float | None
+    test_acc_std: float | None
+    test_loss: float | None
+    test_loss_std: float | None
+
+
+class PruningSummary(TypedDict):
+    """The ``"pruning"`` key of a summary: the entries, and how latency was measured."""
+
+    latency_batch: int
+    threads: int
+    timed: bool
+    entries: list[PruningEntry]

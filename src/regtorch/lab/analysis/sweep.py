@@ -80,7 +80,7 @@ ZERO_FRACTION = 1e-3      # ‖w‖ ≤ 0.1% of the unregularized ‖w‖ counts
 FLAT_RTOL = 0.01          # validation loss within 1% of the most regularized one's: flat
 MAX_LAMBDAS = 200         # --lambdas: each λ is `seeds` trainings; glmnet's paths are ≤ 100
 REFERENCE = "unregularized"
-SWEEP_PENALTIES = ("l1", "l2", "elasticnet", "group")
+SWEEP_PENALTIES = ("l1", "l2", "elasticnet", "group", "channels")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ Usage::
     regtorch list                                   # every preset and what it shows
     regtorch run NAME|FILE [--seeds N] [--epochs N] [--out DIR] [--fresh] [--memory SIZE]
     regtorch demo [--seeds N] [--epochs N] [--out DIR] [--jobs N] [--fresh] [--memory SIZE]
-    regtorch sweep NAME|FILE --penalty l1|l2|elasticnet|group [--lambdas a:b:n | v1,v2,...]
+    regtorch sweep NAME|FILE --penalty l1|l2|elasticnet|group|channels
+                   [--lambdas a:b:n | v1,v2,...]
                    [--apply gradient|prox] [--l1-ratio R] [--groups rows|columns]
                    [--seeds N] [--epochs N] [--out DIR] [--fresh] [--memory SIZE]
     regtorch report DIR                             # redraw the reports from the files
@@ -36,7 +37,12 @@ progress goes to stderr.
 path's members), ``search.jsonl`` (the λ_max search's, when the grid was searched), ``summary.json``
 (the path, ``best_lambda``, ``lambda_1se``) and the report. ``--apply`` defaults to ``prox`` for
 the sparse penalties (l1, elasticnet, group: exact zeros, so the sparsity path means something)
-and to ``gradient`` for l2.
+and to ``gradient`` for l2. ``--penalty channels`` is a group lasso over the channel groups
+traced from the model (:func:`regtorch.channel_groups` on training rows; a model whose trace
+refuses exits 2 naming the node); every member of the path is then compacted
+(:func:`regtorch.compact`) and the summary's ``"pruning"`` key gives, per λ, the channels exactly
+zero and kept, the parameters, MACs and measured latency of the compact model
+(:mod:`regtorch.lab.analysis.pruning`), printed after the path.
 
 **Interrupted runs continue.** Run the same command again (same arguments, same ``--out``):
 finished groups are not trained again, the group in progress continues from its last checkpoint
@@ -198,7 +204,8 @@ def _parser() -> _Parser:
                                 "choose λ on validation")
     sweep.add_argument("study", metavar="NAME|FILE", help="a preset or a study file: its data, "
                        "model and training recipe")
-    sweep.add_argument("--penalty", required=True, choices=("l1", "l2", "elasticnet", "group"),
+    sweep.add_argument("--penalty", required=True,
+                       choices=("l1", "l2", "elasticnet", "group", "channels"),
                        help="the penalty whose strength λ is swept (required)")
     sweep.add_argument("--lambdas", metavar="a:b:n|v1,v2,...", help="the grid: n values "
                        "log-spaced from a to b, or a list (default: searched, λ_max down to "

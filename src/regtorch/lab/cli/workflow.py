@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 import regtorch
+from regtorch.lab.analysis.pruning import with_pruning
 from regtorch.lab.analysis.summary import summarize
 from regtorch.lab.analysis.sweep import (
     SweepSpec,
@@ -45,6 +46,7 @@ from regtorch.lab.present.console import (
     print_written,
     progress,
 )
+from regtorch.lab.present.pruning import print_pruning
 from regtorch.lab.present.report import regenerate, write_index, write_report
 from regtorch.lab.present.tables import choice_rows, path_rows, table_rows
 from regtorch.lab.study import PRESETS, Study, parse_study, preset, preset_names, read_toml
@@ -152,7 +154,7 @@ def train_and_write(study: Study, out: Path,
         result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints,
                            memory=memory)
         seconds = time.perf_counter() - start
-        summary = summarize(result)
+        summary = with_pruning(summarize(result), result)
         config["run"]["groups"] = result.groups
         files = _writing(lambda: rundir.write_results(directory, config, result.records,
                                                       summary))
@@ -195,7 +197,7 @@ def sweep_and_write(base: Study, spec: SweepSpec, out: Path, *, fresh: bool = Fa
             lambdas = geometric_grid(search.lambda_max)
         result = train(path_study(base, spec, lambdas), "path")
         seconds = time.perf_counter() - start
-        summary = summarize_sweep(result, spec, base, search)
+        summary = with_pruning(summarize_sweep(result, spec, base, search), result)
         config["run"]["groups"] = result.groups
         files = _writing(lambda: rundir.write_results(
             directory, config, result.records, summary,
@@ -329,6 +331,7 @@ def _print_report(stdout: Console, report: dict[str, Any]) -> None:
     else:
         headers, rows = table_rows(report["summary"])
         print_study(stdout, report["title"], headers, rows, report["summary"])
+    print_pruning(stdout, report["summary"])
     print_written(stdout, Path(report["directory"]), report["files"])
 
 

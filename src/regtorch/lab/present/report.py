@@ -39,6 +39,7 @@ from typing import Any
 import regtorch
 from regtorch.lab.atomic import atomic_writer, write_bytes
 from regtorch.lab.present.plots import figure_names, path_figures, png_bytes, study_figures
+from regtorch.lab.present.pruning import pruning_figure_names, pruning_figures, pruning_section
 from regtorch.lab.present.rundir import (
     INDEX,
     REPORT,
@@ -244,7 +245,7 @@ def _table_of(run: Run) -> tuple[list[str], list[list[str]]]:
 # -- figures ------------------------------------------------------------------------------------
 def _draw(run: Run) -> dict[str, bytes]:
     """Draw the run's figures, write them as PNG files, and return their bytes by name."""
-    figures = _kind(run).figures(run)
+    figures = {**_kind(run).figures(run), **pruning_figures(run.summary)}
     images = {}
     for name, figure in figures.items():
         images[name] = png_bytes(figure)
@@ -256,7 +257,7 @@ def _reuse(run: Run) -> dict[str, bytes] | None:
     """The PNG files already written for this run, or None if one is missing or out of date."""
     newest = max((run.directory / name).stat().st_mtime_ns for name in RESULT_FILES)
     images = {}
-    for name in figure_names(run.summary):
+    for name in (*figure_names(run.summary), *pruning_figure_names(run.summary)):
         path = run.directory / f"{name}.png"
         try:
             if path.stat().st_mtime_ns < newest:
@@ -302,6 +303,7 @@ def _run_body(run: Run, images: dict[str, bytes], level: int) -> list[str]:
         parts.append(f"<p class=\"description\">{_e(description)}</p>")
     parts.append(f"<p class=\"meta\">{_e(kind.meta(run))}</p>")
     parts += kind.sections(run, sub, headers, rows)
+    parts += pruning_section(run.summary, sub)  # a channel penalty's compaction, if any
     notes = run.summary.get("notes") or []
     if notes:
         parts += [f"<{sub}>Notes</{sub}>", "<ul class=\"notes\">",

@@ -8,6 +8,13 @@ which keeps an odd kernel's size), ``BatchNorm2d`` with ``norm = "batch"``, ReLU
 ``Linear`` to the outputs. A variant's dropout rate goes before every linear layer of the head;
 a rate of 0 adds no module.
 
+With ``residual = true`` every block gets a residual block ``res{i}`` after its ReLU (before the
+pooling): ``relu(x + norm2(conv2(relu(norm1(conv1(x))))))`` (:class:`ResidualBlock`; the norms
+follow ``norm``), two ``kernel × kernel`` convolutions that keep the block's channels and size
+(an odd kernel, padding ``kernel // 2``). The addition couples ``conv{i}``'s channels with
+``res{i}.conv2``'s: :func:`regtorch.channel_groups` makes them one group, which
+:func:`regtorch.compact` removes as one.
+
 Layers have names, so a study's ``params`` glob can pick them: ``"conv*.weight"`` is every conv
 filter bank (a ``GroupLasso(groups="rows")`` on them is one group per filter), ``"head.*"`` the
 output layer.
@@ -22,7 +29,27 @@ from torch import nn
 
 from regtorch.lab.study.spec import ModelSpec, StudyError
 
-__all__ = ["build_cnn", "cnn_output_shape"]
+__all__ = ["ResidualBlock", "build_cnn", "cnn_output_shape"]
+
+
+class ResidualBlock(nn.Module):
+    """``relu(x + norm2(conv2(relu(norm1(conv1(x))))))`` with ``channels`` in and out, the
+    norms ``BatchNorm2d`` (``norm = True``) or absent.
+
+    >>> ResidualBlock(4, kernel=3, norm=True)(torch.randn(2, 4, 5, 5)).shape
+    torch.Size([2, 4, 5, 5])
+    """
+
+    def __init__(self, channels: int, kernel: int, norm: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.norm1 = nn.BatchNorm2d(channels) if norm else nn.Identity()
+        self.conv2 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.norm2 = nn.BatchNorm2d(channels) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(x + self.norm2(self.conv2(h)))
 
 
 def _padding(spec: ModelSpec) -> int:
@@ -76,6 +103,8 @@ def build_cnn(spec: ModelSpec, input_shape: tuple[int, ...], outputs: int, *,
             if spec.norm == "batch":
                 layers[f"norm{i}"] = nn.BatchNorm2d(channels)
             layers[f"relu{i}"] = nn.ReLU()
+            if spec.residual:
+                layers[f"res{i}"] = ResidualBlock(channels, spec.kernel, spec.norm == "batch")
             if spec.pool == "max":
                 layers[f"pool{i}"] = nn.MaxPool2d(spec.pool_size)
             elif spec.pool == "avg":

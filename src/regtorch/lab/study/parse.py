@@ -273,7 +273,13 @@ def _cnn(t: _Table) -> ModelSpec:
                      kernel=_count(t, "kernel", 3), padding=padding,
                      norm=t.choice("norm", ("none", "batch"), "none"),
                      pool=t.choice("pool", ("max", "avg", "none"), "max"),
-                     pool_size=_count(t, "pool_size", 2), where=t.where)
+                     pool_size=_count(t, "pool_size", 2),
+                     residual=t.get("residual", bool, False), where=t.where)
+    if spec.residual and (spec.kernel % 2 == 0 or (padding is not None
+                                                   and padding != spec.kernel // 2)):
+        raise StudyError(f"{t.where}.residual: a residual block keeps the size of its input: "
+                         f"it needs an odd kernel and padding = kernel // 2 (got kernel "
+                         f"{spec.kernel}, padding {padding})")
     t.done()
     return spec
 
@@ -419,9 +425,9 @@ def _variant(t: _Table, recipe: Recipe) -> Variant:
         if len(set(strengths)) != len(strengths):
             raise StudyError(f"{t.where}.strength: repeated value in {values!r}")
     apply = t.choice("apply", ("gradient", "prox"), "gradient")
-    if apply == "prox" and penalty not in ("l1", "l2", "elasticnet", "group"):
-        raise StudyError(f"{t.where}.apply: 'prox' needs penalty l1, l2, elasticnet or group, "
-                         f"not {penalty!r}")
+    if apply == "prox" and penalty not in ("l1", "l2", "elasticnet", "group", "channels"):
+        raise StudyError(f"{t.where}.apply: 'prox' needs penalty l1, l2, elasticnet, group or "
+                         f"channels, not {penalty!r}")
     default_params = "*weight*" if penalty == "blog" else "weights"
     params = t.get("params", str, default_params)
     if not params:

@@ -54,6 +54,8 @@ language. The schema (every key optional unless marked; unknown keys are errors)
     padding = 1                            #   padding defaults to kernel // 2;
     pool = "max"                           #   "max", "avg" or "none", of pool_size
     pool_size = 2
+    residual = false                       # cnn: a residual block after each conv block
+                                           #   (needs an odd kernel and padding kernel // 2)
 
     [train]
     loss = "mse"                           # "mse", "half-mse" (d2l's ½(ŷ−y)²), "cross-entropy"
@@ -69,7 +71,8 @@ language. The schema (every key optional unless marked; unknown keys are errors)
 
     [[variants]]                           # required, at least one; the first is the baseline
     name = "none"                          # required, unique
-    penalty = "l2"                         # "l1", "l2", "elasticnet", "group", "blog"
+    penalty = "l2"                         # "l1", "l2", "elasticnet", "group", "blog",
+                                           #   "channels"
     strength = 3.0                         # λ ≥ 0, or a list of λ: the one with the lowest mean
                                            #   final validation loss is kept (test never chooses)
     apply = "gradient"                     # or "prox": proximal step (exact zeros)
@@ -96,7 +99,10 @@ language. The schema (every key optional unless marked; unknown keys are errors)
 Penalties: ``l2`` is ``L2(λ)`` = λ/2·Σw²; ``l1`` is ``L1(λ)`` = λ·Σ|w|; ``elasticnet`` is
 ``ElasticNet(ρλ, (1−ρ)λ)``; ``group`` is ``GroupLasso(λ, groups)``; ``blog`` is the popular blog
 class λ·Σ‖W‖₂ (un-squared, one norm per tensor) over every parameter named ``*weight*``:
-``GroupLasso(λ, groups="tensor", scale="none")``.
+``GroupLasso(λ, groups="tensor", scale="none")``; ``channels`` is
+``ChannelLasso(λ, channel_groups(model, examples))``: a group lasso over the coupled channel
+groups traced from the model (``params`` does not apply: the groups choose the tensors), whose
+members are compacted after training (:mod:`regtorch.lab.analysis.pruning`).
 """
 
 from __future__ import annotations
@@ -129,7 +135,7 @@ __all__ = [
     "source_dict",
 ]
 
-PENALTIES = ("l1", "l2", "elasticnet", "group", "blog")
+PENALTIES = ("l1", "l2", "elasticnet", "group", "blog", "channels")
 LOSSES = ("mse", "half-mse", "cross-entropy")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TASKS = ("regression", "classification")
@@ -267,6 +273,7 @@ class ModelSpec:
     padding: int | None = None  # None: kernel // 2
     pool: str = "max"
     pool_size: int = 2
+    residual: bool = False
     factory: Any = None
     """python: ``"module:function"``, ``"file.py:function"`` or (Python API) the callable."""
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -375,13 +382,15 @@ class Study:
                 del out["model"]["dropout_after"]
             else:
                 out["model"]["dropout_after"] = list(self.model.dropout_after)
-            cnn_keys = ("channels", "kernel", "padding", "pool", "pool_size")
+            cnn_keys = ("channels", "kernel", "padding", "pool", "pool_size", "residual")
             if self.model.kind == "cnn":  # keys of the other kinds do not apply (parser rejects)
                 out["model"]["channels"] = list(self.model.channels)
                 out["model"].pop("dropout_after", None)
                 del out["model"]["init"]
                 if self.model.padding is None:
                     del out["model"]["padding"]
+                if not self.model.residual:  # the key appears only where it is used
+                    del out["model"]["residual"]
             else:
                 for key in cnn_keys:
                     del out["model"][key]

@@ -7,7 +7,7 @@ meaning of ``penalty = "l2"`` or ``optimizer = "adam"`` is written once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -19,10 +19,12 @@ from regtorch import (
     L1,
     L2,
     WEIGHTS,
+    ChannelLasso,
     ElasticNet,
     GroupLasso,
     Penalty,
     Regularizer,
+    channel_groups,
     exponential_decay,
     named,
     select,
@@ -31,8 +33,9 @@ from regtorch.lab.study.data import make_data
 from regtorch.lab.study.models import build_model
 from regtorch.lab.study.spec import Recipe, Schedule, Study, StudyError, Variant
 
-__all__ = ["DTYPES", "check_study", "criterion", "make_optimizer", "make_penalty",
-           "make_scheduler", "member_losses", "parameter_names", "selector"]
+__all__ = ["CHANNEL_EXAMPLES", "DTYPES", "channel_penalty", "check_study", "criterion",
+           "make_optimizer", "make_penalty", "make_scheduler", "member_losses",
+           "parameter_names", "selector", "trace_channels"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 """``train.dtype`` → the torch dtype of the data and the models."""
@@ -45,6 +48,37 @@ def selector(params: str):
     if params == "all":
         return ALL
     return named(params)
+
+
+CHANNEL_EXAMPLES = 16
+"""Training rows the channel groups are traced with (``penalty = "channels"``): the trace only
+needs shapes, and compaction's check runs on the test split."""
+
+
+def trace_channels(template: nn.Module, examples: Tensor, where: str = "penalty 'channels'"):
+    """:func:`regtorch.channel_groups` of the template on ``examples``, or one line saying why
+    the model has no channel to penalize.
+
+    Raises:
+        StudyError: torch.fx cannot trace the model (its first line), or the trace finds no
+            removable channel (the first reason, naming the node).
+    """
+    try:
+        groups = channel_groups(template, examples)
+    except ValueError as error:
+        raise StudyError(f"{where}: {error}") from None
+    if not groups.groups:
+        reason = "; ".join(f"{what}: {why}" for what, why in groups.left_out[:1])
+        raise StudyError(f"{where}: channel_groups finds no removable channel in "
+                         f"{type(template).__name__}" + (f" ({reason})" if reason else ""))
+    return groups
+
+
+def channel_penalty(groups, lam: float | Tensor,
+                    parameters: Mapping[str, Tensor] | None = None) -> tuple[Any, Penalty]:
+    """The rule ``(selector, ChannelLasso)`` of ``penalty = "channels"`` over ``groups``, on
+    ``parameters`` (the unit's tensors by name: stacked ``[K, ...]`` with a ``[K]`` ``lam``)."""
+    return groups.selector, ChannelLasso(lam, groups, parameters=parameters)
 
 
 def make_penalty(v: Variant, lam: float | Tensor, l1_ratio: float | Tensor | None = None
@@ -82,7 +116,11 @@ def check_study(study: Study) -> None:
                          f"{'cross-entropy' if data.classification else 'mse'!r})")
     template = build_model(study.model, inputs=data.input_shape, outputs=data.outputs)
     for v in study.variants:
-        if v.penalty is not None:
+        if v.penalty == "channels":
+            examples = data.split("train")[0][:CHANNEL_EXAMPLES]
+            trace_channels(template.to(examples.dtype), examples,
+                           f"variant {v.name!r}: penalty 'channels'")
+        elif v.penalty is not None:
             try:
                 Regularizer(template, {selector(v.params): make_penalty(v, 0.0)})
             except ValueError as error:

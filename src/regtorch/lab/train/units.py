@@ -18,11 +18,14 @@ from torch import Tensor, nn
 from regtorch import L2, Penalty, Proximal, Regularizer, param_groups
 from regtorch.lab.study.spec import Schedule, Study, StudyError, Variant
 from regtorch.lab.train.build import (
+    CHANNEL_EXAMPLES,
+    channel_penalty,
     make_optimizer,
     make_penalty,
     make_scheduler,
     parameter_names,
     selector,
+    trace_channels,
 )
 from regtorch.lab.train.plan import Member, penalty_key
 from regtorch.lab.train.step import StackedStep
@@ -64,12 +67,20 @@ class Unit:
             owners = [m for m in members if penalty_key(m.variant) == key]
             lam = self.strength([m.strength if m in owners else 0.0 for m in members])
             rho = self.strength([m.variant.l1_ratio for m in members])
-            reg = self._regularizer(owners[0].variant, {selector(params):
-                                    make_penalty(owners[0].variant, lam, rho)})
+            if key[0] == "channels":  # groups traced from the model, on the unit's tensors
+                groups = trace_channels(template, train_data[0][:CHANNEL_EXAMPLES])
+                reg = self._regularizer(owners[0].variant,
+                                        dict([channel_penalty(groups, lam, tensors)]))
+            else:
+                groups = None
+                reg = self._regularizer(owners[0].variant, {selector(params):
+                                        make_penalty(owners[0].variant, lam, rho)})
             names = [name for name, _ in reg.named_parameters()]
             for k, m in enumerate(members):
                 if m in owners:
-                    self.own_penalties[k].append((make_penalty(m.variant, m.strength), names))
+                    own = (make_penalty(m.variant, m.strength) if groups is None
+                           else _MemberChannels(groups, m.strength, names))
+                    self.own_penalties[k].append((own, names))
             if apply == "prox":
                 prox_reg = reg
             else:
@@ -283,3 +294,15 @@ class SingleUnit(Unit):
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.module.load_state_dict(tensors)
+
+
+class _MemberChannels:
+    """One member's channel penalty, evaluated on views of its tensors (``penalty_of``): a
+    :class:`regtorch.ChannelLasso` knows its tensors by identity, so it is bound to the views."""
+
+    def __init__(self, groups: Any, lam: float, names: list[str]) -> None:
+        self.groups, self.lam, self.names = groups, lam, names
+
+    def value(self, tensors: list[Tensor]) -> Tensor:
+        views = dict(zip(self.names, tensors))
+        return channel_penalty(self.groups, self.lam, views)[1].value(tensors)
