@@ -14,8 +14,10 @@ member's). Per member:
   per example, from the ``Linear`` and ``Conv`` layers alone (a ``Linear``: in × out; a ``Conv``:
   output positions × out channels × in channels / groups × kernel size), nothing else;
 * ``latency_ms``: the median wall time of :data:`LATENCY_ROUNDS` eval-mode calls on
-  :data:`LATENCY_BATCH` test rows (after one warm-up), original and compact interleaved, with the
-  torch threads of the run; ``speedup`` is the original's median over the compact one's.
+  :data:`LATENCY_BATCH` test rows (after one warm-up), original and compact interleaved (the
+  order reversed every round), with the torch threads of the run; ``speedup`` is the original's
+  median over the compact one's. On a shared machine a model that did not change reads between
+  about 0.8× and 1.2×: the reference row shows that noise.
 
 Members are summarized per (variant, λ) as means over their seeds (``_std``: the standard
 deviation, ``ddof=1``; 0 for one seed), next to the test accuracy (classification) or test loss
@@ -46,7 +48,7 @@ __all__ = ["LATENCY_BATCH", "LATENCY_ROUNDS", "count_macs", "has_channels", "mem
            "prune_member", "summarize_pruning", "with_pruning"]
 
 LATENCY_BATCH = 256   # test rows per timed call: a batch that keeps a small CPU model busy
-LATENCY_ROUNDS = 7    # timed calls per model; the median is kept (the machine may be shared)
+LATENCY_ROUNDS = 9    # timed calls per model; the median is kept (the machine may be shared)
 PENALIZED = ("out", "bias", "norm")  # ChannelLasso's default roles: what "exactly zero" means
 
 
@@ -92,16 +94,19 @@ def count_macs(model: nn.Module, x: Tensor) -> int:
 
 
 def _median_ms(models: list[nn.Module], x: Tensor) -> list[float]:
-    """Median eval-mode wall time (ms) of each model on ``x``, the models interleaved."""
+    """Median eval-mode wall time (ms) of each model on ``x``, the models interleaved and their
+    order reversed every round (the first call of a round is not always the same model's)."""
     times: list[list[float]] = [[] for _ in models]
+    order = list(range(len(models)))
     with torch.no_grad():
         for model in models:
             model(x)  # warm-up
         for _ in range(LATENCY_ROUNDS):
-            for model, kept in zip(models, times):
+            for i in order:
                 start = time.perf_counter()
-                model(x)
-                kept.append(1e3 * (time.perf_counter() - start))
+                models[i](x)
+                times[i].append(1e3 * (time.perf_counter() - start))
+            order.reverse()
     return [statistics.median(t) for t in times]
 
 
