@@ -5,7 +5,8 @@ The table has one row per (variant, λ), the reference first: test accuracy (cla
 test loss, the fraction of channels exactly zero, the channels kept, the parameters and MACs of the
 compact model, and its measured latency next to the original's. The figure ``pruning`` plots
 accuracy (or test loss) against the fraction of channels kept and against the compact model's
-latency relative to the original's (``1 / speedup``, measured in pairs), the reference as a star. Nothing here runs when the summary has no ``"pruning"`` key.
+latency relative to the original's (``1 / speedup``, measured in pairs), the reference as a
+star. Nothing here runs when the summary has no ``"pruning"`` key.
 """
 
 from __future__ import annotations
