@@ -122,9 +122,15 @@ def _draw(base: Tensor, n: int, generator: torch.Generator) -> tuple[Tensor, Ten
     return images, pick
 
 
-def cluttered_digits(n_train: int, n_test: int, seed: int = SEED) -> tuple[Tensor, ...]:
+def cluttered_digits(n_train: int, n_test: int, seed: int = SEED,
+                     n_val: int = 0) -> tuple[Tensor, ...]:
     """``(x_train, y_train, x_test, y_test)``: 1×16×16 images, standardized with the training
-    mean and std; train and test come from disjoint halves (2/3, 1/3) of the 1797 base digits."""
+    mean and std; train and test come from disjoint halves (2/3, 1/3) of the 1797 base digits.
+
+    With ``n_val > 0`` also ``(x_val, y_val)`` after them: ``n_val`` further images of the
+    *training* base digits (new scales, positions, clutter and noise), drawn after the test images
+    so that train and test are the same with or without them. Recipes are chosen on this split;
+    the test split is only reported."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -136,8 +142,12 @@ def cluttered_digits(n_train: int, n_test: int, seed: int = SEED) -> tuple[Tenso
     x_train, i_train = _draw(x[order[:cut]], n_train, generator)
     x_test, i_test = _draw(x[order[cut:]], n_test, generator)
     mean, std = x_train.mean(), x_train.std()
-    return ((x_train - mean) / std, y[order[:cut]][i_train],
-            (x_test - mean) / std, y[order[cut:]][i_test])
+    out = ((x_train - mean) / std, y[order[:cut]][i_train],
+           (x_test - mean) / std, y[order[cut:]][i_test])
+    if n_val:
+        x_val, i_val = _draw(x[order[:cut]], n_val, generator)
+        out += ((x_val - mean) / std, y[order[:cut]][i_val])
+    return out
 
 
 # --- model ------------------------------------------------------------------------------------
@@ -281,37 +291,64 @@ def run_original(make: Callable[[], nn.Module], data: Data, epochs: int, seed: i
     return Arm("original", model, accuracy(model, data.x_test, data.y_test))
 
 
-def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_epochs: int,
-                 target: float, seed: int, lam: float, factor: float,
-                 roles: tuple[str, ...]) -> Arm:
-    """Proximal group lasso over coupled channel groups, λ raised by ``ChannelSparsity`` every
-    ``CONTROL_EVERY`` steps, until ``target`` of the groups are exactly zero (or ``sparse_epochs``
-    have passed); then ``compact`` and a fine-tune, with the carried optimizer state, for the rest
-    of the budget.
+@dataclass(frozen=True)
+class Recipe:
+    """The regtorch arm's sparse phase.
 
-    ``roles=("norm",)`` (the default of the benchmark) penalizes each channel's BatchNorm weight
-    and bias only — the group lasso form of network slimming (Liu et al., 2017). A convolution
-    followed by BatchNorm computes the same function at any scale of its rows, so the loss does not
-    resist a penalty on the rows (``roles=("out", "norm")``, ChannelLasso's default): under λ large
-    enough to zero half the channels, every row shrinks and the network collapses.
+    Attributes:
+        lam: initial λ of the group lasso.
+        factor: ``ChannelSparsity``'s multiplier of λ per raise.
+        every: proximal steps between two calls of the controller.
+        roles: ``ChannelLasso`` roles (``"auto"``: the library default).
+        scale: group weight, ``"sqrt"`` (√|g|) or ``"none"``.
+        hold: ``False``: cut as soon as the target is reached; ``True``: keep training with the
+            controller holding the fraction for the whole sparse phase, then cut.
+    """
+
+    lam: float = LAMBDA_START
+    factor: float = LAMBDA_FACTOR
+    every: int = CONTROL_EVERY
+    roles: str | tuple[str, ...] = "auto"
+    scale: str = "sqrt"
+    hold: bool = False
+
+
+def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_epochs: int,
+                 target: float, seed: int, recipe: Recipe = Recipe()) -> Arm:
+    """Proximal group lasso over coupled channel groups, λ steered by ``ChannelSparsity`` every
+    ``recipe.every`` steps until ``target`` of the groups are exactly zero (``recipe.hold``: and
+    held there until ``sparse_epochs`` have passed); then ``compact`` and a fine-tune, with the
+    carried optimizer state, for the rest of the budget.
+
+    ``roles="auto"`` (ChannelLasso's default) penalizes, on this network where every convolution
+    feeds a BatchNorm, each channel's BatchNorm weight and bias only — the group lasso form of
+    network slimming (Liu et al., 2017). A convolution followed by BatchNorm computes the same
+    function at any scale of its rows, so the loss does not resist a penalty on the rows
+    (``roles=("out", "bias", "norm")``): under λ large enough to zero half the channels, every
+    row shrinks and the network collapses.
     """
     model = make()
     groups = regtorch.channel_groups(model, data.x_train[:BATCH_SIZE])
-    penalty = regtorch.ChannelLasso(lam, groups, roles=roles)
-    reg = regtorch.Regularizer(model, {regtorch.named(*groups.parameter_names(roles)): penalty})
+    penalty = regtorch.ChannelLasso(recipe.lam, groups, scale=recipe.scale, roles=recipe.roles)
+    reg = regtorch.Regularizer(model, {groups.selector: penalty})
     optimizer = regtorch.Proximal(sgd(model), reg)
-    controller = regtorch.ChannelSparsity(penalty, target, factor=factor)
+    # On an overshoot the controller rolls the model and optimizer back to its last raise and
+    # bisects λ (a zero channel before a ReLU cannot leave zero by itself).
+    controller = regtorch.ChannelSparsity(penalty, target, factor=recipe.factor,
+                                          restore=(model, optimizer.optimizer))
 
     def reached(step: int) -> bool:
-        if step % CONTROL_EVERY == CONTROL_EVERY - 1:
+        if step % recipe.every == recipe.every - 1:
             controller.step()
-        return controller.reached_
+        landed = controller.reached_ or (controller.why_ is not None
+                                         and penalty.zero_fraction() >= target)
+        return landed and not recipe.hold
 
     stream = batches(data, epochs, seed)
     total = epochs * steps_per_epoch(data)
     sparse_steps = train(model, optimizer, stream, sparse_epochs * steps_per_epoch(data),
                          stop=reached)
-    zero_fraction = groups.zero_fraction(penalty.roles)
+    zero_fraction = penalty.zero_fraction()
     acc_before = accuracy(model, data.x_test, data.y_test)
     small = regtorch.compact(model.eval(), data.x_test[:256])
     record = regtorch.compaction_of(small)
@@ -321,7 +358,8 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
     return Arm("regtorch", small, accuracy(small, data.x_test, data.y_test), {
         "groups": len(groups.groups), "zero_fraction": round(zero_fraction, 4),
         "removed": len(record.removed), "kept_zero": len(record.kept),
-        "folded": len(record.folded), "lambda_final": round(penalty.lam, 6), "roles": roles,
+        "folded": len(record.folded), "lambda_final": round(penalty.lam, 6),
+        "recipe": asdict(recipe), "restored": controller.restored_, "why": controller.why_,
         "sparse_steps": sparse_steps, "total_steps": total,
         "accuracy_before_cut": acc_before, "accuracy_after_cut": acc_cut,
         "max_output_difference": record.max_difference})
@@ -437,6 +475,23 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}%"
 
 
+def paired(ours: Sequence[float], theirs: Sequence[float]) -> str:
+    """The paired differences ``ours − theirs`` (points), their mean ± standard error, wins, and
+    a paired t-test (two-sided p; with one seed only the difference)."""
+    diffs = [100 * (a - b) for a, b in zip(ours, theirs)]
+    listed = ", ".join(f"{d:+.1f}" for d in diffs)
+    if len(diffs) < 2:
+        return f"{listed} points"
+    from scipy import stats
+
+    mean, sem = statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    wins = sum(d > 0 for d in diffs)
+    ties = sum(d == 0 for d in diffs)
+    p = stats.ttest_rel(ours, theirs).pvalue if sem > 0 else float("nan")
+    return (f"{listed} points; mean {mean:+.2f} ± {sem:.2f} (s.e.); regtorch ahead in {wins}, "
+            f"tied in {ties} of {len(diffs)}; paired t-test p = {p:.3f}")
+
+
 def table(arms: dict[str, Arm], accuracies: dict[str, list[float]], sizes: dict[str, tuple],
           timings: list[Timing]) -> str:
     names = list(arms)
@@ -451,7 +506,7 @@ def table(arms: dict[str, Arm], accuracies: dict[str, list[float]], sizes: dict[
     row("MACs / image", [f"{sizes[n][0] / 1e6:.2f} M ({sizes[n][0] / base_macs:.2f}×)"
                          for n in names])
     row("conv channels", [f"{sizes[n][2]} ({sizes[n][2] / base_channels:.2f}×)" for n in names])
-    row("test accuracy", [_mean_std(accuracies[n]) for n in names])
+    row("accuracy", [_mean_std(accuracies[n]) for n in names])
     for t in timings:
         unit = "latency" if t.batch == 1 else f"batch {t.batch}"
         cells = []
@@ -477,9 +532,22 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="initial λ of the regtorch arm's group lasso")
     parser.add_argument("--factor", type=float, default=LAMBDA_FACTOR,
                         help=f"λ is multiplied by this every {CONTROL_EVERY} steps below target")
-    parser.add_argument("--roles", default="norm",
-                        help="ChannelLasso roles of the regtorch arm (norm: BatchNorm entries; "
-                             "out,norm: the rows too)")
+    parser.add_argument("--roles", default="auto",
+                        help="ChannelLasso roles of the regtorch arm (auto: the library default, "
+                             "here the BatchNorm entries; out,bias,norm: the rows too)")
+    parser.add_argument("--scale", default="sqrt", choices=("sqrt", "none"),
+                        help="group weight of the regtorch arm: √|g| or 1")
+    parser.add_argument("--every", type=int, default=CONTROL_EVERY,
+                        help="proximal steps between two calls of the regtorch arm's controller")
+    parser.add_argument("--hold", action="store_true",
+                        help="regtorch arm: hold the target for the whole sparse phase, then cut "
+                             "(default: cut as soon as it is reached)")
+    parser.add_argument("--split", default="test", choices=("test", "val"),
+                        help="the split accuracies are measured on (val: images of the training "
+                             "base digits; choose recipes there, report test)")
+    parser.add_argument("--val", type=int, default=1000, help="validation images (--split val)")
+    parser.add_argument("--skip-original", action="store_true",
+                        help="do not train the original (accuracy tuning runs; no timing)")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--blocks", default="1,1,1", help="basic blocks per stage")
     parser.add_argument("--train", type=int, default=1500, help="training images")
@@ -514,15 +582,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "torch-pruning==1.6.1")
     torch.set_num_threads(args.train_threads)
     started = time.perf_counter()
-    x_train, y_train, x_test, y_test = cluttered_digits(args.train, args.test)
+    x_train, y_train, x_test, y_test, x_val, y_val = cluttered_digits(args.train, args.test,
+                                                                      n_val=args.val)
+    # The arms report accuracy on data.x_test: the test split, or the validation split in a
+    # tuning run (the test split is then never looked at).
+    if args.split == "val":
+        x_test, y_test = x_val, y_val
     data = Data(x_train, y_train, x_test, y_test)
+    recipe = Recipe(args.lam, args.factor, args.every,
+                    "auto" if args.roles == "auto" else tuple(args.roles.split(",")),
+                    args.scale, args.hold)
     blocks = tuple(int(b) for b in args.blocks.split(","))
     print(f"torch {torch.__version__}, torch-pruning {metadata.version('torch-pruning')}, "
           f"{os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}; ResNet(width {args.width}, blocks {blocks}) on "
           f"cluttered digits ({args.train} train / {args.test} test, {IMAGE_SIZE}×{IMAGE_SIZE}); "
           f"{args.epochs} epochs, {args.sparse_epochs} of them sparse", flush=True)
-    accuracies: dict[str, list[float]] = {"original": [], "regtorch": [], "torch-pruning": []}
+    names = ("regtorch", "torch-pruning") if args.skip_original else (
+        "original", "regtorch", "torch-pruning")
+    accuracies: dict[str, list[float]] = {name: [] for name in names}
     notes: dict[str, list[dict]] = {"regtorch": [], "torch-pruning": []}
     first: dict[str, Arm] = {}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -530,18 +608,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             torch.manual_seed(seed)
             return ResNet(args.width, blocks)
 
-        arms = [run_original(make, data, args.epochs, seed)]
-        print(f"seed {seed}: original {arms[0].accuracy:.4f} "
+        arms = []
+        if not args.skip_original:
+            arms.append(run_original(make, data, args.epochs, seed))
+            print(f"seed {seed}: original {arms[-1].accuracy:.4f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        ours = run_regtorch(make, data, args.epochs, args.sparse_epochs, args.target, seed,
+                            recipe)
+        print(f"seed {seed}: regtorch {ours.accuracy:.4f} {ours.notes} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
-        arms.append(run_regtorch(make, data, args.epochs, args.sparse_epochs, args.target, seed,
-                                 args.lam, args.factor, tuple(args.roles.split(","))))
-        print(f"seed {seed}: regtorch {arms[1].accuracy:.4f} {arms[1].notes} "
+        target_macs = count(ours.model, data.x_train[:1])[0]
+        theirs = run_torch_pruning(make, data, args.epochs, ours.notes["sparse_steps"],
+                                   target_macs, seed, not args.local_pruning)
+        print(f"seed {seed}: torch-pruning {theirs.accuracy:.4f} {theirs.notes} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
-        target_macs = count(arms[1].model, data.x_train[:1])[0]
-        arms.append(run_torch_pruning(make, data, args.epochs, arms[1].notes["sparse_steps"],
-                                      target_macs, seed, not args.local_pruning))
-        print(f"seed {seed}: torch-pruning {arms[2].accuracy:.4f} {arms[2].notes} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        arms += [ours, theirs]
         for arm in arms:
             accuracies[arm.name].append(arm.accuracy)
             if arm.name in notes:
@@ -552,13 +633,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = {name: (*count(m, example), conv_channels(m)) for name, m in models.items()}
     load_before = os.getloadavg()[0]
     timings = []
-    for threads in (int(t) for t in args.threads.split(",")):
+    for threads in (int(t) for t in args.threads.split(",") if t and not args.skip_original):
         for batch in (int(b) for b in args.batches.split(",")):
             calls = 20 if batch == 1 else 3
             timings.append(time_models(models, threads, batch, args.rounds, calls))
     print(f"\ntiming: load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
           f"total {time.perf_counter() - started:.0f} s\n")
     print(table(first, accuracies, sizes, timings))
+    test = paired(accuracies["regtorch"], accuracies["torch-pruning"])
+    print(f"\n{args.split} accuracy, regtorch − torch-pruning, paired over seeds "
+          f"{args.first_seed}..{args.first_seed + args.seeds - 1}: {test}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "accuracy": accuracies, "notes": notes,

@@ -55,6 +55,26 @@ def test_resnet_shapes_and_residual_layout(blocks):
     assert isinstance(model.layers[0].shortcut, nn.Identity)
 
 
+def test_validation_split_is_new_images_of_the_training_digits_and_leaves_the_rest():
+    with_val = bench.cluttered_digits(40, 20, seed=3, n_val=10)
+    without = bench.cluttered_digits(40, 20, seed=3)
+    assert len(with_val) == 6 and with_val[4].shape == (10, 1, bench.IMAGE_SIZE, bench.IMAGE_SIZE)
+    for a, b in zip(with_val[:4], without):
+        assert torch.equal(a, b)  # train and test unchanged by drawing a validation split
+    assert not any(torch.equal(with_val[4][i], with_val[0][j]) for i in range(10)
+                   for j in range(40))
+
+
+def test_paired_lists_the_differences_and_the_t_test():
+    from scipy import stats
+
+    ours, theirs = [0.90, 0.91, 0.88], [0.89, 0.92, 0.86]
+    text = bench.paired(ours, theirs)
+    assert text.startswith("+1.0, -1.0, +2.0 points; mean +0.67 ± 0.88 (s.e.)")
+    assert "ahead in 2, tied in 0 of 3" in text
+    assert f"p = {stats.ttest_rel(ours, theirs).pvalue:.3f}" in text
+
+
 def test_cosine_lr_endpoints():
     assert bench.cosine_lr(0, 10, peak=0.4) == 0.4
     assert bench.cosine_lr(5, 10, peak=0.4) == pytest.approx(0.2, rel=1e-12)
@@ -89,7 +109,7 @@ def test_regtorch_arm_removes_zero_channels_without_changing_outputs():
         return bench.ResNet(4, (1, 1, 1))
 
     arm = bench.run_regtorch(make, data, epochs=2, sparse_epochs=1, target=0.2, seed=0,
-                             lam=0.5, factor=2.0, roles=("norm",))
+                             recipe=bench.Recipe(lam=0.5, factor=2.0))
     assert arm.notes["removed"] > 0
     # the cut is exact: the compact model classifies the test set as the sparse one did
     assert arm.notes["accuracy_after_cut"] == arm.notes["accuracy_before_cut"]

@@ -237,3 +237,46 @@ def test_a_parameter_used_directly_in_forward_is_left_out():
     groups = channel_groups(Direct(), torch.randn(2, 3))
     assert len(groups) == 0
     assert any("fc1.weight is used directly at node" in r for _, r in groups.left_out)
+
+
+class _TwoUses(nn.Module):
+    """conv → BN, and the conv's raw output added back: the norm does not see every use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head((torch.relu(self.bn(y)) + y).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("make", "x", "expected"), [
+    (lambda: mlp((5, 7, 3)), torch.randn(2, 5), set()),
+    (lambda: nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 2)),
+     torch.randn(4, 5), {"0.weight", "0.bias"}),
+    (lambda: nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7, affine=False), nn.ReLU(),
+                           nn.Linear(7, 2)), torch.randn(4, 5), set()),
+    (lambda: ResNet(width=4), torch.randn(2, 3, 8, 8),
+     {"stem.weight"} | {f"layer{i}.{j}.conv{k}.weight" for i in (1, 2) for j in (0, 1)
+                        for k in (1, 2)} | {"layer2.0.down.0.weight"}),
+    (_TwoUses, torch.randn(2, 3, 4, 4), set()),
+], ids=["mlp", "linear-bn", "bn-not-affine", "resnet", "two-uses"])
+def test_normalized_lists_the_producers_an_affine_norm_follows_directly(make, x, expected):
+    # expected: written out from the architectures (every conv of the ResNet feeds a BatchNorm)
+    torch.manual_seed(0)
+    assert channel_groups(make(), x).normalized == expected
+
+
+def test_auto_roles_penalize_norm_entries_and_unnormalized_producers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU(),
+                          nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 2))
+    groups = channel_groups(model, torch.randn(4, 5))
+    by_group = [{(s.tensor, s.role) for s in groups.penalized(g)} for g in groups]
+    assert by_group[:7] == [{("1.weight", "norm"), ("1.bias", "norm")}] * 7
+    assert by_group[7:] == [{("3.weight", "out"), ("3.bias", "bias")}] * 6
+    assert groups.parameter_names("auto") == ["1.weight", "1.bias", "3.weight", "3.bias"]
+    assert groups.penalized(groups.groups[0], ("out",)) == groups.groups[0].of("out")

@@ -4,12 +4,12 @@ Regularizer and Proximal; ChannelSparsity reaches a target fraction of zero chan
 References, never the code under test: each group's slices concatenated into one vector by hand,
 its norm by ``torch.linalg.vector_norm``, the closed-form group shrink on that vector, autograd of
 that naive value; for element-wise steps, the mean of the steps over the group's elements written
-out here.
+out here. The slices ``roles="auto"`` penalizes are written out per model (``HAND_NORMALIZED``:
+the producers a BatchNorm follows directly, read off the architecture).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -28,6 +28,9 @@ from regtorch import (
 
 F64 = torch.float64
 RTOL = 1e-12
+ALL = ("out", "bias", "norm")
+ROLES = [ALL, "auto"]
+ROLE_IDS = ["all-roles", "auto"]
 
 
 @pytest.fixture(autouse=True)
@@ -54,19 +57,30 @@ def setup(kind="resnet"):
     return model, x, groups
 
 
-def group_vector(groups, group, roles=("out", "bias", "norm")):
+def hand_penalized(groups, group, roles):
+    """The slices ``roles`` penalizes; for ``"auto"`` every norm slice and the rows and bias of
+    the producers no BatchNorm follows: in the test ResNet every convolution feeds one (``stem`` →
+    ``bn``, ``conv1`` → ``bn1``, ``conv2`` → ``bn2``, ``down.0`` → ``down.1``); the MLP has none."""
+    if roles != "auto":
+        return group.of(*roles)
+    normalized = {s.tensor for g in groups for s in g.of("out")
+                  if s.tensor == "stem.weight" or ".conv" in s.tensor or ".down." in s.tensor}
+    return tuple(s for s in group.of(*ALL) if s.role == "norm" or s.tensor not in normalized)
+
+
+def group_vector(groups, group, roles=ALL):
     """The group's penalized elements as one flat vector (a differentiable view of the params)."""
     parts = []
-    for s in group.of(*roles):
+    for s in hand_penalized(groups, group, roles):
         tensor = groups.tensor(s.tensor)
         parts.append(tensor.index_select(s.dim, torch.tensor(s.indices)).reshape(-1))
     return torch.cat(parts)
 
 
-def naive_value(groups, lam, scale="sqrt"):
+def naive_value(groups, lam, scale="sqrt", roles=ALL):
     total = torch.zeros((), dtype=F64)
     for group in groups:
-        v = group_vector(groups, group)
+        v = group_vector(groups, group, roles)
         c = math.sqrt(v.numel()) if scale == "sqrt" else 1.0
         total = total + lam * c * torch.linalg.vector_norm(v)
     return total
@@ -76,15 +90,17 @@ def params_of(groups):
     return [groups.tensor(n) for n in groups.parameter_names()]
 
 
+@pytest.mark.parametrize("roles", ROLES, ids=ROLE_IDS)
 @pytest.mark.parametrize("kind", ["resnet", "mlp"])
 @pytest.mark.parametrize("scale", ["sqrt", "none"])
-def test_value_and_gradient_match_the_naive_formula(kind, scale):
+def test_value_and_gradient_match_the_naive_formula(kind, scale, roles):
     _, _, groups = setup(kind)
-    penalty = ChannelLasso(0.3, groups, scale=scale)
+    penalty = ChannelLasso(0.3, groups, scale=scale, roles=roles)
     params = params_of(groups)
-    expected = naive_value(groups, 0.3, scale)
+    expected = naive_value(groups, 0.3, scale, roles)
     torch.testing.assert_close(penalty.value(params), expected, rtol=RTOL, atol=0)
-    expected_grads = torch.autograd.grad(expected, params)
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True,
+                                         materialize_grads=True)
     grads = [torch.zeros_like(p) for p in params]
     with torch.no_grad():
         value = penalty.add_grad_(params, grads, value=True)
@@ -93,47 +109,66 @@ def test_value_and_gradient_match_the_naive_formula(kind, scale):
         torch.testing.assert_close(g, e, rtol=RTOL, atol=1e-15)
 
 
-def test_regularizer_binds_it_through_the_groups_selector():
+@pytest.mark.parametrize("roles", ROLES, ids=ROLE_IDS)
+def test_regularizer_binds_it_through_the_groups_selector(roles):
     model, _, groups = setup()
-    reg = Regularizer(model, {groups.selector: ChannelLasso(0.2, groups)})
+    reg = Regularizer(model, {groups.selector: ChannelLasso(0.2, groups, roles=roles)})
+    # every tensor with a penalizable slice is bound; "auto" leaves the conv rows at 0 penalty
     assert sorted(n for n, _ in reg.named_parameters()) == sorted(groups.parameter_names())
-    torch.testing.assert_close(reg(), naive_value(groups, 0.2), rtol=RTOL, atol=0)
-    with pytest.raises(ValueError, match="holds no penalized slice"):
+    torch.testing.assert_close(reg(), naive_value(groups, 0.2, roles=roles), rtol=RTOL, atol=0)
+    with pytest.raises(ValueError, match="holds no penalizable slice"):
         Regularizer(model, {WEIGHTS: ChannelLasso(0.2, groups)})  # head.weight has none
 
 
-def naive_prox(groups, lam, group_steps):
+def test_auto_is_the_default_and_leaves_normalized_rows_unpenalized():
+    # Intended change (was roles=("out", "bias", "norm")): a conv followed by BatchNorm is not
+    # penalized by default, its BatchNorm entries are.
+    model, _, groups = setup()
+    penalty = ChannelLasso(0.2, groups)
+    assert penalty.roles == "auto"
+    conv = model.layer1[0].conv1.weight
+    grad = torch.zeros_like(conv)
+    with torch.no_grad():
+        penalty.add_grad_([conv], [grad])
+        penalty.prox_([conv], [10.0])
+    assert not grad.any() and conv.any()
+
+
+def naive_prox(groups, lam, group_steps, roles=ALL):
     """The expected parameters after the prox: each group's vector shrunk as one."""
     expected = {n: groups.tensor(n).detach().clone() for n in groups.parameter_names()}
     for group in groups:
-        v = group_vector(groups, group).detach()
+        v = group_vector(groups, group, roles).detach()
         norm = torch.linalg.vector_norm(v)
         factor = max(1.0 - float(group_steps[group.index]) * lam * math.sqrt(v.numel())
                      / float(norm), 0.0) if norm > 0 else 0.0
-        for s in group.of("out", "bias", "norm"):
+        for s in hand_penalized(groups, group, roles):
             index = torch.tensor(s.indices)
             expected[s.tensor].index_copy_(
                 s.dim, index, expected[s.tensor].index_select(s.dim, index) * factor)
     return expected
 
 
-def test_prox_with_one_step_shrinks_each_group_as_one_across_tensors():
+@pytest.mark.parametrize("roles", ROLES, ids=ROLE_IDS)
+def test_prox_with_one_step_shrinks_each_group_as_one_across_tensors(roles):
     _, _, groups = setup()
     params = params_of(groups)
-    lam, step = 0.3, 0.4
-    expected = naive_prox(groups, lam, [step] * len(groups))
+    # the BatchNorm-only groups of "auto" are small (c_g = √2 per norm): a larger λ zeroes some
+    lam, step = (0.3 if roles == ALL else 2.0), 0.4
+    expected = naive_prox(groups, lam, [step] * len(groups), roles)
     with torch.no_grad():
-        ChannelLasso(lam, groups).prox_(params, [step] * len(params))
+        ChannelLasso(lam, groups, roles=roles).prox_(params, [step] * len(params))
     zeroed = 0
     for name, p in zip(groups.parameter_names(), params):
         torch.testing.assert_close(p.detach(), expected[name], rtol=RTOL, atol=1e-15)
     for group in groups:
-        if not group_vector(groups, group).any():
+        if not group_vector(groups, group, roles).any():
             zeroed += 1
     assert 0 < zeroed < len(groups)  # some groups exactly zero, all their tensors together
 
 
-def test_prox_with_elementwise_steps_uses_the_mean_step_of_each_group():
+@pytest.mark.parametrize("roles", ROLES, ids=ROLE_IDS)
+def test_prox_with_elementwise_steps_uses_the_mean_step_of_each_group(roles):
     _, _, groups = setup()
     params = params_of(groups)
     torch.manual_seed(3)
@@ -142,11 +177,11 @@ def test_prox_with_elementwise_steps_uses_the_mean_step_of_each_group():
     means = []
     for group in groups:
         parts = [by_name[s.tensor].index_select(s.dim, torch.tensor(s.indices)).reshape(-1)
-                 for s in group.of("out", "bias", "norm")]
+                 for s in hand_penalized(groups, group, roles)]
         means.append(torch.cat(parts).mean())
-    expected = naive_prox(groups, 0.05, means)
+    expected = naive_prox(groups, 0.05, means, roles)
     with torch.no_grad():
-        ChannelLasso(0.05, groups).prox_(params, steps)
+        ChannelLasso(0.05, groups, roles=roles).prox_(params, steps)
     for name, p in zip(groups.parameter_names(), params):
         torch.testing.assert_close(p.detach(), expected[name], rtol=RTOL, atol=1e-15)
 
@@ -215,32 +250,147 @@ def test_invalid_arguments_are_refused():
         ChannelSparsity(ChannelLasso(0.1, groups), target=1.5)
 
 
-def test_sparsity_controller_raises_lambda_until_the_target_is_reached():
+def zero_first(groups, n):
+    """Reset the MLP's hidden layers to ones, then zero the rows and bias of the first n groups."""
+    with torch.no_grad():
+        for name in groups.parameter_names():
+            groups.tensor(name).fill_(1.0)
+        for group in groups.groups[:n]:
+            for s in group.of("out", "bias"):
+                groups.tensor(s.tensor)[list(s.indices)] = 0
+
+
+def mlp_controller(target=0.5, **options):
+    torch.manual_seed(0)
+    model = mlp((6, 16, 12, 3)).double()  # 16 + 12 = 28 groups
+    groups = channel_groups(model, torch.randn(4, 6, dtype=F64))
+    penalty = ChannelLasso(0.1, groups)
+    return groups, penalty, ChannelSparsity(penalty, target=target, factor=2.0, **options)
+
+
+def test_sparsity_controller_raises_geometrically_then_bisects_after_an_overshoot():
+    # Intended change (was: raise until reached, never lower): λ is steered onto the band
+    # [k, k + 1] groups, k = ⌈0.5 · 28⌉ = 14, in both directions.
+    groups, penalty, controller = mlp_controller()
+    expected = 0.1
+    zero_first(groups, 0)
+    assert controller.step() == 0.0
+    expected *= 2  # below, no overshoot yet: multiply
+    assert penalty.lam == pytest.approx(expected, rel=RTOL)
+    zero_first(groups, 20)  # overshoot at λ = 0.2: bisect between 0.1 and 0.2
+    assert controller.step() == pytest.approx(20 / 28, rel=RTOL)
+    expected = math.sqrt(0.1 * 0.2)
+    assert penalty.lam == pytest.approx(expected, rel=RTOL) and not controller.reached_
+    assert (controller.lam_low_, controller.lam_high_) == (pytest.approx(0.1), pytest.approx(0.2))
+    zero_first(groups, 10)  # below again: midpoint of √0.02 and 0.2
+    controller.step()
+    expected = math.sqrt(expected * 0.2)
+    assert penalty.lam == pytest.approx(expected, rel=RTOL)
+    for n in (14, 15):  # the band: held
+        zero_first(groups, n)
+        controller.step()
+        assert controller.reached_ and penalty.lam == pytest.approx(expected, rel=RTOL)
+    zero_first(groups, 16)  # one group over the band: lowered
+    controller.step()
+    assert not controller.reached_ and penalty.lam < expected
+    assert controller.why_ is None
+
+
+def test_sparsity_controller_reports_a_jump_it_cannot_land():
+    # Every λ below 0.3 zeroes 10 groups, every λ above zeroes 20: the band 14..15 is jumped over.
+    groups, penalty, controller = mlp_controller()
+    for _ in range(40):
+        zero_first(groups, 10 if penalty.lam < 0.3 else 20)
+        controller.step()
+        if controller.why_ is not None:
+            break
+    assert controller.why_ is not None and "jumps from 10" in controller.why_
+    assert "to 20" in controller.why_
+    held = penalty.lam
+    assert 0.3 <= held <= 0.3 * (1 + 2e-3)  # the smallest overshooting λ, within the resolution
+    zero_first(groups, 20)
+    controller.step()
+    assert penalty.lam == held  # held from then on
+
+
+def test_sparsity_controller_stops_at_max_lam_and_says_so():
+    groups, penalty, controller = mlp_controller(max_lam=0.3)
+    zero_first(groups, 0)
+    lams = []
+    for _ in range(4):
+        controller.step()
+        lams.append(penalty.lam)
+    assert lams == [pytest.approx(0.2), 0.3, 0.3, 0.3]
+    assert "max_lam=0.3 with 0 of 28 groups zero (target 14)" in controller.why_
+
+
+def test_sparsity_controller_validates_its_arguments():
+    _, penalty, _ = mlp_controller()
+    for options, match in [({"target": 0.0}, "Invalid target"),
+                           ({"target": 0.5, "factor": 1.0}, "Invalid factor"),
+                           ({"target": 0.5, "patience": 0}, "Invalid patience"),
+                           ({"target": 0.5, "tolerance": -1}, "Invalid tolerance"),
+                           ({"target": 0.5, "resolution": 0.0}, "Invalid resolution"),
+                           ({"target": 0.5, "max_lam": 0.01}, "Invalid max_lam")]:
+        with pytest.raises(ValueError, match=match):
+            ChannelSparsity(penalty, **options)
+
+
+def test_sparsity_controller_says_when_an_overshoot_cannot_be_undone():
+    # 10 zero groups at λ = 0.1, then 20 that stay zero whatever λ (as behind a ReLU)
+    groups, penalty, controller = mlp_controller()
+    zero_first(groups, 10)
+    controller.step()
+    zero_first(groups, 20)
+    for _ in range(40):
+        controller.step()
+        if controller.why_ is not None:
+            break
+    assert "jumps from 10 (λ=0.1) to 20" in controller.why_
+    assert "pass restore=(model, optimizer)" in controller.why_
+    assert 0.1 < penalty.lam <= 0.1 * (1 + 2e-3)
+
+
+def train_to_target(target, restore):
     torch.manual_seed(0)
     model, x = mlp((6, 16, 12, 3)).double(), torch.randn(48, 6, dtype=F64)
     y = torch.randint(0, 3, (48,))
     groups = channel_groups(model, x)
-    penalty = ChannelLasso(1e-4, groups)
-    controller = ChannelSparsity(penalty, target=0.5, factor=2.0)
+    penalty = ChannelLasso(1e-3, groups)
     optimizer = Proximal(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
                          Regularizer(model, {groups.selector: penalty}))
-    lams = []
-    for _ in range(40):
+    controller = ChannelSparsity(penalty, target=target, factor=1.5, patience=3,
+                                 restore=(model, optimizer.optimizer) if restore else None)
+    landed = 0
+    for _ in range(100):
         for _ in range(5):
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
-        lams.append(penalty.lam)
         fraction = controller.step()
-        if controller.reached_:
+        landed = landed + 1 if controller.reached_ else 0
+        if landed == 5 or controller.why_:  # in the band for five calls in a row, or given up
             break
-    assert controller.reached_
-    assert fraction >= 0.5
-    assert fraction == len(groups.zero_groups(("out", "bias", "norm"))) / len(groups)
-    assert all(b == 2 * a for a, b in itertools.pairwise(lams))  # doubled until reached
-    held = penalty.lam
-    controller.step()
-    assert penalty.lam == held  # held once reached
+    return groups, controller, fraction
+
+
+@pytest.mark.parametrize("target", [0.25, 0.5, 0.75])
+def test_sparsity_controller_lands_within_one_group_of_the_target_in_training(target):
+    groups, controller, fraction = train_to_target(target, restore=True)
+    k = math.ceil(target * len(groups))
+    zeros = len(groups.zero_groups(("out", "bias")))  # the MLP's "auto" groups: rows and bias
+    assert controller.why_ is None
+    assert controller.reached_ and k <= zeros <= k + 1
+    assert fraction == zeros / len(groups)
+
+
+def test_sparsity_controller_without_restore_overshoots_and_says_why():
+    # The same run without roll-back: at the critical λ the ReLU MLP zeroes more groups than the
+    # band within a few steps, and zero channels before a ReLU never leave zero.
+    groups, controller, _ = train_to_target(0.5, restore=False)
+    assert not controller.reached_
+    assert len(groups.zero_groups(("out", "bias"))) > 15
+    assert "cannot leave zero" in controller.why_ or "restore=" in controller.why_
 
 
 def test_loss_term_and_fused_gradient_give_the_same_gradients():

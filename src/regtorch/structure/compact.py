@@ -28,7 +28,8 @@ entries, the consumers' input columns. Layer attributes follow (``in/out_feature
 at least one channel.
 
 The values are those of eval mode (BatchNorm running statistics). A channel that emits exactly 0
-(the default :class:`~regtorch.ChannelLasso` zeroes the bias and BatchNorm entries with the rows)
+(the default :class:`~regtorch.ChannelLasso` zeroes a BatchNorm's γ and β, or the rows and bias
+of a producer no norm follows)
 is removed exactly in training mode too; a folded nonzero constant through a BatchNorm is exact in
 eval mode only (in training mode the batch statistics of a constant channel give its shift).
 """

@@ -59,6 +59,7 @@ __all__ = ["ROLES", "ChannelGroup", "ChannelGroups", "Slice", "channel_groups"]
 
 ROLES = ("out", "bias", "norm", "in", "buffer")
 PENALIZED_ROLES = ("out", "bias", "norm")
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,22 @@ class ChannelGroups:
     left_out: list[tuple[str, str]]
     _tensors: dict[str, Tensor] = field(repr=False, default_factory=dict)
     _node_groups: dict[str, tuple[int, list[int]]] = field(repr=False, default_factory=dict)
+    normalized: frozenset[str] = frozenset()
+    """Producer weight and bias tensors whose output feeds an affine BatchNorm/InstanceNorm
+    directly (and nothing else): the norm undoes any scale of their rows (and any shift), so the
+    loss does not resist shrinking them. ``roles="auto"`` does not penalize them."""
+
+    def penalized(self, group: ChannelGroup, roles: str | Sequence[str] = AUTO
+                  ) -> tuple[Slice, ...]:
+        """The slices of ``group`` a penalty with ``roles`` acts on.
+
+        ``roles="auto"``: the ``norm`` slices, and the ``out`` and ``bias`` slices of the producers
+        not in :attr:`normalized`. Otherwise the slices whose role is in ``roles``.
+        """
+        if roles == AUTO:
+            return tuple(s for s in group.slices if s.role == "norm" or (
+                s.role in ("out", "bias") and s.tensor not in self.normalized))
+        return group.of(*roles)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -139,11 +156,12 @@ class ChannelGroups:
         """The model's parameter or buffer ``name`` (the very tensor, not a copy)."""
         return self._tensors[name]
 
-    def parameter_names(self, roles: Sequence[str] = PENALIZED_ROLES) -> list[str]:
-        """Names of the tensors holding slices with ``roles``, in order of first appearance."""
+    def parameter_names(self, roles: str | Sequence[str] = PENALIZED_ROLES) -> list[str]:
+        """Names of the tensors holding slices with ``roles`` (or ``"auto"``, see
+        :meth:`penalized`), in order of first appearance."""
         seen: dict[str, None] = {}
         for group in self.groups:
-            for s in group.of(*roles):
+            for s in self.penalized(group, roles):
                 seen.setdefault(s.tensor, None)
         return list(seen)
 
@@ -154,16 +172,17 @@ class ChannelGroups:
         return named(*self.parameter_names())
 
     @torch.no_grad()
-    def zero_groups(self, roles: Sequence[str] = ("out",)) -> list[int]:
-        """Indices of the groups whose slices with ``roles`` are all exactly zero now."""
+    def zero_groups(self, roles: str | Sequence[str] = ("out",)) -> list[int]:
+        """Indices of the groups whose slices with ``roles`` (or ``"auto"``, see
+        :meth:`penalized`) are all exactly zero now."""
         zero = []
         for group in self.groups:
-            slices = group.of(*roles)
+            slices = self.penalized(group, roles)
             if slices and all(_slice_is_zero(self._tensors[s.tensor], s) for s in slices):
                 zero.append(group.index)
         return zero
 
-    def zero_fraction(self, roles: Sequence[str] = ("out",)) -> float:
+    def zero_fraction(self, roles: str | Sequence[str] = ("out",)) -> float:
         """Fraction of the groups that are exactly zero (:meth:`zero_groups`); 0 with no group."""
         return len(self.zero_groups(roles)) / len(self.groups) if self.groups else 0.0
 
@@ -291,6 +310,7 @@ class _Analysis:
         self.info: dict[str, Any] = {}
         self.modules = dict(gm.named_modules())
         self.direct: dict[str, str] = {}  # tensor name -> node using it directly
+        self.normalized: set[str] = set()  # producer tensors feeding an affine norm only
 
     # -- helpers ---------------------------------------------------------------------------
     def shape(self, arg: Any) -> torch.Size | None:
@@ -411,6 +431,7 @@ class _Analysis:
             if module.track_running_stats and module.running_mean is not None:
                 entries += [("running_mean", "buffer"), ("running_var", "buffer")]
             self.per_channel(node, name, x, module.num_features, entries, type(module).__name__)
+            self.note_normalized(node, module, x)
         elif isinstance(module, nn.Embedding):
             if module.max_norm is not None:
                 self.refuse(node, f"node '{node.name}' (Embedding with max_norm) renormalizes "
@@ -436,6 +457,19 @@ class _Analysis:
         else:
             self.refuse(node, f"node '{node.name}' ({type(module).__name__}) is not known to act "
                               f"channel-wise")
+
+    def note_normalized(self, node: fx.Node, norm: nn.Module, x: _Info | None) -> None:
+        """Record the producer whose only use is this affine norm, along the norm's channels."""
+        source = node.args[0] if node.args else None
+        if not (norm.affine and isinstance(source, fx.Node) and source.op == "call_module"
+                and len(source.users) == 1 and x is not None and x.axis == 1
+                and len(x.vars) == norm.num_features):
+            return
+        producer = self.modules[str(source.target)]
+        if isinstance(producer, nn.Linear) or (isinstance(producer, _CONVS)
+                                               and producer.groups == 1):
+            self.normalized.update(f"{source.target}.{t}" for t in ("weight", "bias")
+                                   if getattr(producer, t, None) is not None)
 
     def conv(self, node: fx.Node, name: str, module: nn.Module, x: _Info | None) -> None:
         if module.groups == 1:
@@ -822,4 +856,5 @@ def _analyse(model: nn.Module, gm: fx.GraphModule, values: dict[str, Any]) -> Ch
             node_groups[name] = (info.axis, [group_of.get(uf.find(v), -1) for v in info.vars])
     left_out = [(f"{count} channel{'s' if count > 1 else ''} of {what}", reason)
                 for (what, reason), count in left.items()]
-    return ChannelGroups(groups, left_out, tensors, node_groups)
+    return ChannelGroups(groups, left_out, tensors, node_groups,
+                         frozenset(analysis.normalized))

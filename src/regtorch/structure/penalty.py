@@ -21,12 +21,20 @@ mean of the element-wise steps over the group's elements — a scalar per group,
 shrinks as one (the fixed point is then that of the group lasso under this diagonal metric
 averaged per group, an approximation of the Euclidean one).
 
-Which tensors are penalized: the slices with roles ``out`` (producer weight rows), ``bias``
-(producer bias entries) and ``norm`` (BatchNorm/InstanceNorm weight and bias, depthwise-conv
-entries) by default (``roles=`` narrows it). Consumer input columns (``in``) are not penalized:
-they overlap the next group's rows, and with them the proximal step would no longer be exact.
-Running statistics (``buffer``) are not parameters: never penalized, removed with the channel by
-:func:`~regtorch.compact`.
+Which slices are penalized (``roles``): by default (``"auto"``) every ``norm`` slice
+(BatchNorm/InstanceNorm weight and bias, depthwise-conv entries) and the ``out`` (producer weight
+rows) and ``bias`` slices of the producers whose output does *not* feed an affine normalization
+directly (:attr:`~regtorch.structure.ChannelGroups.normalized`). A convolution followed by
+BatchNorm computes the same function at any scale of its rows, so a penalty on those rows is not
+resisted by the loss: it shrinks every row of the layer at once, and at a λ that zeroes a fraction
+of the channels it collapses the network (measured in ``benchmarks/bench_compact.py``). On such a
+layer the norm's weight and bias carry the channel's scale; with both zero the channel emits
+exactly 0 and :func:`~regtorch.compact` removes it, rows included. Where no norm follows, the rows
+and bias are the channel's scale and are penalized. An explicit subset of
+``("out", "bias", "norm")`` penalizes those roles everywhere. Consumer input columns (``in``) are
+never penalized: they overlap the next group's rows, and with them the proximal step would no
+longer be exact. Running statistics (``buffer``) are not parameters: never penalized, removed with
+the channel by :func:`~regtorch.compact`.
 
 **Stacked members.** With a ``[K]`` strength and ``parameters=`` tensors stacked ``[K, ...]``
 (K copies of the model, as :func:`torch.func.stack_module_state` makes them), member ``k`` is
@@ -36,29 +44,40 @@ per group, the value is :math:`\sum_k` of the members' values, and nothing coupl
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from regtorch._distributed import is_dtensor
 from regtorch._strength import check_members
 from regtorch.penalties import Penalty, Scratch
-from regtorch.structure.graph import PENALIZED_ROLES, ChannelGroups
+from regtorch.structure.graph import AUTO, PENALIZED_ROLES, ChannelGroups
 
 __all__ = ["ChannelLasso", "ChannelSparsity"]
+
+
+_DTENSOR_REFUSAL = (
+    "ChannelLasso does not support DTensor parameters (FSDP2 fully_shard, tensor parallel): a "
+    "channel group spans slices of several tensors, each sharded its own way, and its norm is not "
+    "reduced across ranks; train and compact the unsharded model, or shard after compact")
 
 
 class _Layout:
     """Per tensor name: the dim its channels index and the group of each index (−1: none)."""
 
-    def __init__(self, groups: ChannelGroups, roles: Sequence[str], scale: str,
+    def __init__(self, groups: ChannelGroups, roles: str | tuple[str, ...], scale: str,
                  parameters: Mapping[str, Tensor] | None) -> None:
         self.dims: dict[str, int] = {}
         self.group_of: dict[str, Tensor] = {}
         sizes = [0] * len(groups.groups)
         for group in groups.groups:
-            for s in group.of(*roles):
+            # Every tensor with a penalizable slice is known (it may be bound by
+            # ``groups.selector``); only the slices ``roles`` picks get a group, the others -1.
+            penalized = set(groups.penalized(group, roles))
+            for s in group.of(*PENALIZED_ROLES):
                 tensor = groups.tensor(s.tensor)
                 if self.dims.setdefault(s.tensor, s.dim) != s.dim:
                     raise ValueError(f"ChannelLasso: {s.tensor} has channel slices along dims "
@@ -66,6 +85,8 @@ class _Layout:
                 if s.tensor not in self.group_of:
                     self.group_of[s.tensor] = torch.full((tensor.shape[s.dim],), -1,
                                                          dtype=torch.long)
+                if s not in penalized:
+                    continue
                 self.group_of[s.tensor][list(s.indices)] = group.index
                 sizes[group.index] += len(s.indices) * tensor.numel() // tensor.shape[s.dim]
         self.count = len(sizes)
@@ -94,16 +115,20 @@ class ChannelLasso(Penalty):
         lam: strength λ ≥ 0, or a ``[K]`` tensor for ``parameters`` stacked ``[K, ...]``.
         groups: the :class:`~regtorch.structure.ChannelGroups` of the model.
         scale: ``"sqrt"`` (:math:`c_g = \sqrt{|g|}`) or ``"none"`` (1).
-        roles: the slice roles penalized, a subset of ``("out", "bias", "norm")``.
+        roles: ``"auto"`` (the slices that carry each channel's scale: normalization entries,
+            and the rows and bias of producers no norm follows directly; module docstring) or
+            the slice roles penalized everywhere, a subset of ``("out", "bias", "norm")``.
         parameters: the tensors penalized instead of the groups' model's own, by name (as
             :class:`~regtorch.Regularizer`'s ``parameters=``, and the same mapping): shaped like
             the model's, or stacked ``[K, ...]`` with a ``[K]`` ``lam`` (module docstring).
 
     Raises:
         ValueError: bad ``scale`` or ``roles``; ``parameters`` without a penalized tensor;
-            :meth:`check` raises for a parameter that holds no penalized slice (e.g. bound by
-            the default ``WEIGHTS`` selection) or is not shaped like the model's tensor
-            (``[K, ...]`` with a ``[K]`` strength).
+            :meth:`check` raises for a parameter that holds no penalizable slice of the groups
+            (e.g. a head bound by the default ``WEIGHTS`` selection), is not shaped like the
+            model's tensor (``[K, ...]`` with a ``[K]`` strength) or is a DTensor. A parameter
+            with penalizable slices that ``roles`` leaves out (a convolution followed by
+            BatchNorm under ``"auto"``) may be bound and is not penalized.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
@@ -127,16 +152,17 @@ class ChannelLasso(Penalty):
     _SCALES = ("sqrt", "none")
 
     def __init__(self, lam: float, groups: ChannelGroups, scale: str = "sqrt",
-                 roles: Sequence[str] = PENALIZED_ROLES, *,
+                 roles: str | Sequence[str] = AUTO, *,
                  parameters: Mapping[str, Tensor] | None = None) -> None:
         if not isinstance(groups, ChannelGroups):
             raise TypeError(f"Invalid groups: {groups!r} (expected regtorch.channel_groups(...))")
         if scale not in self._SCALES:
             raise ValueError(f"Invalid scale value: {scale!r} (expected one of {self._SCALES})")
-        roles = tuple(roles)
-        if not roles or any(r not in PENALIZED_ROLES for r in roles):
-            raise ValueError(f"Invalid roles value: {roles!r} (expected a non-empty subset of "
-                             f"{PENALIZED_ROLES})")
+        if roles != AUTO:
+            roles = tuple(roles) if not isinstance(roles, str) else (roles,)
+            if not roles or any(r not in PENALIZED_ROLES for r in roles):
+                raise ValueError(f"Invalid roles value: {roles!r} (expected {AUTO!r} or a "
+                                 f"non-empty subset of {PENALIZED_ROLES})")
         self.lam = lam
         self.groups = groups
         self.scale = scale
@@ -144,17 +170,28 @@ class ChannelLasso(Penalty):
         self._layout = _Layout(groups, roles, scale, parameters)
 
     def _extra_repr(self) -> str:
-        return f", {len(self.groups)} groups, scale={self.scale!r}"
+        return f", {len(self.groups)} groups, scale={self.scale!r}, roles={self.roles!r}"
+
+    def zero_groups(self) -> list[int]:
+        """Indices of the groups whose penalized slices are all exactly zero now (in the
+        groups' model; for stacked ``parameters=`` check the members yourself)."""
+        return self.groups.zero_groups(self.roles)
+
+    def zero_fraction(self) -> float:
+        """Fraction of the groups whose penalized slices are all exactly zero now."""
+        return len(self.zero_groups()) / len(self.groups) if len(self.groups) else 0.0
 
     def _name(self, param: Tensor) -> str:
         name = self._layout.names_by_id.get(id(param))
         if name is None:
             raise ValueError(f"ChannelLasso: a parameter of shape {tuple(param.shape)} holds no "
-                             f"penalized slice of its groups; bind the penalty with "
+                             f"penalizable slice of its groups; bind the penalty with "
                              f"Regularizer(model, {{groups.selector: ChannelLasso(...)}})")
         return name
 
     def check(self, param: Tensor) -> None:
+        if is_dtensor(param):
+            raise ValueError(_DTENSOR_REFUSAL)
         shape = self._layout.shapes[self._name(param)]
         if isinstance(self.lam, Tensor):
             check_members(self.lam, param, "ChannelLasso")
@@ -170,6 +207,10 @@ class ChannelLasso(Penalty):
 
     def _index(self, param: Tensor) -> tuple[int, Tensor]:
         """The channel dim of ``_members(param)`` and the group of each index along it."""
+        if is_dtensor(param):
+            name = self._layout.names_by_id.get(id(param), "a parameter")
+            raise ValueError(f"ChannelLasso: {name} of shape {tuple(param.shape)}: "
+                             f"{_DTENSOR_REFUSAL}")
         name = self._name(param)
         return self._layout.dims[name] + 1, self._layout.group_of[name].to(param.device)
 
@@ -276,20 +317,50 @@ class ChannelLasso(Penalty):
 
 
 class ChannelSparsity:
-    """Raises a :class:`ChannelLasso`'s λ until a target fraction of its groups is exactly zero.
+    r"""Steers a :class:`ChannelLasso`'s λ until a target number of its groups is exactly zero.
 
-    Call :meth:`step` once per epoch (or every few proximal steps). While the fraction of groups
-    whose penalized slices are all exactly zero is below ``target``, every ``patience`` calls λ is
-    multiplied by ``factor`` (up to ``max_lam``); once the target is reached λ is held and
-    :attr:`reached_` is true (it stays true; λ is never lowered, so channels zeroed so far stay
-    under the same pressure). The fraction counts groups, not elements.
+    Call :meth:`step` once per epoch (or every few proximal steps). It counts the groups whose
+    penalized slices are all exactly zero (:meth:`ChannelLasso.zero_groups`) and compares the count
+    ``n`` with the band ``[k, k + tolerance]``, ``k = ⌈target · G⌉`` of the ``G`` groups:
+
+    * ``n`` in the band: λ is held and :attr:`reached_` is true;
+    * ``n < k``: after ``patience`` such calls, λ is raised — multiplied by ``factor`` while no λ
+      has overshot, otherwise to the geometric midpoint :math:`\sqrt{λ_{lo} λ_{hi}}` of the
+      largest λ seen below the band and the smallest seen above it;
+    * ``n > k + tolerance`` (an overshoot: near a critical λ many groups reach zero within a few
+      steps). With ``restore=(model, optimizer)`` the controller rolls both back to the state it
+      saved when it last raised λ (below the band) and bisects: λ becomes the midpoint of the λ
+      it raised from and the λ that overshot. Without ``restore`` it lowers λ the same way, which
+      helps only where a zero group can leave zero: one followed by ReLU (or a BatchNorm with
+      γ = β = 0 before a ReLU) gets a zero gradient and stays zero, so the count cannot fall.
+
+    If the band cannot be landed — the bracket :math:`λ_{hi}/λ_{lo}` shrinks below
+    ``1 + resolution`` with the count still jumping over the band (several groups reach zero at
+    the same λ, or, without ``restore``, an overshoot that lowering λ cannot undo), or λ reaches
+    ``max_lam`` below the band — λ is held (at :math:`λ_{hi}`, at or above the target, or at
+    ``max_lam``) and :attr:`why_` says why in one line. The count lags λ by the steps a group
+    needs to shrink to zero: call it every few steps, with ``patience``, so that the count settles
+    before the next raise.
 
     Args:
-        penalty: the penalty whose ``lam`` is raised (must start above 0).
+        penalty: the penalty whose ``lam`` is steered (must start above 0).
         target: the fraction of groups to zero, in (0, 1].
-        factor: multiplier of λ per raise (> 1).
-        patience: calls below the target between two raises (≥ 1).
+        factor: multiplier of λ per raise (or divisor per lowering) before a bracket exists (> 1).
+        patience: calls outside the band between two changes of λ (≥ 1).
         max_lam: λ is never raised above this (``None``: no bound).
+        tolerance: groups above ``k`` still in the band (≥ 0; default 1: "within one group").
+        resolution: the relative width of the λ bracket below which the controller gives up
+            bisecting (> 0).
+        restore: objects with ``state_dict``/``load_state_dict`` (the model and its optimizer;
+            for a :class:`~regtorch.Proximal`, pass it or its ``.optimizer``) saved at every raise
+            and restored on an overshoot; ``None``: no roll-back.
+
+    Attributes:
+        reached_: the count was in the band at the last call.
+        why_: ``None``, or why the band cannot be landed (the controller then holds λ).
+        lam_low_, lam_high_: the bracket: the largest λ seen below the band, the smallest seen
+            above it (``None`` until seen).
+        restored_: how many times the saved state was restored.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
@@ -300,11 +371,12 @@ class ChannelSparsity:
     """
 
     def __init__(self, penalty: ChannelLasso, target: float, *, factor: float = 2.0,
-                 patience: int = 1, max_lam: float | None = None) -> None:
+                 patience: int = 1, max_lam: float | None = None, tolerance: int = 1,
+                 resolution: float = 1e-3, restore: Sequence[object] | None = None) -> None:
         if not isinstance(penalty, ChannelLasso):
             raise TypeError(f"Invalid penalty: {penalty!r} (expected a ChannelLasso)")
         if isinstance(penalty.lam, Tensor):
-            raise TypeError("Invalid penalty: ChannelSparsity raises one model's λ (a number), "
+            raise TypeError("Invalid penalty: ChannelSparsity steers one model's λ (a number), "
                             "not stacked [K] strengths")
         if not 0.0 < target <= 1.0:
             raise ValueError(f"Invalid target value: {target} (expected 0 < target <= 1)")
@@ -312,26 +384,92 @@ class ChannelSparsity:
             raise ValueError(f"Invalid factor value: {factor} (expected > 1)")
         if not (isinstance(patience, int) and patience >= 1):
             raise ValueError(f"Invalid patience value: {patience!r} (expected an int >= 1)")
+        if not (isinstance(tolerance, int) and tolerance >= 0):
+            raise ValueError(f"Invalid tolerance value: {tolerance!r} (expected an int >= 0)")
+        if not resolution > 0:
+            raise ValueError(f"Invalid resolution value: {resolution} (expected > 0)")
         if not penalty.lam > 0:
             raise ValueError(f"Invalid penalty strength: {penalty.lam} (ChannelSparsity "
                              f"multiplies it; start above 0)")
+        if max_lam is not None and not max_lam >= penalty.lam:
+            raise ValueError(f"Invalid max_lam value: {max_lam} (expected >= the penalty's "
+                             f"lam {penalty.lam})")
+        restore = tuple(restore or ())
+        for obj in restore:
+            if not (callable(getattr(obj, "state_dict", None))
+                    and callable(getattr(obj, "load_state_dict", None))):
+                raise TypeError(f"Invalid restore entry: {obj!r} (expected objects with "
+                                f"state_dict and load_state_dict)")
         self.penalty = penalty
         self.target = target
         self.factor = factor
         self.patience = patience
         self.max_lam = max_lam
+        self.tolerance = tolerance
+        self.resolution = resolution
+        self.restore = restore
+        self.count = math.ceil(target * len(penalty.groups) - 1e-9)
         self.reached_ = False
+        self.why_: str | None = None
+        self.lam_low_: float | None = None
+        self.lam_high_: float | None = None
+        self.restored_ = 0
+        self._low_count = self._high_count = 0
+        self._saved: list[dict] | None = None
         self._waited = 0
 
+    def _save(self) -> None:
+        if self.restore:
+            self._saved = [copy.deepcopy(obj.state_dict()) for obj in self.restore]
+
+    def _load(self) -> None:
+        for obj, state in zip(self.restore, self._saved):
+            obj.load_state_dict(copy.deepcopy(state))
+        self.restored_ += 1
+
     def step(self) -> float:
-        """Measure the zero fraction, raise λ if it is below the target; return the fraction."""
-        fraction = self.penalty.groups.zero_fraction(self.penalty.roles)
-        if fraction >= self.target:
-            self.reached_ = True
-        if not self.reached_:
-            self._waited += 1
-            if self._waited >= self.patience:
-                self._waited = 0
-                lam = self.penalty.lam * self.factor
-                self.penalty.lam = lam if self.max_lam is None else min(lam, self.max_lam)
+        """Count the zero groups, steer λ toward the band; return the zero fraction."""
+        zeros = len(self.penalty.zero_groups())
+        total = len(self.penalty.groups)
+        fraction = zeros / total if total else 0.0
+        low, high = self.count, self.count + self.tolerance
+        self.reached_ = low <= zeros <= high
+        if self.reached_:
+            self._waited = 0
+            return fraction
+        self._waited += 1
+        if self.why_ is not None or self._waited < self.patience:
+            return fraction
+        self._waited = 0
+        lam = float(self.penalty.lam)
+        if zeros < low:
+            if self.lam_high_ is not None and self.lam_high_ <= lam:
+                self.lam_high_ = None  # stale: the count fell back at a larger λ
+            self.lam_low_, self._low_count = lam, zeros
+            new = lam * self.factor if self.lam_high_ is None else math.sqrt(lam * self.lam_high_)
+            if self.max_lam is not None and new >= self.max_lam:
+                if lam >= self.max_lam:
+                    self.why_ = (f"λ is at max_lam={self.max_lam:g} with {zeros} of {total} "
+                                 f"groups zero (target {low})")
+                new = self.max_lam
+            if new != lam:
+                self._save()
+        else:
+            if self.lam_low_ is not None and self.lam_low_ >= lam:
+                self.lam_low_ = None  # stale: the count rose at a smaller λ
+            self.lam_high_, self._high_count = lam, zeros
+            if self._saved is not None and self.lam_low_ is not None:
+                self._load()  # back to the state below the band, at λ_lo
+            new = lam / self.factor if self.lam_low_ is None else math.sqrt(self.lam_low_ * lam)
+        if (self.lam_low_ is not None and self.lam_high_ is not None
+                and self.lam_high_ <= self.lam_low_ * (1.0 + self.resolution)):
+            self.why_ = (f"the zero count jumps from {self._low_count} (λ={self.lam_low_:.6g}) "
+                         f"to {self._high_count} (λ={self.lam_high_:.6g}) of {total} groups, "
+                         f"over the band {low}..{high}; holding λ={self.lam_high_:.6g}")
+            if not self.restore:
+                self.why_ += ("; lowering λ cannot undo an overshoot where zero groups cannot "
+                              "leave zero (before a ReLU their gradient is 0): pass "
+                              "restore=(model, optimizer) to roll back")
+            new = self.lam_high_
+        self.penalty.lam = new
         return fraction
