@@ -419,7 +419,8 @@ def stacked_setup(kind, members=3):
             for p in model.parameters():
                 p.add_(0.3 * torch.randn_like(p))
             if k == 1:
-                ChannelLasso(2.0, groups).prox_(params_of(groups), [0.5] * len(params_of(groups)))
+                ChannelLasso(2.0, groups, roles=ALL).prox_(params_of(groups),
+                                                           [0.5] * len(params_of(groups)))
         models.append(model)
         groups_of.append(groups)
     template = groups_of[0]
@@ -432,7 +433,8 @@ def stacked_setup(kind, members=3):
 def test_stacked_members_equal_separate_penalties(kind):
     _, groups_of, template, stacked = stacked_setup(kind)
     lams = torch.tensor([0.3, 0.0, 1.1], dtype=F64)
-    penalty = ChannelLasso(lams, template, parameters=stacked)
+    # roles=ALL: the references below penalize every row, bias and norm entry
+    penalty = ChannelLasso(lams, template, roles=ALL, parameters=stacked)
     params = list(stacked.values())
     expected = sum(naive_value(g, float(lam)) for g, lam in zip(groups_of, lams))
     torch.testing.assert_close(penalty.value(params), expected, rtol=RTOL, atol=0)
