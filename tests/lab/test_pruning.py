@@ -259,3 +259,35 @@ def test_a_model_whose_trace_refuses_exits_2_with_one_line(tmp_path, monkeypatch
     assert len(lines) == 1, lines
     assert re.search(message, lines[0]), lines[0]
     assert not Path("runs").exists()
+
+
+MLP_FACTORY = """\
+from torch import nn
+
+
+def make(width=16):
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))
+"""
+
+
+def test_sweep_channels_on_a_model_factory(tmp_path, monkeypatch, capsys):
+    (tmp_path / "net.py").write_text(MLP_FACTORY)
+    (tmp_path / "my.toml").write_text(STUDY.replace("epochs = 1", 'epochs = 6\noptimizer = "sgd"'
+                                                    "\nlr = 0.1\nmomentum = 0.9"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "my.toml", "--penalty", "channels", "--lambdas", "0.01,0.3",
+                 "--seeds", "2", "--out", "runs", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "channels removed by compact" in out
+    directory = Path("runs") / "mine-sweep-channels"
+    summary = json.loads((directory / "summary.json").read_text())
+    config = json.loads((directory / "config.json").read_text())
+    assert [g["mode"] for g in config["run"]["groups"]] == ["vectorized"]
+    assert summary["best_lambda"] in (0.01, 0.3)
+    entries = summary["pruning"]["entries"]
+    assert [e["lambda"] for e in entries] == [None, 0.01, 0.3]
+    assert all(e["channels"] == 16 and e["members"] == 2 for e in entries)
+    strong = entries[2]
+    assert strong["zero_fraction"] > 0  # λ = 0.3 zeroes hidden units of the user's MLP
+    # an MLP's parameters are linear in the hidden units kept: 4·h + h + 3·h + 3
+    assert strong["parameters_compact"] == 8 * strong["channels_kept"] + 3
