@@ -149,8 +149,12 @@ class Regularizer:
         loss (what autocast's losses are) keeps float32; adding it to a half-precision loss
         promotes the sum to float32, so the penalty's precision is not rounded away.
         """
-        value = self._value()
-        return value.to(_loss_dtype(self._groups))
+        dtype = _loss_dtype(self._groups)
+        if len(self._groups) == 1 and not self._groups[0].sharded:
+            # one rule: the loss-mode node can return the value in its final dtype (no cast node)
+            group = self._groups[0]
+            return penalty_term(group.penalty, group.trainable(), dtype, group.scratch).to(dtype)
+        return self._value().to(dtype)
 
     def _value(self) -> Tensor:
         return _sum(self._values())
@@ -159,7 +163,8 @@ class Regularizer:
         """R per rule; the rules on DTensor parameters share one collective per round."""
         sharded = [g for g in self._groups if g.sharded]
         if not sharded:
-            return [penalty_term(g.penalty, g.trainable()) for g in self._groups]
+            return [penalty_term(g.penalty, g.trainable(), scratch=g.scratch)
+                    for g in self._groups]
         reduced = iter(_distributed.value([(g.penalty, g.trainable()) for g in sharded]))
         return [next(reduced) if g.sharded else g.penalty.value(g.trainable())
                 for g in self._groups]

@@ -32,7 +32,8 @@ logger = logging.getLogger("regtorch")
 
 ENV_DISABLE = "REGTORCH_FUSED"
 ENV_CACHE = "REGTORCH_CACHE_DIR"
-_SOURCE = Path(__file__).with_name("kernel.cpp")
+# kernel.cpp: the gradient and proximal kernels; loss.cpp: the loss-mode autograd node.
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernel.cpp", "loss.cpp"))
 
 # Flags per capability torch reports; torch's own per-ISA kernels use the same sets.
 _ISA_FLAGS = {
@@ -68,7 +69,7 @@ def cache_dir() -> Path:
 
 
 def _build_name(cap: str) -> str:
-    digest = hashlib.sha256(_SOURCE.read_bytes())
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in _SOURCES))
     digest.update(" ".join(build_flags(cap)).encode())
     version = torch.__version__.replace("+", "_").replace(".", "_")
     return f"regtorch_fused_{version}_{cap.lower()}_{digest.hexdigest()[:12]}"
@@ -121,9 +122,9 @@ def _load() -> SimpleNamespace | None:
         directory.mkdir(parents=True, exist_ok=True)
         from torch.utils import cpp_extension
 
-        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=build_flags(cap),
-                           build_directory=str(directory), is_python_module=False,
-                           verbose=False)
+        cpp_extension.load(name=name, sources=[str(source) for source in _SOURCES],
+                           extra_cflags=build_flags(cap), build_directory=str(directory),
+                           is_python_module=False, verbose=False)
     except Exception as error:  # a failed build must never break training: fall back
         message = str(error).splitlines()[0] if str(error) else ""
         logger.warning("regtorch: the fused kernel failed to build (%s: %s); using the "

@@ -1,25 +1,34 @@
-r"""Loss mode as one :class:`torch.autograd.Function` (private).
+r"""Loss mode: R(w) as one autograd node (private).
 
 ``loss + reg()`` through autograd records every op of the penalty's value (``pow``, ``sum``,
 chunked dots, a float64 cast) and runs each one's backward: for L2 that is several passes over
-every weight where one suffices. :func:`penalty_term` instead returns R(w) from one node: its
-forward runs ``penalty.add_grad_(value=True)`` into fresh buffers (value and closed-form gradient
-together, one pass with the fused kernel), its backward hands those buffers to autograd, scaled by
-the incoming gradient. The same value and the same gradients, with no graph through the value's
-ops. (The gradient is computed even if no backward follows: a term built under grad mode is
-normally differentiated.)
+every weight where one suffices. :func:`penalty_term` returns R(w) from one node instead, with the
+same value and the same gradients:
 
-The plain autograd path (``penalty.value(params)``) is kept where the function cannot be used:
+- **with the fused kernel** (``loss.cpp``, built with ``kernel.cpp``): a C++ autograd node. Its
+  forward reads every weight once for the value, returned in the requested dtype (no cast node).
+  Its backward adds ``dL/dR · ∇R(w)`` to each leaf parameter's *summed* incoming gradient
+  through a tensor pre-hook that autograd runs before the parameter's ``AccumulateGrad`` (and
+  before ``torch.autograd.grad`` captures it): one pass reading w and the gradient, in place when
+  autograd holds the only reference — no gradient buffer of the penalty's own, and no addition of
+  one by autograd. ``loss.cpp``'s header says why that is sound under ``autograd.grad``,
+  ``retain_graph``, accumulation and other backward passes through the same parameters;
+  non-leaf tensors get an ordinary gradient from the node.
+- **without it** (``REGTORCH_FUSED=0``, no compiler, ``[K]`` strengths): a Python
+  :class:`torch.autograd.Function` whose forward runs ``penalty.add_grad_(value=True)`` into
+  fresh buffers and whose backward returns them scaled by the incoming gradient.
+
+The plain autograd path (``penalty.value(params)``) is kept where neither can be used:
 
 - under ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``...), which the lab trains
-  through: a custom Function without a ``vmap`` rule fails there;
-- while ``torch.compile`` traces (dynamo sees the ordinary ops);
+  through: a custom node without a ``vmap`` rule fails there;
+- while ``torch.compile`` traces (dynamo sees the ordinary ops; no graph break);
 - for penalties without a closed-form gradient (:class:`~regtorch.Orthogonal`);
 - for half-precision parameters and under ``torch.autocast``;
 - when no tensor needs a gradient (grad mode off, or every tensor frozen).
 
-Double backward (``create_graph=True``) works: the backward then differentiates
-``penalty.value`` itself, so the gradient it returns is differentiable.
+Double backward (``create_graph=True``) works on both nodes: their backward then builds the
+gradient from differentiable ops.
 """
 
 from __future__ import annotations
@@ -29,7 +38,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["penalty_term", "uses_function"]
+from regtorch._fused._build import load_kernel
+
+__all__ = ["penalty_term", "uses_function", "uses_kernel_node"]
+
+_GROUP_CODES = {"rows": 0, "columns": 1, "tensor": 2}
 
 # Half-precision parameters and autocast keep autograd: the penalty is then computed in float32
 # by ``penalty.value`` (see regularizer.py), which the closed-form gradients do not do.
@@ -57,12 +70,57 @@ def uses_function(penalty, params: Sequence[Tensor]) -> bool:
             and not _transformed(params) and any(p.requires_grad for p in params))
 
 
-def penalty_term(penalty, params: Sequence[Tensor]) -> Tensor:
-    """R(w) of ``penalty`` over ``params`` as a 0-d float64 tensor to add to a loss.
+def _kernel_terms(penalty, params: Sequence[Tensor], scratch):
+    """The C++ node's arguments ``(l1, l2, group_lams, group_codes, coefficients)`` for this
+    call, or ``None`` when the node cannot take it (no kernel, a ``[K]`` strength, a tensor that
+    is not a plain CPU float32/float64 one)."""
+    from regtorch.penalties import L1, L2, GroupLasso
+
+    for p in params:
+        if (p.dtype not in _DTYPES or not p.is_cpu
+                or type(p) not in (Tensor, torch.nn.Parameter)):
+            return None
+    l1 = l2 = 0.0
+    lams: list[float] = []
+    codes: list[int] = []
+    coefficients: list[float] = []
+    for term in penalty.terms:
+        lam = term.lam
+        if isinstance(lam, Tensor):
+            return None
+        if isinstance(term, L1):
+            l1 += lam
+        elif isinstance(term, L2):
+            l2 += lam
+        elif isinstance(term, GroupLasso):
+            # the same cached layout add_grad_ uses (coefficients c_g per tensor)
+            key = (term, term.groups, term.scale, False)
+            layout = (scratch.memo(key, params, lambda t=term: t._layout(params))
+                      if scratch is not None else term._layout(params))
+            lams.append(lam)
+            codes.append(_GROUP_CODES[term.groups])
+            coefficients.extend(layout.coefficients)
+        else:
+            return None
+    return l1, l2, lams, codes, coefficients
+
+
+def uses_kernel_node(penalty, params: Sequence[Tensor]) -> bool:
+    """Whether :func:`penalty_term` takes the C++ node for this call."""
+    return (uses_function(penalty, params) and load_kernel() is not None
+            and _kernel_terms(penalty, params, None) is not None)
+
+
+def penalty_term(penalty, params: Sequence[Tensor], dtype: torch.dtype = torch.float64,
+                 scratch=None) -> Tensor:
+    """R(w) of ``penalty`` over ``params`` as a 0-d tensor to add to a loss.
 
     Args:
         penalty: a regtorch penalty.
         params: the tensors it acts on.
+        dtype: the value's dtype when the C++ node computes it (summed in float64, rounded
+            once); the other paths return float64 and leave the cast to the caller.
+        scratch: the call site's :class:`~regtorch.penalties.Scratch` (caches group layouts).
 
     Returns:
         ``penalty.value(params)``, differentiable with the gradients of
@@ -70,6 +128,11 @@ def penalty_term(penalty, params: Sequence[Tensor]) -> Tensor:
     """
     if not uses_function(penalty, params):
         return penalty.value(params)
+    ops = load_kernel()
+    if ops is not None:
+        terms = _kernel_terms(penalty, params, scratch)
+        if terms is not None:
+            return ops.penalty_term(params, *terms, dtype)
     return _PenaltyTerm.apply(penalty, *params)
 
 
@@ -89,14 +152,17 @@ class _PenaltyTerm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         needed = ctx.needs_input_grad[1:]
+        params = list(ctx.saved_tensors)
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
-            params = list(ctx.saved_tensors)
             leaves = [p for p, need in zip(params, needed) if need]
             value = ctx.penalty.value(params)
             found = iter(torch.autograd.grad(value, leaves, grad_output, create_graph=True,
                                              allow_unused=True))
             return (None, *(next(found) if need else None for need in needed))
-        grads, ctx.grads = ctx.grads, None
+        grads, ctx.grads = ctx.grads, None  # handed to autograd, which may keep them
+        if grads is None:  # a second backward through a retained graph: compute them again
+            grads = [torch.zeros_like(p) for p in params]
+            ctx.penalty.add_grad_(params, grads)
         # The usual case is d(loss)/d(R) = 1: skip the scaling pass (a CPU scalar costs no sync).
         if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
             torch._foreach_mul_(grads, grad_output.to(grads[0].dtype))
