@@ -12,9 +12,12 @@ model with its own optimizer:
   (``regtorch._fused.elementwise_grad_`` / ``group_grad_``);
 * ``P pure PyTorch(value=True)``: ``reg.add_grad_(value=True)`` with the kernel switched off for
   the call (``bench_penalty.pure_pytorch``): the lean fallback, in the same run as the kernel;
-* ``L1 Proximal``: ``Proximal(opt, Regularizer(model, L1))``; ``L1 fused prox``: ``opt.step()``
-  then the fused proximal step with the same effective step (Adam: ``lr/(√v̂+ε)`` from the
-  optimizer's ``exp_avg_sq``, in the kernel; SGD: ``lr/(1−μ)``);
+* ``P Proximal`` for P in L1, ElasticNet, GroupLasso: the public
+  ``Proximal(opt, Regularizer(model, P))`` (the fused proximal step when the kernel is built);
+  ``L1 attach_prox``: ``attach_prox(opt, reg)`` on the user's optimizer; ``P Proximal pure
+  PyTorch``: ``Proximal`` with the kernel switched off for the step (the fallback, same run);
+  ``L1 fused prox``: ``opt.step()`` then the kernel's ``adam_prox`` / ``elementwise_prox``
+  called directly (no hook: the floor of the wiring);
 * ``L2 fused (no value)``: the kernel's L2 gradient alone (the loss-mode target's reference);
 * ``L2 reg() autograd``: ``loss + penalty.value(params)`` through autograd; ``L2 reg()
   Function``: ``loss +`` the loss-mode ``autograd.Function`` (``regtorch._fused.penalty_term``,
@@ -217,6 +220,30 @@ def _proximal(name):
     return factory
 
 
+def _proximal_pure_pytorch(name):
+    """``Proximal`` with the kernel switched off for the whole step (its own hook and the
+    penalties' dispatch point): what a user without a compiler gets, in the same run."""
+
+    def factory(model, make_optimizer, work):
+        step = _proximal(name)(model, make_optimizer, work)
+
+        def run() -> None:
+            load = fused.load_kernel
+            fused.load_kernel = _no_kernel
+            try:
+                pure_pytorch(step)()
+            finally:
+                fused.load_kernel = load
+
+        return run
+
+    return factory
+
+
+def _no_kernel():
+    return None
+
+
 def _attach_prox(model, make_optimizer, work):
     """``attach_prox(optimizer, reg)`` on the user's optimizer (what Lightning users call)."""
     optimizer = make_optimizer(model.parameters())
@@ -293,6 +320,8 @@ for _name in PENALTIES:
 VARIANTS["L2 fused (no value)"] = _fused_grad_only
 for _name in ("L1", "ElasticNet", "GroupLasso"):
     VARIANTS[f"{_name} Proximal"] = _proximal(_name)
+for _name in ("L1", "GroupLasso"):
+    VARIANTS[f"{_name} Proximal pure PyTorch"] = _proximal_pure_pytorch(_name)
 VARIANTS["L1 attach_prox"] = _attach_prox
 VARIANTS["L1 fused prox"] = _fused_prox
 VARIANTS["L2 reg() autograd"] = _loss_autograd

@@ -19,9 +19,10 @@ def run(code: str) -> str:
 
 def test_the_examples_run(fused_kernel):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     # the session has built (or failed to build) the kernel already: the child loads the same
     expected = "True" if fused_kernel is not None else "False"
     assert run(blocks[0]).strip() == f"fused kernel available: {expected}"
-    assert run(blocks[1]).strip() == "True"
-    assert run(blocks[2]).strip() == "True"  # the pure-PyTorch path (REGTORCH_FUSED=0)
+    assert run(blocks[1]).strip() == "True"  # the proximal step's exact zeros
+    assert run(blocks[2]).strip() == "True"  # loss mode
+    assert run(blocks[3]).strip() == "True"  # the pure-PyTorch path (REGTORCH_FUSED=0)
