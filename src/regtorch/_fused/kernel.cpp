@@ -366,7 +366,7 @@ void adam_prox(at::TensorList params, at::TensorList exp_avg_sqs, at::ArrayRef<d
 // and optimizer param group, with the optimizer's effective step t read from its own state:
 //
 //   t = lr_k                                      (no moments: SGD's lr·(1−d)/(1−μ), or lr)
-//   t = (1 / (√v / s_k + eps)) · lr_k             (v: exp_avg_sq / max_exp_avg_sq, Adagrad's sum,
+//   t = lr_k / (√v / s_k + eps)                   (v: exp_avg_sq / max_exp_avg_sq, Adagrad's sum,
 //                                                  RMSprop's square_avg)
 //   s_k  = √(1 − β₂ᵏ) (β₂ > 0: Adam's bias correction), else 1;
 //   lr_k = lr / (1 + (k − 1)·lr_decay) (lr_decay > 0: Adagrad), else lr;
@@ -376,8 +376,8 @@ void adam_prox(at::TensorList params, at::TensorList exp_avg_sqs, at::ArrayRef<d
 // max(1 − τ_g·c/‖w_g‖, 0), divide by 1 + t·l2. With an element-wise t a group's τ_g is the mean
 // of t·λ over its elements (GroupLasso.prox_'s rule); with a scalar t it is t·λ.
 // groups: −1 none, 0 rows, 1 columns, 2 tensor (a tensor viewed as [R, C, K] as in group_grad).
-// The arithmetic follows the pure-PyTorch path operation by operation (only √ and the float64
-// sums of norms and group means may round differently).
+// The arithmetic follows the pure-PyTorch path operation by operation, except t (see StepSize),
+// √, and the float64 sums of norms and group means, which may round differently by a few ulp.
 // ---------------------------------------------------------------------------------------------
 // The per-element helpers below must inline into the `omp simd` loops, or the loops do not
 // vectorize (GCC 12 kept StepSize::operator() out of line in some instantiations: 10x slower).
@@ -397,13 +397,16 @@ double read_count(const at::Tensor& count) {
   return k;
 }
 
+// t = lr / (√v/s + ε) evaluated as (lr·s) / (√v + ε·s), lr·s and ε·s rounded once from float64:
+// one square root and one division per element instead of a square root and two divisions
+// (torch's order: √v, ÷s, +ε, 1/·, ·lr). The two differ by a few ulp of t.
 template <typename T, bool PRE>
 struct StepSize {
   const T* v;
-  T lr, scale, eps;
+  T lr_scaled, eps_scaled;  // lr·s and ε·s; without moments lr_scaled is the scalar step
   REGTORCH_INLINE T operator()(int64_t i) const {
-    if (PRE) return (T(1) / (std::sqrt(v[i]) / scale + eps)) * lr;
-    return lr;
+    if (PRE) return lr_scaled / (std::sqrt(v[i]) + eps_scaled);
+    return lr_scaled;
   }
 };
 
@@ -605,11 +608,11 @@ void prox_step(at::TensorList params, at::TensorList moments, at::TensorList cou
         TORCH_CHECK(params[k].sizes() == moments[k].sizes(), "regtorch fused: shape mismatch");
         const at::Tensor v = moments[k].scalar_type() == w.scalar_type() && fast(moments[k])
                                  ? moments[k] : moments[k].to(w.scalar_type()).contiguous();
-        StepSize<T, true> step{v.const_data_ptr<T>(), static_cast<T>(lr_k),
-                               static_cast<T>(scale), static_cast<T>(eps)};
+        StepSize<T, true> step{v.const_data_ptr<T>(), static_cast<T>(lr_k * scale),
+                               static_cast<T>(eps * scale)};
         prox_dispatch<T, true>(w, step, a);
       } else {
-        StepSize<T, false> step{nullptr, static_cast<T>(lr_k), T(1), T(0)};
+        StepSize<T, false> step{nullptr, static_cast<T>(lr_k), T(0)};
         prox_dispatch<T, false>(w, step, a);
       }
     });
