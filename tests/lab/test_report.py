@@ -2,19 +2,20 @@
 
 Expected values come from the records themselves, averaged here with NumPy, and from the
 summary's own table functions (the page must show what the console shows). Figures are inspected
-as objects (lines, labels, data, scales), never as pixels.
+as objects (lines, labels, data, scales) and, for what a reader can see (every legend entry in
+its axes), as rendered pixels (:mod:`figure_pixels`).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from figure_pixels import hidden_entries
 from matplotlib.collections import PolyCollection
 
 from regtorch.lab import atomic as output
@@ -22,12 +23,22 @@ from regtorch.lab.atomic import write_bytes
 from regtorch.lab.cli import main
 from regtorch.lab.present.plots import (
     LOG_BAND_FLOOR,
-    figure_names,
+    REFERENCE_STRETCH,
+    ZOOM_WINDOW,
     path_figures,
+    path_plots,
     png_bytes,
     study_figures,
+    study_plots,
 )
-from regtorch.lab.present.report import ReportError, regenerate, write_index, write_report
+from regtorch.lab.present.report import (
+    ReportError,
+    headline,
+    regenerate,
+    update_index,
+    write_index,
+    write_report,
+)
 from regtorch.lab.present.tables import path_rows, table_rows
 
 RTOL = 1e-12  # the figure holds the same float64 means, up to summation order
@@ -256,12 +267,14 @@ def test_loss_figure_has_a_solid_train_and_dashed_test_line_per_variant_at_the_m
     ax, = figure.axes
     lines = lines_by_label(ax)
     assert set(lines) == {f"{name}: {split}" for name in ("none", "l2", "l1")
-                          for split in ("train", "test")}  # "huge" diverged entirely
+                          for split in ("train", "validation", "test")}  # "huge" diverged
     for name in ("none", "l2", "l1"):
-        train, test = lines[f"{name}: train"], lines[f"{name}: test"]
-        assert (train.get_linestyle(), test.get_linestyle()) == ("-", "--")
-        assert train.get_color() == test.get_color()
-        for line, key in ((train, "train_loss"), (test, "test_loss")):
+        train, val, test = (lines[f"{name}: {split}"] for split in ("train", "validation",
+                                                                    "test"))
+        assert (train.get_linestyle(), val.get_linestyle(), test.get_linestyle()) == (
+            "-", ":", "--")
+        assert train.get_color() == val.get_color() == test.get_color()
+        for line, key in ((train, "train_loss"), (val, "val_loss"), (test, "test_loss")):
             epochs, means = mean_by_epoch(records, name, key, KEPT[name])
             np.testing.assert_array_equal(line.get_xdata(), epochs)
             np.testing.assert_allclose(line.get_ydata(), means, rtol=RTOL)
@@ -271,7 +284,7 @@ def test_loss_figure_has_a_solid_train_and_dashed_test_line_per_variant_at_the_m
     assert ax.get_xlabel() == "epoch" and "loss" in ax.get_ylabel()
     assert "handmade" in ax.get_title() and f"{SEEDS} seeds" in ax.get_title()
     texts = legend_texts(figure)
-    assert "train (solid)" in texts and "test (dashed)" in texts
+    assert {"train (solid)", "validation (dotted)", "test (dashed)"} <= set(texts)
     assert "l2 (λ = 1)" in texts  # the tuned variant, at the strength the summary kept
     assert "l1 (1 of 3 diverged, not shown)" in texts
     assert "huge: all 3 diverged" in texts
@@ -293,7 +306,7 @@ def test_std_bands_stay_positive_on_the_log_axis():
     records = make_records()
     ax = study_figures(records, make_summary())["loss"].axes[0]
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
-    assert len(bands) == 6  # one per line: 3 seeds (or 2) give a non-zero std
+    assert len(bands) == 9  # one per line: 3 seeds (or 2) give a non-zero std
     lowest = min(path.vertices[:, 1].min() for band in bands for path in band.get_paths())
     assert lowest > 0
     # "none"'s test loss spreads over two decades (std > mean): its band stops one decade down.
@@ -323,15 +336,15 @@ def test_accuracy_figure_only_for_classification():
     assert list(study_figures(make_records(), make_summary())) == ["loss", "weights"]
     records, summary = make_records(classification=True), make_summary(classification=True)
     figures = study_figures(records, summary)
-    assert list(figures) == ["loss", "weights", "accuracy"] == list(figure_names(summary))
-    ax, = figures["accuracy"].axes
+    assert list(figures) == ["loss", "weights", "accuracy"]
+    ax, _ = figures["accuracy"].axes
     lines = lines_by_label(ax)
     for name in ("none", "l2", "l1"):
         for split, style in (("train", "-"), ("test", "--")):
             _, means = mean_by_epoch(records, name, f"{split}_acc", KEPT[name])
             assert lines[f"{name}: {split}"].get_linestyle() == style
             np.testing.assert_allclose(lines[f"{name}: {split}"].get_ydata(), means, rtol=RTOL)
-    assert f"{SEEDS} seeds" in ax.get_title()
+    assert f"{SEEDS} seeds" in figures["accuracy"].get_suptitle()
 
 
 # -- path figures -------------------------------------------------------------------------------
@@ -366,7 +379,7 @@ def test_path_loss_figure_marks_both_choices_and_lambda_zero():
 def test_path_weights_figure_and_accuracy_for_classification():
     summary = make_sweep_summary()
     figures = path_figures(summary)
-    assert list(figures) == ["path_loss", "path_weights"] == list(figure_names(summary))
+    assert list(figures) == ["path_loss", "path_weights"]
     norm_ax, sparsity_ax = figures["path_weights"].axes
     alive = [p for p in summary["path"] if p["weight_norm"] is not None]
     for ax, key, label in ((norm_ax, "weight_norm", "weight norm"),
@@ -396,6 +409,138 @@ def test_path_without_a_choice_draws_no_marker():
     ax = path_figures(summary)["path_loss"].axes[0]
     assert set(lines_by_label(ax)) == {"train at λ = 0", "validation at λ = 0", "test at λ = 0",
                                        "λ where members diverged (×)"}
+
+
+# -- what a reader can see ----------------------------------------------------------------------
+def with_twin(records: list[dict], summary: dict, of: str = "none", twin: str = "twin"
+              ) -> tuple[list[dict], dict]:
+    """A variant ``twin`` whose records are ``of``'s: its curves coincide exactly."""
+    records = records + [{**r, "variant": twin} for r in records if r["variant"] == of]
+    summary = {**summary, "variants": {**summary["variants"],
+                                       twin: dict(summary["variants"][of])}}
+    return records, summary
+
+
+@pytest.mark.parametrize("classification", [False, True], ids=["regression", "classification"])
+def test_coincident_variants_both_show_and_the_caption_says_so(classification):
+    records, summary = with_twin(make_records(classification), make_summary(classification))
+    plots = study_plots(records, summary)
+    for name, plot in plots.items():
+        assert hidden_entries(plot.figure) == [], name  # every legend colour is in the axes
+        assert "none = twin" in plot.caption, name
+        for ax in plot.figure.axes:
+            lines = lines_by_label(ax)
+            pairs = [(lines[label], lines[label.replace("none", "twin", 1)])
+                     for label in lines if label.startswith("none:")]
+            if not pairs and "zoomed" in ax.get_title():
+                continue  # none's random accuracy is too far below the best to be zoomed on
+            assert pairs, (name, list(lines))
+            for none, twin in pairs:  # the same data, drawn apart: width and marker differ
+                np.testing.assert_array_equal(none.get_ydata(), twin.get_ydata())
+                assert none.get_linewidth() > twin.get_linewidth()
+                assert {none.get_marker(), twin.get_marker()} & {"None", None} == set()
+                assert none.get_marker() != twin.get_marker()
+                assert none.get_markevery() != twin.get_markevery()  # markers at other epochs
+    # Variants apart keep a plain line, and no caption speaks of coincidence.
+    for plot in study_plots(make_records(), make_summary()).values():
+        assert "coincide" not in plot.caption
+        assert all(line.get_marker() in ("None", None) for ax in plot.figure.axes
+                   for line in ax.get_lines())
+
+
+def test_without_exact_zeros_there_is_no_sparsity_panel():
+    records = [{**r, "sparsity": None if r["sparsity"] is None else 0.0} for r in make_records()]
+    plot = study_plots(records, make_summary())["weights"]
+    norm_ax, = plot.figure.axes
+    assert set(lines_by_label(norm_ax)) == {f"{n}: weight norm" for n in ("none", "l2", "l1")}
+    assert "no sparsity panel" in plot.caption
+    assert len(study_plots(make_records(), make_summary())["weights"].figure.axes) == 2
+    summary = make_sweep_summary()
+    for entry in [*summary["path"], summary["unregularized"]]:
+        entry["sparsity"] = None if entry["sparsity"] is None else 0.0
+    plot = path_plots(summary)["path_weights"]
+    assert len(plot.figure.axes) == 1 and "no sparsity panel" in plot.caption
+
+
+def test_accuracy_is_scaled_to_the_data_and_zoomed_on_the_best_variants():
+    records, summary = make_records(classification=True), make_summary(classification=True)
+    finals = {"none": 0.934, "l2": 0.937, "l1": 0.1, "huge": 0.5}  # l1 at chance
+    for row in records:
+        if row["test_acc"] is not None:
+            row["test_acc"] = finals[row["variant"]] + 0.001 * row["seed"]
+    plot = study_plots(records, summary)["accuracy"]
+    full, zoom = plot.figure.axes
+    low, high = full.get_ylim()
+    assert low > 0.05 and high < 1.1  # the data's range, not a fixed 0–1
+    low, high = zoom.get_ylim()
+    assert high - low < 0.02 and low < 0.934 + 0.001 < 0.937 + 0.001 < high
+    zoomed = lines_by_label(zoom)
+    assert set(zoomed) == {"none: test (zoomed)", "l2: test (zoomed)"}
+    assert zoomed["l2: test (zoomed)"].get_xdata()[-1] == EPOCHS
+    assert f"within {ZOOM_WINDOW:g}" in plot.caption and "l1 below" in plot.caption
+
+
+def test_a_learning_rate_figure_only_when_the_lr_varies():
+    assert "lr" not in study_plots(make_records(), make_summary())  # lr 0.1 throughout
+    records = [{**r, "lr": 0.1 * 0.5 ** r["epoch"] if r["variant"] == "l2" else r["lr"]}
+               for r in make_records()]
+    plot = study_plots(records, make_summary())["lr"]
+    ax, = plot.figure.axes
+    lines = lines_by_label(ax)
+    np.testing.assert_allclose(lines["l2: lr"].get_ydata(), 0.1 * 0.5 ** np.arange(EPOCHS + 1),
+                               rtol=RTOL)
+    np.testing.assert_allclose(lines["none: lr"].get_ydata(), [0.1] * (EPOCHS + 1), rtol=RTOL)
+    assert ax.get_yscale() == "log" and "learning rate" in plot.caption.lower()
+    assert hidden_entries(plot.figure) == []
+
+
+def test_a_far_reference_is_marked_at_the_edge_and_the_path_keeps_its_range():
+    summary = make_sweep_summary()
+    summary["unregularized"]["train_loss"] = 1e-9  # nine decades below the path
+    plot = path_plots(summary)["path_loss"]
+    ax, = plot.figure.axes
+    lines = lines_by_label(ax)
+    assert "train at λ = 0" not in lines  # no line squeezing the path
+    words = "train at λ = 0: 1e-09 (below the axes)"
+    mark = lines[words]
+    assert mark.get_marker() == "v" and mark.get_transform() == ax.transAxes
+    assert words in legend_texts(plot.figure) and words in plot.caption
+    low, high = ax.get_ylim()
+    path = [v for p in summary["path"] for k in ("train_loss", "val_loss", "test_loss")
+            if (v := p[k]) is not None]
+    assert np.log10(high / low) <= REFERENCE_STRETCH * np.log10(max(path) / min(path)) + 0.2
+    assert low > 1e-3
+    assert "validation at λ = 0" in lines and "test at λ = 0" in lines  # near ones stay lines
+    assert "(below the axes)" not in path_plots(make_sweep_summary())["path_loss"].caption
+
+
+def test_the_report_shows_the_validation_loss_that_chose_lambda(tmp_path):
+    directory = tmp_path / "handmade"
+    summary = make_summary()
+    summary["variants"]["l2"]["candidates"] = [
+        {"strength": 0.1, "val_loss": 1.6, "val_loss_std": 0.2, "test_loss": 1.7, "diverged": 0},
+        {"strength": 1.0, "val_loss": 1.2, "val_loss_std": 0.1, "test_loss": 1.5, "diverged": 0}]
+    config = {"name": "handmade", "seeds": SEEDS}
+    write_run(directory, config, make_records(), summary)
+    page = Page(write_report(directory).read_text(encoding="utf-8"))
+    headers, rows = page.rows(1)  # after the comparison table
+    assert headers == ["variant", "λ", "val loss", "test loss", "diverged", ""]
+    assert rows == [["l2", "0.1", "1.6 ± 0.2", "1.7", "0/3", ""],
+                    ["l2", "1", "1.2 ± 0.1", "1.5", "0/3", "chosen"]]
+    assert [css for css, _ in page.tables[1][1:]] == ["", "chosen"]
+    assert "Choice of λ on validation" in "".join(page.text)
+
+
+def test_the_report_shows_the_run_s_warnings(tmp_path):
+    summary = make_summary()
+    summary["warnings"] = ["group lasso with Adam: <the prox> uses lr/(√v̂+ε) per element"]
+    write_run(tmp_path / "handmade", {"name": "handmade", "seeds": SEEDS}, make_records(),
+              summary)
+    text = write_report(tmp_path / "handmade").read_text(encoding="utf-8")
+    assert "<h2>Warnings</h2>" in text and "&lt;the prox&gt;" in text
+    assert summary["warnings"][0] in "".join(Page(text).text)
+    directory = write_handmade_study(tmp_path / "quiet")
+    assert "Warnings" not in write_report(directory).read_text(encoding="utf-8")
 
 
 def test_png_bytes_are_a_reproducible_png_without_software_metadata():
@@ -474,36 +619,80 @@ def test_regenerate_an_out_directory_writes_every_report_then_the_index(trained,
     written = regenerate(out)
     names = ["d2l-highdim", "handmade", "handmade-sweep-l1"]
     assert written == [out / name / "report.html" for name in names] + [out / "index.html"]
-    text = written[-1].read_text(encoding="utf-8")
-    page = assert_self_contained(text)
-    for name in names:
-        assert f'href="{name}/report.html"' in text
-        assert f'id="{name}"' in text
-    summary = json.loads((trained / "summary.json").read_text())
-    assert page.rows(0) == table_rows(summary)
-    body = "".join(page.text)
-    for entry in summary["variants"].values():
-        assert entry["verdict"] in body
-    # The index embeds the PNG files the reports wrote.
-    pngs = [(out / name / f"{figure}.png").read_bytes()
-            for name, figures in (("d2l-highdim", ("loss", "weights")),
-                                  ("handmade", ("loss", "weights")),
-                                  ("handmade-sweep-l1", ("path_loss", "path_weights")))
-            for figure in figures]
-    assert embedded_pngs(page) == pngs
+    assert_index(out, names)
     assert regenerate(trained) == [trained / "report.html"]  # one run directory
 
 
-def test_index_draws_missing_or_stale_figures_again(tmp_path):
-    directory = write_handmade_study(tmp_path / "handmade")
-    (directory / "loss.png").write_bytes(b"stale")
-    os.utime(directory / "loss.png", ns=(0, 0))  # older than the run's files
-    index = write_index(tmp_path, [directory])
-    assert index == tmp_path / "index.html"
-    page = assert_self_contained(index.read_text(encoding="utf-8"))
-    assert len(page.images) == 2
-    assert (directory / "loss.png").read_bytes().startswith(PNG_SIGNATURE)
-    assert (directory / "weights.png").exists()
+def assert_index(out: Path, names: list[str]) -> Page:
+    """The index is an overview: one row per run, a link to its report, its headline; no
+    figure, no report body (a few kB, not the reports concatenated)."""
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert len(text.encode()) < 20_000
+    for needle in FORBIDDEN:
+        assert needle not in text.lower(), needle
+    page = Page(text)
+    assert page.images == []
+    headers, rows = page.rows(0)
+    assert headers == ["run", "what", "headline"]
+    assert [row[0] for row in rows] == names
+    for name, row in zip(names, rows):
+        assert f'href="{name}/report.html"' in text
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert row[2] == headline(summary)
+    return page
+
+
+def test_headline_names_the_best_variant_against_the_baseline():
+    summary = make_summary()
+    summary["variants"]["l2"]["test_loss"] = 0.75  # half the baseline's 1.5
+    assert headline(summary) == ("lowest test loss: l2 (0.75) vs the baseline none (1.5, "
+                                 "-50%); diverged: l1, huge")
+    summary["variants"]["l2"]["test_loss"] = 0.015
+    assert headline(summary).startswith("lowest test loss: l2 (0.015) vs the baseline none "
+                                        "(1.5, 100× lower)")
+    summary["variants"]["l2"]["test_loss"] = 1.5
+    assert headline(summary).startswith("lowest test loss: none (1.5) — the baseline itself")
+    classification = make_summary(classification=True)
+    classification["variants"]["l1"]["test_acc"] = 0.95
+    assert headline(classification).startswith(
+        "best test accuracy: l1 (0.95) vs the baseline none (0.9)")
+    sweep = make_sweep_summary()
+    best, zero = sweep["best"], sweep["unregularized"]
+    assert headline(sweep) == (f"l1: best λ = 0.1 (on validation), test loss "
+                               f"{best['test_loss']:.4g} vs {zero['test_loss']:.4g} at λ = 0, "
+                               f"{best['sparsity']:.0%} exact zeros")
+
+
+def test_write_index_in_the_order_given(tmp_path):
+    write_handmade_study(tmp_path / "b")
+    write_handmade_sweep(tmp_path / "a")
+    assert write_index(tmp_path, [tmp_path / "b", tmp_path / "a"]) == tmp_path / "index.html"
+    rows = Page((tmp_path / "index.html").read_text(encoding="utf-8")).rows(0)[1]
+    assert [row[0] for row in rows] == ["handmade", "handmade-sweep-l1"]
+    assert rows[1][1] == f"regularization path: {len(LAMBDAS)} λs × 3 seeds × 4 epochs"
+    with pytest.raises(ReportError, match="no run directory"):
+        write_index(tmp_path, [])
+
+
+def test_a_single_run_into_a_directory_of_others_updates_the_index(tmp_path):
+    out = tmp_path / "runs"
+    write_handmade_study(out / "handmade")
+    assert update_index(out) is None  # one run, no index yet: nothing to overview
+    write_handmade_sweep(out / "handmade-sweep-l1")
+    (out / "broken").mkdir()  # a neighbour being written: left out, not fatal
+    (out / "broken" / "config.json").write_text("{}")
+    (out / "broken" / "metrics.jsonl").write_text("")
+    (out / "broken" / "summary.json").write_text("{not json")
+    assert main(["run", "linear-1d", "--seeds", "1", "--epochs", "2", "--out", str(out)]) == 0
+    assert_index(out, ["handmade", "handmade-sweep-l1", "linear-1d"])
+    assert sorted(p.name for p in out.glob(".*.tmp")) == []  # written atomically
+    before = (out / "index.html").read_text(encoding="utf-8")
+    summary = json.loads((out / "handmade" / "summary.json").read_text())
+    summary["variants"]["l2"]["test_loss"] = 0.75
+    output.write_json(out / "handmade" / "summary.json", summary)
+    assert update_index(out) == out / "index.html"
+    assert (out / "index.html").read_text(encoding="utf-8") != before
+    assert "l2 (0.75)" in (out / "index.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("case", ["empty", "missing-dir", "no-summary", "bad-json",

@@ -47,7 +47,11 @@ from regtorch.lab.present.console import (
     progress,
 )
 from regtorch.lab.present.pruning import print_pruning
-from regtorch.lab.present.report import regenerate, write_index, write_report
+from regtorch.lab.present.report import (
+    regenerate,
+    update_index,
+    write_report,
+)
 from regtorch.lab.present.tables import choice_rows, path_rows, table_rows
 from regtorch.lab.study import PRESETS, Study, parse_study, preset, preset_names, read_toml
 from regtorch.lab.study.presets import demo_names
@@ -68,7 +72,9 @@ def list_command(args: argparse.Namespace) -> None:
 def run_command(args: argparse.Namespace) -> None:
     study = load_study(args.study).with_overrides(seeds=args.seeds, epochs=args.epochs)
     options = _options(args)  # a bad option fails before the output directory is made
-    _run_studies([study], _output_dir(args.out), options=options, threads=_threads(args))
+    out = _output_dir(args.out)
+    _run_studies([study], out, options=options, threads=_threads(args))
+    _writing(lambda: update_index(out), out / rundir.INDEX)  # the overview of out stays current
 
 
 def demo_command(args: argparse.Namespace) -> None:
@@ -83,8 +89,9 @@ def demo_command(args: argparse.Namespace) -> None:
         for study in studies:
             rundir.check_config(out / study.name, study.to_dict())
     _run_studies(studies, out, jobs=args.jobs, options=options)
-    index = _writing(lambda: write_index(out, [out / study.name for study in studies]))
-    print_written(make_console(sys.stdout), out, [index.name])
+    index = _writing(lambda: update_index(out), out / rundir.INDEX)  # over every run in out
+    if index is not None:
+        print_written(make_console(sys.stdout), out, [index.name])
 
 
 def sweep_command(args: argparse.Namespace) -> None:
@@ -93,8 +100,10 @@ def sweep_command(args: argparse.Namespace) -> None:
     spec = SweepSpec(args.penalty, apply, l1_ratio=args.l1_ratio, groups=args.groups,
                      lambdas=None if args.lambdas is None else parse_lambdas(args.lambdas))
     torch.set_num_threads(_threads(args) or default_threads(base))
-    report = sweep_and_write(base, spec, _output_dir(args.out), **_options(args))
+    out = _output_dir(args.out)
+    report = sweep_and_write(base, spec, out, **_options(args))
     _print_report(make_console(sys.stdout), report)
+    _writing(lambda: update_index(out), out / rundir.INDEX)  # the overview of out stays current
 
 
 def report_command(args: argparse.Namespace) -> None:

@@ -5,17 +5,25 @@ A run directory ``DIR/<study>/`` (written by ``regtorch run``, ``regtorch sweep`
 alone — no training, so ``regtorch report DIR`` can rebuild every report — :func:`write_report`
 writes next to them, each atomically (:mod:`regtorch.lab.atomic`):
 
-* the figures of :mod:`regtorch.lab.present.plots` as PNG files: ``loss.png``, ``weights.png``
-  and, for classification, ``accuracy.png`` (a study); ``path_loss.png``, ``path_weights.png``
-  and ``path_accuracy.png`` (a sweep);
-* ``report.html``: a title and what the run was, the comparison table (a study: the console's
-  table, from :func:`regtorch.lab.present.tables.table_rows`) or the path table with both
-  choices of λ and the test loss at each and at λ = 0 (a sweep:
-  :func:`regtorch.lab.present.tables.path_rows`), every verdict, the notes, the plots, and
-  ``config.json`` in a ``<details>`` block.
+* the figures of :mod:`regtorch.lab.present.plots` as PNG files: ``loss.png``, ``weights.png``,
+  for classification ``accuracy.png``, when the learning rate varies ``lr.png`` (a study);
+  ``path_loss.png``, ``path_weights.png`` and ``path_accuracy.png`` (a sweep);
+* ``report.html``: a title and what the run was, the warnings of the run (``summary.json``'s
+  ``"warnings"``), the comparison table (a study: the console's table, from
+  :func:`regtorch.lab.present.tables.table_rows`) and, for each tuned variant, the validation
+  loss of every strength tried (the one that chose λ), or the path table with both choices of λ
+  and the test loss at each and at λ = 0 (a sweep: :func:`regtorch.lab.present.tables.path_rows`),
+  every verdict, the notes, the plots with their captions, and ``config.json`` in a
+  ``<details>`` block.
 
-:func:`write_index` writes ``DIR/index.html`` over several run directories (one section per run,
-with a relative link to its ``report.html``); :func:`regenerate` is ``regtorch report DIR``.
+:func:`write_index` writes ``DIR/index.html``, an overview of several run directories: one row
+per run with its kind, size, headline finding (:func:`headline`) and a relative link to its
+``report.html``. It reads only the summaries (no figure), so :func:`update_index` rewrites it
+after every run into a directory that holds others. :func:`regenerate` is ``regtorch report DIR``.
+
+**Fits the page.** No table is wider than the page: a mean and its spread share a cell on two
+lines (the spread smaller) and headers wrap; the browser test checks it at 1280 px
+(``tests/lab/test_browser.py``).
 
 **Self-contained.** A page needs nothing but itself: images are ``data:image/png;base64`` URIs,
 the style sheet is inline, there is no script and no reference to another host, so it opens
@@ -28,6 +36,7 @@ files it was made from (no time stamp; PNGs carry no software metadata).
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
@@ -38,8 +47,8 @@ from typing import Any
 
 import regtorch
 from regtorch.lab.atomic import atomic_writer, write_bytes
-from regtorch.lab.present.plots import figure_names, path_figures, png_bytes, study_figures
-from regtorch.lab.present.pruning import pruning_figure_names, pruning_figures, pruning_section
+from regtorch.lab.present.plots import Plot, path_plots, png_bytes, study_plots
+from regtorch.lab.present.pruning import pruning_figures, pruning_section
 from regtorch.lab.present.rundir import (
     INDEX,
     REPORT,
@@ -51,30 +60,33 @@ from regtorch.lab.present.rundir import (
 )
 from regtorch.lab.present.tables import choice_rows, mean_std_text, path_rows, table_rows
 
-__all__ = ["ReportError", "regenerate", "write_index", "write_report"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: index writes are not serialized (each is still atomic)
+    fcntl = None  # type: ignore[assignment]
 
-_CAPTIONS = {
-    "loss": "Train (solid) and test (dashed) data loss per epoch, log scale: the mean over the "
-            "seeds that did not diverge, with a ±1 std band. Epoch 0 is before training.",
-    "weights": "‖w‖₂ of the penalized weights and their fraction of exact zeros, per epoch.",
-    "accuracy": "Train (solid) and test (dashed) accuracy per epoch.",
-    "path_loss": "Final train, validation and test loss vs λ (log–log), mean ± std over the "
-                 "seeds. Vertical lines: best λ (dashed) and λ_1se (dash-dotted); dotted "
-                 "horizontal lines: the unregularized model (λ = 0).",
-    "path_weights": "Final ‖w‖₂ of the penalized weights and their fraction of exact zeros vs λ.",
-    "path_accuracy": "Final train, validation and test accuracy vs λ.",
-}
+__all__ = ["ReportError", "headline", "regenerate", "run_directories", "update_index",
+           "write_index", "write_report"]
+
+WARNINGS = "warnings"
+"""``summary.json``'s list of one-line warnings of the run (e.g. from the engine), if any."""
+_INDEX_LOCK = ".index.lock"  # serializes the index writes of runs into one directory
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1b1b1b;
        max-width: 74rem; margin: 1.5rem auto; padding: 0 1rem; line-height: 1.45; }
+p, dl, ul, figcaption { max-width: 60rem; }
 h1 { margin-bottom: .2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; }
 h3 { margin-top: 1.4rem; }
 .meta, figcaption, .hint { color: #555; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: .4rem 0 1rem; }
-th, td { padding: .25rem .7rem; border-bottom: 1px solid #e3e3e3; text-align: right;
-         white-space: nowrap; }
+th, td { padding: .25rem .55rem; border-bottom: 1px solid #e3e3e3; text-align: right;
+         vertical-align: top; }
+td { white-space: nowrap; }
+td.text { white-space: normal; text-align: left; min-width: 12rem; }
+th { font-weight: 600; }
+.std { display: block; font-size: .8em; color: #555; }
 th:first-child, td:first-child { text-align: left; }
 thead th { border-bottom: 2px solid #999; }
 tr.chosen td { background: #fff3c4; font-weight: 600; }
@@ -84,7 +96,7 @@ dl.verdicts dd { margin-left: 1.5rem; }
 figure { margin: 1.2rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 pre { background: #f6f6f6; padding: .8rem; overflow: auto; font-size: .85rem; }
-section.run { margin-bottom: 3rem; }
+ul.warnings li { color: #8a4b00; }
 """
 
 
@@ -113,12 +125,12 @@ def write_report(directory: str | os.PathLike[str]) -> Path:
 
 def write_index(out: str | os.PathLike[str],
                 directories: Sequence[str | os.PathLike[str]]) -> Path:
-    """Write ``out/index.html``: one section per run directory, in the given order.
+    """Write ``out/index.html``: an overview, one table row per run directory in the given order.
 
-    Each section shows the run's title, table, verdicts (a sweep: its choices of λ), notes and
-    plots, and links to its ``report.html`` with a path relative to ``out``. The plots are the
-    PNG files :func:`write_report` wrote; those missing or older than the run's files are drawn
-    (and written) again.
+    A row gives the run's name, linked to its ``report.html`` with a path relative to ``out``,
+    what it is (study or regularization path, seeds × epochs) and its :func:`headline`. The page
+    reads only each run's ``config.json`` and ``summary.json``: it stays small and cheap, and
+    never goes stale with a report's figures.
 
     Returns:
         the path of ``index.html``.
@@ -130,22 +142,137 @@ def write_index(out: str | os.PathLike[str],
     out = Path(out)
     if not directories:
         raise ReportError(f"{out}: no run directory to index")
-    runs = [load_run(Path(d)) for d in directories]
-    parts = [f"<h1>regtorch lab: {_count(len(runs), 'run')}</h1>", "<ul class=\"contents\">"]
-    for run in runs:
-        parts.append(f"<li><a href=\"#{_e(_anchor(run))}\">{_e(run.name)}</a> "
-                     f"<span class=\"meta\">({_kind(run).noun})</span></li>")
-    parts.append("</ul>")
+    return _write_index(out, [load_run(Path(d)) for d in directories])
+
+
+def _write_index(out: Path, runs: list[Run]) -> Path:
+    rows = []
     for run in runs:
         link = urllib.parse.quote(Path(os.path.relpath(run.directory / REPORT, out)).as_posix())
-        parts += [f"<section class=\"run\" id=\"{_e(_anchor(run))}\">",
-                  *_run_body(run, _reuse(run) or _draw(run), level=2),
-                  f"<p><a href=\"{_e(link)}\">The full report of {_e(run.name)}</a> "
-                  f"(with its configuration).</p>", "</section>"]
-    parts.append(_footer())
+        rows.append([f"<a href=\"{_e(link)}\">{_e(run.name)}</a>", _e(_size(run)),
+                     _e(headline(run.summary))])
+    parts = [f"<h1>regtorch lab: {_count(len(runs), 'run')}</h1>",
+             "<p class=\"hint\">One row per run directory; each name links to its full report "
+             "(table, verdicts, plots, configuration). The headline compares final-epoch means "
+             "over the seeds; λ is chosen on validation, the test loss only reported.</p>",
+             _html_table(["run", "what", "headline"], rows, text_columns=(2,)), _footer()]
     path = out / INDEX
     _write_page(path, "regtorch lab", parts)
     return path
+
+
+def run_directories(out: str | os.PathLike[str]) -> list[Path]:
+    """The run directories directly under ``out`` (those holding every one of
+    :data:`~regtorch.lab.present.rundir.RESULT_FILES`), in name order."""
+    out = Path(out)
+    try:
+        return sorted(d for d in out.iterdir()
+                      if d.is_dir() and all((d / name).is_file() for name in RESULT_FILES))
+    except OSError:
+        return []
+
+
+def update_index(out: str | os.PathLike[str]) -> Path | None:
+    """Rewrite ``out/index.html`` over every run directory in ``out`` — after one run into a
+    directory that holds others (``regtorch run X --out runs``), so the overview stays current.
+
+    Nothing is written when ``out`` holds a single run and no index yet. A run directory whose
+    files cannot be read (another run's, in progress or broken) is left out, not an error: the
+    run that just finished is not failed by its neighbours. Concurrent runs into ``out`` take
+    turns (an OS file lock), so the last index written sees every finished run; each write is
+    atomic.
+
+    Returns:
+        the path written, or None.
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    out = Path(out)
+    with _index_lock(out):
+        runs = []
+        for directory in run_directories(out):
+            with contextlib.suppress(ReportError):
+                runs.append(load_run(directory))
+        if not runs or (len(runs) == 1 and not (out / INDEX).exists()):
+            return None
+        return _write_index(out, runs)
+
+
+@contextlib.contextmanager
+def _index_lock(out: Path):
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(out / _INDEX_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks: another run's index write is milliseconds
+        yield
+    finally:
+        os.close(fd)
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The finding of a run in one line, from its summary alone.
+
+    A study: the variant with the best final test accuracy (classification) or the lowest
+    final test loss, next to the baseline's (the change in percent, or as a factor when it is
+    more than tenfold), and the variants with diverged members. A sweep: the best
+    λ (chosen on validation), its test loss next to the unregularized model's, and the
+    sparsity there.
+    """
+    if summary.get("kind") == "sweep":
+        return _sweep_headline(summary)
+    variants = summary.get("variants", {})
+    base = summary.get("baseline")
+    classification = any(v.get("test_acc") is not None for v in variants.values())
+    key, words, better = (("test_acc", "best test accuracy", max) if classification else
+                          ("test_loss", "lowest test loss", min))
+    scored = {n: v[key] for n, v in variants.items() if v.get(key) is not None}
+    parts = []
+    if scored:
+        best = better(scored, key=scored.__getitem__)
+        text = f"{words}: {best} ({scored[best]:.4g})"
+        if base in scored and base != best:
+            change = ""
+            if not classification and scored[best] > 0:
+                ratio = scored[best] / scored[base]  # below a tenth, a percentage says -100 %
+                factor = f"{1 / ratio:.0f}" if ratio < 0.01 else f"{1 / ratio:.3g}"
+                change = f", {(ratio - 1):+.0%}" if ratio >= 0.1 else f", {factor}× lower"
+            text += f" vs the baseline {base} ({scored[base]:.4g}{change})"
+        elif base == best:
+            text += " — the baseline itself"
+        parts.append(text)
+    else:
+        parts.append("no variant has a test value (every member diverged)")
+    gone = [n for n, v in variants.items() if v.get("diverged")]
+    if gone:
+        parts.append(f"diverged: {', '.join(gone)}")
+    return "; ".join(parts)
+
+
+def _sweep_headline(summary: dict[str, Any]) -> str:
+    lam, best, zero = summary.get("best_lambda"), summary.get("best") or {}, \
+        summary.get("unregularized") or {}
+    if lam is None:
+        return f"{summary.get('penalty', '?')} path: no λ could be chosen (every member diverged)"
+    text = f"{summary.get('penalty', '?')}: best λ = {lam:.3g} (on validation)"
+    if best.get("test_loss") is not None:
+        text += f", test loss {best['test_loss']:.4g}"
+        if zero.get("test_loss") is not None:
+            text += f" vs {zero['test_loss']:.4g} at λ = 0"
+    if best.get("sparsity"):
+        text += f", {best['sparsity']:.0%} exact zeros"
+    return text
+
+
+def _size(run: Run) -> str:
+    s = run.summary
+    if run.sweep:
+        return (f"regularization path: {_count(len(s.get('path', [])), 'λ')} × "
+                f"{_count(s.get('seeds', 0), 'seed')} × {_count(s.get('epochs', 0), 'epoch')}")
+    size = f"study: {_count(len(s.get('variants', {})), 'variant')} × {_count(s['seeds'], 'seed')}"
+    return size + (f" × {_count(s['epochs'], 'epoch')}" if s.get("epochs") else "")
 
 
 def regenerate(path: str | os.PathLike[str]) -> list[Path]:
@@ -168,8 +295,7 @@ def regenerate(path: str | os.PathLike[str]) -> list[Path]:
         raise ReportError(f"{path}: no such directory")
     if (path / SUMMARY).exists():
         return [write_report(path)]
-    runs = sorted(d for d in path.iterdir()
-                  if d.is_dir() and all((d / name).is_file() for name in RESULT_FILES))
+    runs = run_directories(path)
     if not runs:
         raise ReportError(f"{path}: nothing to report (no summary.json, and no subdirectory "
                           f"holding {', '.join(RESULT_FILES)})")
@@ -188,8 +314,8 @@ class _StudyKind:
         return table_rows(summary)
 
     @staticmethod
-    def figures(run: Run) -> dict[str, Any]:
-        return study_figures(run.records, run.summary)
+    def figures(run: Run) -> dict[str, Plot]:
+        return study_plots(run.records, run.summary)
 
     @staticmethod
     def meta(run: Run) -> str:
@@ -200,7 +326,8 @@ class _StudyKind:
         return [f"<{sub}>Comparison</{sub}>",
                 "<p class=\"hint\">Final epoch, mean ± std over the seeds that did not "
                 "diverge.</p>",
-                _table(headers, rows), f"<{sub}>Verdicts</{sub}>", _verdicts(run.summary),
+                _table(headers, rows), *_candidates(run.summary, sub),
+                f"<{sub}>Verdicts</{sub}>", _verdicts(run.summary),
                 *_lasso_sections(run.summary, sub)]
 
 
@@ -214,8 +341,8 @@ class _SweepKind:
         return path_rows(summary)
 
     @staticmethod
-    def figures(run: Run) -> dict[str, Any]:
-        return path_figures(run.summary)
+    def figures(run: Run) -> dict[str, Plot]:
+        return path_plots(run.summary)
 
     @staticmethod
     def meta(run: Run) -> str:
@@ -243,28 +370,17 @@ def _table_of(run: Run) -> tuple[list[str], list[list[str]]]:
 
 
 # -- figures ------------------------------------------------------------------------------------
-def _draw(run: Run) -> dict[str, bytes]:
-    """Draw the run's figures, write them as PNG files, and return their bytes by name."""
-    figures = {**_kind(run).figures(run), **pruning_figures(run.summary)}
+def _draw(run: Run) -> dict[str, tuple[bytes, str]]:
+    """Draw the run's figures, write them as PNG files, and return their bytes and captions by
+    name."""
+    plots = {**_kind(run).figures(run),  # and a channel penalty's figure, if any (its caption
+             **{name: Plot(figure, "") for name, figure in  # is in its own section)
+                pruning_figures(run.summary).items()}}
     images = {}
-    for name, figure in figures.items():
-        images[name] = png_bytes(figure)
-        write_bytes(run.directory / f"{name}.png", images[name])
-    return images
-
-
-def _reuse(run: Run) -> dict[str, bytes] | None:
-    """The PNG files already written for this run, or None if one is missing or out of date."""
-    newest = max((run.directory / name).stat().st_mtime_ns for name in RESULT_FILES)
-    images = {}
-    for name in (*figure_names(run.summary), *pruning_figure_names(run.summary)):
-        path = run.directory / f"{name}.png"
-        try:
-            if path.stat().st_mtime_ns < newest:
-                return None
-            images[name] = path.read_bytes()
-        except OSError:
-            return None
+    for name, plot in plots.items():
+        data = png_bytes(plot.figure)
+        write_bytes(run.directory / f"{name}.png", data)
+        images[name] = (data, plot.caption)
     return images
 
 
@@ -292,7 +408,7 @@ def _write_page(path: Path, title: str, body: list[str]) -> None:
         stream.write(page)
 
 
-def _run_body(run: Run, images: dict[str, bytes], level: int) -> list[str]:
+def _run_body(run: Run, images: dict[str, tuple[bytes, str]], level: int) -> list[str]:
     """A run's title, what it was, its table, its words and its plots; headings from ``level``."""
     h, sub = f"h{level}", f"h{level + 1}"
     headers, rows = _table_of(run)
@@ -302,6 +418,10 @@ def _run_body(run: Run, images: dict[str, bytes], level: int) -> list[str]:
     if description:
         parts.append(f"<p class=\"description\">{_e(description)}</p>")
     parts.append(f"<p class=\"meta\">{_e(kind.meta(run))}</p>")
+    warnings = run.summary.get(WARNINGS) or []
+    if warnings:
+        parts += [f"<{sub}>Warnings</{sub}>", "<ul class=\"warnings\">",
+                  *(f"<li>{_e(line)}</li>" for line in warnings), "</ul>"]
     parts += kind.sections(run, sub, headers, rows)
     parts += pruning_section(run.summary, sub)  # a channel penalty's compaction, if any
     notes = run.summary.get("notes") or []
@@ -309,7 +429,7 @@ def _run_body(run: Run, images: dict[str, bytes], level: int) -> list[str]:
         parts += [f"<{sub}>Notes</{sub}>", "<ul class=\"notes\">",
                   *(f"<li>{_e(note)}</li>" for note in notes), "</ul>"]
     parts.append(f"<{sub}>Plots</{sub}>")
-    parts += [_figure(run, name, data) for name, data in images.items()]
+    parts += [_figure(run, name, data, caption) for name, (data, caption) in images.items()]
     return parts
 
 
@@ -387,15 +507,53 @@ def _lasso_sections(summary: dict[str, Any], sub: str) -> list[str]:
 
 def _table(headers: list[str], rows: list[list[str]],
            classes: list[str] | None = None) -> str:
+    """A table of plain texts; a ``"mean ± std"`` cell shows its spread on a second, smaller
+    line (so that the widest tables fit the page)."""
+    return _html_table(headers, [[_cell(cell) for cell in row] for row in rows], classes)
+
+
+def _cell(text: str) -> str:
+    mean, sep, spread = text.partition(" ± ")
+    if not sep:
+        return _e(text)
+    return f"{_e(mean)} <span class=\"std\">± {_e(spread)}</span>"
+
+
+def _html_table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None,
+                text_columns: tuple[int, ...] = ()) -> str:
+    """A table whose cells are HTML already (escaped by the caller); ``text_columns`` wrap."""
     lines = ["<div class=\"scroll\"><table>", "<thead><tr>",
              *(f"<th>{_e(h)}</th>" for h in headers), "</tr></thead>", "<tbody>"]
     for i, row in enumerate(rows):
         css = classes[i] if classes else ""
         lines.append(f"<tr class=\"{css}\">" if css else "<tr>")
-        lines += [f"<td>{_e(cell)}</td>" for cell in row]
+        lines += [f"<td class=\"text\">{cell}</td>" if j in text_columns else f"<td>{cell}</td>"
+                  for j, cell in enumerate(row)]
         lines.append("</tr>")
     lines.append("</tbody></table></div>")
     return "\n".join(lines)
+
+
+def _candidates(summary: dict[str, Any], sub: str) -> list[str]:
+    """For each tuned variant, every strength tried with the validation loss that chose it."""
+    tuned = {name: v["candidates"] for name, v in summary["variants"].items()
+             if len(v.get("candidates") or []) > 1}
+    if not tuned:
+        return []
+    parts = [f"<{sub}>Choice of λ on validation</{sub}>",
+             "<p class=\"hint\">Each tuned variant keeps the strength with the lowest mean "
+             "validation loss (final epoch); the test loss is reported, never used to "
+             "choose.</p>"]
+    for name, candidates in tuned.items():
+        kept = summary["variants"][name].get("strength")
+        rows = [[f"{name}", "—" if c.get("strength") is None else f"{c['strength']:g}",
+                 mean_std_text(c.get("val_loss"), c.get("val_loss_std")),
+                 mean_std_text(c.get("test_loss"), None),
+                 f"{c.get('diverged', 0)}/{summary['seeds']}",
+                 "chosen" if c.get("strength") == kept else ""] for c in candidates]
+        parts.append(_table(["variant", "λ", "val loss", "test loss", "diverged", ""], rows,
+                            ["chosen" if row[-1] else "" for row in rows]))
+    return parts
 
 
 def _path_row_classes(rows: list[list[str]]) -> list[str]:
@@ -446,9 +604,8 @@ def _search(summary: dict[str, Any], level: str) -> list[str]:
             f"</summary>", table, "</details>"]
 
 
-def _figure(run: Run, name: str, data: bytes) -> str:
+def _figure(run: Run, name: str, data: bytes, caption: str) -> str:
     source = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    caption = _CAPTIONS.get(name, "")
     return (f"<figure><img src=\"{source}\" alt=\"{_e(run.name)}: {_e(name)} plot\">"
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
@@ -462,10 +619,6 @@ def _config_block(run: Run) -> str:
 def _footer() -> str:
     return (f"<p class=\"meta\">Written by regtorch {_e(regtorch.__version__)} from "
             f"{', '.join(RESULT_FILES)}; <code>regtorch report DIR</code> writes it again.</p>")
-
-
-def _anchor(run: Run) -> str:
-    return run.directory.name
 
 
 def _count(n: Any, noun: str) -> str:
