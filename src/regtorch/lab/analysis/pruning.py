@@ -7,8 +7,9 @@ unstacked into the user's own module (its final parameters and buffers loaded in
 member's). Per member:
 
 * ``zero_fraction``: the fraction of the model's channel groups
-  (:func:`regtorch.channel_groups`) whose penalized slices (producer rows, biases, norm entries)
-  are all exactly zero;
+  (:func:`regtorch.channel_groups`) whose penalized slices are all exactly zero — those
+  :class:`regtorch.ChannelLasso` penalizes by default (``roles="auto"``): the normalization
+  entries where a norm follows the producer, the producer's rows and bias elsewhere;
 * ``channels_kept``: the groups the compact model still has (groups − removed);
 * ``parameters`` and ``macs``: of the original and of the compact model; MACs are counted simply,
   per example, from the ``Linear`` and ``Conv`` layers alone (a ``Linear``: in × out; a ``Conv``:
@@ -49,7 +50,7 @@ __all__ = ["LATENCY_BATCH", "LATENCY_ROUNDS", "count_macs", "has_channels", "mem
 
 LATENCY_BATCH = 256   # test rows per timed call: a batch that keeps a small CPU model busy
 LATENCY_ROUNDS = 9    # timed calls per model; the median is kept (the machine may be shared)
-PENALIZED = ("out", "bias", "norm")  # ChannelLasso's default roles: what "exactly zero" means
+PENALIZED = "auto"  # ChannelLasso's default roles: what "exactly zero" means
 
 
 def has_channels(study: Study) -> bool:

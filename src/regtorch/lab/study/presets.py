@@ -181,8 +181,9 @@ _DIGITS_CNN: dict[str, Any] = {
 }
 
 # The digits CNN with residual blocks: a group lasso over the coupled channel groups (a residual
-# stream channel spans the block's first conv, its residual conv and both BatchNorms), applied by
-# proximal steps; every member is compacted and timed (regtorch.lab.analysis.pruning).
+# stream channel spans the block's first conv, its residual conv and both BatchNorms; with
+# ChannelLasso's roles="auto" the penalty acts on the BatchNorm entries), applied by proximal
+# steps; every member is compacted and timed (regtorch.lab.analysis.pruning).
 _DIGITS_PRUNE: dict[str, Any] = {
     "name": "digits-prune",
     "description": "residual CNN with BatchNorm on the digits: a channel group-lasso path, "
@@ -197,7 +198,7 @@ _DIGITS_PRUNE: dict[str, Any] = {
     "variants": [
         {"name": "none"},
         {"name": "channels", "penalty": "channels", "apply": "prox",
-         "strength": [0.003, 0.006, 0.01, 0.02]},
+         "strength": [0.02, 0.04, 0.07, 0.1]},
     ],
 }
 
