@@ -6,13 +6,15 @@ epochs, the same batches and the same SGD recipe:
 
 * ``original``   plain training for all epochs (the reference for size, speed and accuracy);
 * ``regtorch``   proximal group lasso over the coupled channel groups of the traced model
-                 (``regtorch.channel_groups`` + ``ChannelLasso`` applied by ``Proximal``), λ raised
-                 by ``ChannelSparsity`` until the target fraction of channel groups is exactly zero;
-                 then ``regtorch.compact`` (a smaller model with the same outputs, checked) and a
-                 fine-tune for the rest of the budget with the optimizer state carried across the
-                 cut (``carry_optimizer``);
+                 (``regtorch.channel_groups`` + ``ChannelLasso`` with its default roles, here the
+                 BatchNorm weight and bias of each channel, applied by ``Proximal``), λ steered by
+                 ``ChannelSparsity`` (rolling back and bisecting on an overshoot) until the target
+                 fraction of channel groups is exactly zero; then ``regtorch.compact`` (a smaller
+                 model with the same outputs, checked) and a fine-tune for the rest of the budget
+                 with the optimizer state carried across the cut (``carry_optimizer``);
 * ``torch-pruning``  ``tp.pruner.GroupNormPruner``'s sparse training (``pruner.regularize`` after
-                 every backward) for the same epochs, then a cut to the MACs of the regtorch model
+                 every backward) for as many steps as the regtorch arm's sparse phase took, then a
+                 cut to the MACs of the regtorch model
                  (the pruning ratio bisected until ``tp.utils.count_ops_and_params`` matches), then
                  a fine-tune for the rest of the budget with a new optimizer.
 
@@ -29,6 +31,11 @@ ratio is the median over rounds of the paired ratio to ``original`` in the same 
 percentile after it); throughput is images per second at the median time. Parameters and MACs are
 counted by ``tp.utils.count_ops_and_params`` for all three models.
 
+Every arm takes the same number of SGD steps (``--epochs``). Recipes are chosen with
+``--split val`` (accuracy on new images of the *training* base digits; the test images are not
+looked at) and reported with the default ``--split test``; the last line gives the paired
+differences regtorch − Torch-Pruning over the seeds and a paired t-test.
+
 Torch-Pruning is needed for this benchmark only (it is not a regtorch dependency)::
 
     pip install -c /work/constraints.txt torch-pruning==1.6.1   # the constraints file pins torch
@@ -36,8 +43,11 @@ Torch-Pruning is needed for this benchmark only (it is not a regtorch dependency
 Usage::
 
     python benchmarks/bench_compact.py [--epochs 20] [--sparse-epochs 14] [--target 0.5]
-                                       [--seeds 1] [--threads 1,2] [--batches 1,256]
-                                       [--rounds 10] [--quick] [--json PATH]
+                                       [--seeds 1] [--first-seed 0] [--threads 1,2]
+                                       [--batches 1,256] [--rounds 10] [--split test|val]
+                                       [--skip-original] [--quick] [--json PATH]
+                                       [--lam 0.01] [--factor 1.05] [--every 5]
+                                       [--roles auto] [--scale sqrt] [--hold]
 """
 
 from __future__ import annotations

@@ -21,20 +21,23 @@ directly in the forward, or a tied parameter.
 
 Roles of the slices of a group (see :class:`Slice`):
 
-========  =========================================================================  ==========
+========  =========================================================================  ===========
 role      slices                                                                     penalized
-========  =========================================================================  ==========
-``out``   producer weight rows (``Linear``/``Conv`` dim 0, ``Embedding`` dim 1)       yes
-``bias``  producer bias entries                                                      yes
+========  =========================================================================  ===========
+``out``   producer weight rows (``Linear``/``Conv`` dim 0, ``Embedding`` dim 1)       yes (*)
+``bias``  producer bias entries                                                      yes (*)
 ``norm``  per-channel affine entries: BatchNorm/InstanceNorm weight and bias,        yes
           depthwise-convolution weight and bias
 ``in``    consumer input columns (``Linear``/``Conv`` dim 1)                         no
 ``buffer`` BatchNorm ``running_mean``/``running_var``                                 never
-========  =========================================================================  ==========
+========  =========================================================================  ===========
+
+(*) by :class:`~regtorch.ChannelLasso`'s default ``roles="auto"`` only where no affine norm
+follows the producer directly (:attr:`ChannelGroups.normalized`).
 
 The penalized roles are disjoint across groups (every element of a weight belongs to one output
-row), so a group lasso over them has an exact proximal step; when ``out``, ``bias`` and ``norm``
-are all zero the channel emits exactly 0 through any activation with ``f(0) = 0`` and its consumers'
+row), so a group lasso over them has an exact proximal step; when a group's penalized slices are
+all zero the channel emits exactly 0 through any activation with ``f(0) = 0`` and its consumers'
 columns multiply zeros (see :mod:`regtorch.structure.compact` for the other cases).
 """
 
@@ -199,7 +202,7 @@ class ChannelGroups:
                        for role in ROLES if role != "buffer"}
             tensors = "; ".join(f"{role} {', '.join(names)}" for role, names in by_role.items()
                                 if names)
-            lines.append(f"  {len(members)} x {size} penalized elements: {tensors}")
+            lines.append(f"  {len(members)} x {size} penalizable elements: {tensors}")
         lines.extend(f"  left out: {what}: {reason}" for what, reason in self.left_out)
         return "\n".join(lines)
 
@@ -797,7 +800,7 @@ def channel_groups(model: nn.Module, example_inputs: Any) -> ChannelGroups:
         >>> groups = channel_groups(model, torch.randn(3, 4))
         >>> print(groups)
         ChannelGroups: 8 removable channels in 1 families; 1 left out
-          8 x 5 penalized elements: out 0.weight; bias 0.bias; in 2.weight
+          8 x 5 penalizable elements: out 0.weight; bias 0.bias; in 2.weight
           left out: 2 channels of 2.weight: reaches the model output
         >>> [str(s) for s in groups.groups[0].slices]
         ['0.weight[0] (out)', '0.bias[0] (bias)', '2.weight[:, 0] (in)']
