@@ -334,6 +334,8 @@ def test_sparsity_controller_validates_its_arguments():
                            ({"target": 0.5, "max_lam": 0.01}, "Invalid max_lam")]:
         with pytest.raises(ValueError, match=match):
             ChannelSparsity(penalty, **options)
+    with pytest.raises(TypeError, match="Invalid restore entry: 3"):
+        ChannelSparsity(penalty, 0.5, restore=(3,))
 
 
 def test_sparsity_controller_says_when_an_overshoot_cannot_be_undone():
