@@ -99,7 +99,8 @@ def test_another_budget_does_not_pick_up_another_plan_s_checkpoint(tmp_path):
     alone = run_study(study, checkpoints=checkpoints, memory=2)
     assert alone.groups[0]["mode"] == "loop"
     # one by one, each member over every epoch: 6 members had finished, the 7th was at epoch 2
-    assert alone.resumed == ["group 1: finished"] * 6 + ["group 1: from epoch 2"]
+    assert alone.resumed == [f"group-0-members-{i}-{i + 1}: finished" for i in range(6)] + [
+        "group-0-members-6-7: from epoch 2"]
     _same(again, alone)
 
 

@@ -102,7 +102,7 @@ def test_finished_groups_are_not_trained_again(tmp_path, monkeypatch):
     monkeypatch.setattr(engine._Group, "run", spy)
     again = run_study(study, checkpoints=checkpoints)
     assert trained == []
-    assert again.resumed == [f"group {i + 1}: finished" for i in range(len(first.groups))]
+    assert again.resumed == [f"group-{i}: finished" for i in range(len(first.groups))]
     _assert_same(first, again)
     assert again.groups == first.groups
 
@@ -110,9 +110,31 @@ def test_finished_groups_are_not_trained_again(tmp_path, monkeypatch):
 def test_a_killed_group_continues_from_its_last_epoch(tmp_path):
     study = parse_study(STATEFUL)
     resumed = _interrupted_then_resumed(study, tmp_path, stop_at=3)
-    # group 1 trains 3 members; its third epoch's progress call stopped it after epoch 2 was
-    # saved (the checkpoint of epoch 3 comes after the progress call)
-    assert resumed.resumed[0] == "group 1: from epoch 3"
+    # the first group trains 3 members; its third epoch's progress call stopped it after epoch 2
+    # was saved (the checkpoint of epoch 3 comes after the progress call)
+    assert resumed.resumed[0] == "group-0: from epoch 3"
+
+
+def test_a_resumed_group_is_named_as_its_checkpoint_file(tmp_path):
+    """One numbering: what the console says continued is the file on disk (from 0)."""
+    study = parse_study(STATEFUL)
+    checkpoints = Checkpoints(checkpoint_directory(tmp_path), interval=0)
+    calls = 0
+
+    def stop(done: int, total: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 9:  # in the second group: the first one has finished
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_study(study, on_epoch=stop, checkpoints=checkpoints)
+    on_disk = {path.name for path in checkpoint_directory(tmp_path).glob("*.pt")}
+    resumed = run_study(study, checkpoints=checkpoints).resumed
+    assert len(resumed) == 2, resumed
+    finished, partial = (line.split(": ")[0] for line in resumed)
+    assert resumed[0].endswith(": finished") and f"{finished}.pt" in on_disk, (resumed, on_disk)
+    assert "from epoch" in resumed[1] and f"{partial}-partial.pt" in on_disk, (resumed, on_disk)
 
 
 # -- the configuration guard -------------------------------------------------------------------
@@ -164,7 +186,7 @@ def test_cli_refuses_another_configuration(tmp_path, capsys):
     assert config["seeds"] == 3
     capsys.readouterr()
     assert main([*args[:3], "3", *args[4:]]) == 0  # finished: nothing trained again
-    assert "continued an earlier run (group 1: finished" in capsys.readouterr().err
+    assert "continued an earlier run (group-0: finished" in capsys.readouterr().err
 
 
 # -- killing the real command ------------------------------------------------------------------
@@ -235,5 +257,5 @@ def test_killed_sweep_resumes_to_identical_results(tmp_path, how, uninterrupted)
                            timeout=300)
     assert again.returncode == 0, again.stderr.decode()
     err = again.stderr.decode()
-    assert "search-1 group 1: finished" in err and "path group 1: from epoch" in err, err
+    assert "search-1-group-0: finished" in err and "path-group-0: from epoch" in err, err
     assert _files(directory) == uninterrupted

@@ -195,7 +195,7 @@ def sweep_and_write(base: Study, spec: SweepSpec, out: Path, *, fresh: bool = Fa
                 result = run_study(study, on_epoch=on_epoch,
                                    checkpoints=checkpoints.child(f"{phase}-"),
                                    memory=memory)
-            resumed.extend(f"{phase} {line}" for line in result.resumed)
+            resumed.extend(f"{phase}-{line}" for line in result.resumed)  # the file names
             return result
 
         start = time.perf_counter()

@@ -72,7 +72,8 @@ class StudyResult:
     finals: dict[MemberKey, dict[str, Tensor]] = field(default_factory=dict)
     groups: list[GroupInfo] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
-    """What came from checkpoints, e.g. ``"group 1: finished"``, ``"group 2: from epoch 14"``."""
+    """What came from checkpoints, each named as its file is on disk (numbered from 0), e.g.
+    ``"group-0: finished"``, ``"group-1: from epoch 14"`` (``group-1-partial.pt``)."""
 
 
 def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = None,
@@ -142,7 +143,7 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
                 result.records.extend(finished["records"])
                 result.finals.update({(v, lam, seed): tensors
                                       for v, lam, seed, tensors in finished["finals"]})
-                result.resumed.append(f"group {index + 1}: finished")
+                result.resumed.append(f"{name}: finished")  # the checkpoint's own name
                 tick(len(chunk) * study.train.epochs)
                 continue
             trainer = _Group(study, data, chunk, initial, seed=study.data_seed * 7919 + index,
@@ -151,7 +152,7 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
             partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
             first_epoch = trainer.run(records, tick, partial)
             if first_epoch > 1:
-                result.resumed.append(f"group {index + 1}: from epoch {first_epoch}")
+                result.resumed.append(f"{name}: from epoch {first_epoch}")
             finals = trainer.finals()
             if checkpoints is not None:
                 checkpoints.save(name, {"records": records, "group": group, "finals": [
