@@ -4,11 +4,13 @@ divergence, a collapse to chance is called so, and ``not_converged`` is what the
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
 
 from regtorch.lab.analysis.summary import OPTIMUM_TOLERANCE, RUNAWAY_FACTOR, summarize
+from regtorch.lab.present.tables import table_rows
 from regtorch.lab.study.presets import preset
 from regtorch.lab.train import run_study
 
@@ -69,7 +71,7 @@ def test_a_collapse_to_chance_is_not_a_smaller_gap():
     collapsed = summary["variants"]["wd-10000"]
     assert collapsed["test_acc"] <= 1.5 / 10
     assert collapsed["verdict"].startswith(
-        f"collapsed to chance level (test accuracy {collapsed['test_acc']:.2f}, 1/10 is chance)")
+        f"collapsed to chance level (test accuracy {collapsed['test_acc']:.4g}, 1/10 is chance)")
     assert "shrank" not in collapsed["verdict"]
 
 
@@ -79,3 +81,41 @@ def test_not_converged_is_what_the_verdict_says(epochs):
     for name, entry in summary["variants"].items():
         assert entry["not_converged"] == (entry["optimum_distance"] > OPTIMUM_TOLERANCE), name
         assert entry["not_converged"] == ("not converged" in entry["verdict"]), name
+
+
+def _cells(summary):
+    headers, rows = table_rows(summary)
+    return {row[0]: {h: cell.split(" ± ")[0] for h, cell in zip(headers, row)} for row in rows}
+
+
+def _assert_verdicts_quote_the_table(summary):
+    """Every number a verdict quotes from the table is written as the table writes it."""
+    cells = _cells(summary)
+    base = cells[summary["baseline"]]
+    quoted = 0
+    for name, entry in summary["variants"].items():
+        verdict, mine = entry["verdict"], cells[name]
+        for pattern, expected in (
+                (r"test loss:? (\S+) vs (\S+) ", (mine["test loss"], base["test loss"])),
+                (r"test/train (\S+) vs (\S+)\)", (mine["test/train"], base["test/train"])),
+                (r"test/train = (\S+?)(?:;|\.$)", (mine["test/train"],)),
+                (r"(\S+) of the weights are exactly 0", (mine["sparsity"],)),
+                (r"test accuracy (\S+?)[,:]", (mine.get("test acc"),)),
+                (r"λ = (\S+) chosen", (mine["λ"],))):
+            for match in re.finditer(pattern, verdict):
+                assert match.groups() == expected, (name, pattern, verdict)
+                quoted += 1
+    return quoted
+
+
+def test_verdicts_round_as_the_table_does(linear_one_seed, linear_two_seeds):
+    quoted = sum(_assert_verdicts_quote_the_table(summarize(result))
+                 for result in (linear_one_seed, linear_two_seeds))
+    study = preset("sparse-recovery")
+    study = dataclasses.replace(study, variants=study.variants[:1] + tuple(
+        v for v in study.variants if v.apply == "prox")[:1]).with_overrides(seeds=2, epochs=3)
+    summary = summarize(run_study(study))
+    assert any("of the weights are exactly 0" in v["verdict"]
+               for v in summary["variants"].values()), summary
+    quoted += _assert_verdicts_quote_the_table(summary)
+    assert quoted >= 6

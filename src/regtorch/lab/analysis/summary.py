@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from regtorch.lab.analysis.numbers import fraction_text, loss_text, ratio_text, strength_text
 from regtorch.lab.analysis.reference import ALPHA_PER_LAMBDA, lasso_comparison, lasso_reference
 from regtorch.lab.schema import (
     ACC_KEYS,
@@ -300,36 +301,38 @@ def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: 
     me = variants[variant.name]
     parts: list[str] = []
     if variant.tuned:
-        lams = ", ".join(f"{s:g}" for s in variant.strengths)
-        parts.append(f"λ = {me['strength']:g} chosen on validation from [{lams}]")
+        lams = ", ".join(strength_text(s) for s in variant.strengths)
+        parts.append(f"λ = {strength_text(me['strength'])} chosen on validation from [{lams}]")
         if me["strength"] in (min(variant.strengths), max(variant.strengths)):
             parts.append("at the edge of the grid: a wider grid may do better")
     if me["train_loss"] is None:
         return "; ".join([*parts, f"all {me['diverged']} members diverged"]) + "."
     if variant.name == baseline:
         ratio = me["test_train_ratio"]
-        parts.append("baseline" + (f": test/train = {ratio:.3g}" if ratio is not None else ""))
+        parts.append("baseline" + (f": test/train = {ratio_text(ratio)}" if ratio is not None
+                                   else ""))
     else:
         base = variants[baseline]
         collapsed = (study.classification and me.get("test_acc") is not None
                      and me["test_acc"] <= 1.5 / classes)
-        parts.append(f"collapsed to chance level (test accuracy {me['test_acc']:.2f}, 1/"
+        parts.append(f"collapsed to chance level (test accuracy {loss_text(me['test_acc'])}, 1/"
                      f"{classes} is chance): its test/train ratio is no smaller gap"
                      if collapsed else _gap_words(me, base))
-        parts.append(_test_words(chosen[variant.name], chosen[baseline], base))
+        parts.append(_test_words(chosen[variant.name], chosen[baseline], me, base))
     if me["diverged"]:
         parts.append(f"{me['diverged']} of {study.seeds} members diverged")
     if me.get("sparsity") == 1.0:
         words = "every penalized weight is exactly 0: the model predicts a constant"
         if me.get("at_or_above_lambda_max"):
-            words += (f" (λ = {me['strength']:g} ≥ λ_max = {me['lambda_max']:.3g}, where the "
+            words += (f" (λ = {strength_text(me['strength'])} ≥ λ_max = "
+                      f"{loss_text(me['lambda_max'])}, where the "
                       f"exact solution is w = 0)")
         parts.append(words)
     elif me.get("sparsity"):
-        parts.append(f"{me['sparsity']:.0%} of the weights are exactly 0")
+        parts.append(f"{fraction_text(me['sparsity'])} of the weights are exactly 0")
     if study.classification and me.get("test_acc") is not None \
             and me["test_acc"] <= 1.5 / classes and variant.name == baseline:
-        parts.append(f"test accuracy {me['test_acc']:.2f}: chance level (1/{classes})")
+        parts.append(f"test accuracy {loss_text(me['test_acc'])}: chance level (1/{classes})")
     for group in me.get("zero_groups", []):
         parts.append(f"{group['zero']:g} of {group['groups']} groups of {group['param']} are "
                      f"exactly 0")
@@ -355,35 +358,33 @@ def _gap_words(me: dict, base: dict) -> str:
     mine, theirs = me["test_train_ratio"], base["test_train_ratio"]
     if mine is None or theirs is None:
         return ""
+    ratios = f"test/train {ratio_text(mine)} vs {ratio_text(theirs)}"
     if abs(mine / theirs - 1) <= MIN_RELATIVE_CHANGE:
-        return f"about the same generalization gap (test/train {mine:.3g} vs {theirs:.3g})"
+        return f"about the same generalization gap ({ratios})"
     if mine < theirs:
-        return f"shrank the generalization gap (test/train {mine:.3g} vs {theirs:.3g})"
-    return f"did not shrink the generalization gap (test/train {mine:.3g} vs {theirs:.3g})"
+        return f"shrank the generalization gap ({ratios})"
+    return f"did not shrink the generalization gap ({ratios})"
 
 
-def _test_words(mine: list[dict], theirs: list[dict], base: dict) -> str:
+def _test_words(mine: list[dict], theirs: list[dict], me: dict, base: dict) -> str:
+    """The paired change of the test loss; the losses quoted are the table's (the means over
+    the members that did not diverge), written as the table writes them."""
     by_seed = {r["seed"]: r["test_loss"] for r in theirs if r["test_loss"] is not None}
     diffs = [r["test_loss"] - by_seed[r["seed"]] for r in mine
              if r["test_loss"] is not None and r["seed"] in by_seed]
-    if not diffs or base["test_loss"] is None:
+    if not diffs or base["test_loss"] is None or me["test_loss"] is None:
         return ""
     mean = statistics.fmean(diffs)
     relative = mean / base["test_loss"] if base["test_loss"] else 0.0
     if len(diffs) == 1:
-        mine_loss = _mean_test_loss(mine)
-        return (f"test loss {mine_loss:.4g} vs {base['test_loss']:.4g} ({relative:+.0%}) on 1 "
-                f"seed: no significance can be claimed")
+        return (f"test loss {loss_text(me['test_loss'])} vs {loss_text(base['test_loss'])} "
+                f"({relative:+.0%}) on 1 seed: no significance can be claimed")
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     if abs(relative) > MIN_RELATIVE_CHANGE and abs(mean) > IMPROVEMENT_SES * se:
         word = "improved" if mean < 0 else "worsened"
-        return (f"{word} test loss: {_mean_test_loss(mine):.4g} vs {base['test_loss']:.4g} "
+        return (f"{word} test loss: {loss_text(me['test_loss'])} vs {loss_text(base['test_loss'])} "
                 f"({relative:+.0%}, paired over {len(diffs)} seeds)")
     return f"no clear change in test loss ({relative:+.1%}, within the seeds' noise)"
-
-
-def _mean_test_loss(rows: list[dict]) -> float:
-    return statistics.fmean(r["test_loss"] for r in rows if r["test_loss"] is not None)
 
 
 def _convergence_words(me: dict, study: Study) -> str:

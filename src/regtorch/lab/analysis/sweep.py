@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from regtorch.lab.analysis.numbers import lambda_text, loss_text
 from regtorch.lab.analysis.summary import final_stats
 from regtorch.lab.schema import Entry, Record, SearchPoint, SweepSummary
 from regtorch.lab.study.spec import Study, StudyError, Variant
@@ -329,7 +330,7 @@ def _notes(path: list[dict], reference: dict, best: dict | None, one_se: dict | 
     diverged = [p["lambda"] for p in path if p["diverged"]]
     if diverged:
         notes.append(f"diverged (left out of the choice): λ = "
-                     f"{', '.join(f'{lam:.3g}' for lam in diverged)}")
+                     f"{', '.join(lambda_text(lam) for lam in diverged)}")
     if best is None:
         notes.append("no λ of the path trained without diverging: nothing to choose")
         return notes
@@ -344,7 +345,7 @@ def _notes(path: list[dict], reference: dict, best: dict | None, one_se: dict | 
                      "best_lambda is the largest λ of the grid: a larger λ may do better "
                      "(extend the grid upwards)")
     if reference["val_loss"] is not None and reference["val_loss"] < best["val_loss"]:
-        notes.append(f"λ = 0 has a lower validation loss ({reference['val_loss']:.4g}) than "
+        notes.append(f"λ = 0 has a lower validation loss ({loss_text(reference['val_loss'])}) than "
                      f"every λ of the path: this penalty does not help here")
     if seeds == 1:
         notes.append("one seed: no standard error, so lambda_1se = best_lambda")

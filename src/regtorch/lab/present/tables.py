@@ -1,12 +1,20 @@
 """The lab's tables as rows of strings: the comparison table of a study, the path table and the
 choices of λ of a sweep. The console (:mod:`regtorch.lab.present.console`) and the HTML reports
-(:mod:`regtorch.lab.present.report`) show the same rows.
+(:mod:`regtorch.lab.present.report`) show the same rows. Numbers are written by
+:mod:`regtorch.lab.analysis.numbers`, as the verdicts write them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from regtorch.lab.analysis.numbers import (
+    fraction_text,
+    lambda_text,
+    mean_std_text,
+    ratio_text,
+    strength_text,
+)
 from regtorch.lab.schema import LOSS_KEYS
 
 __all__ = ["choice_rows", "mean_std_text", "path_rows", "table_rows"]
@@ -21,13 +29,13 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     headers += ["‖w‖", "sparsity", "diverged"]
     rows = []
     for name, v in variants.items():
-        row = [name, "" if v.get("strength") is None else f"{v['strength']:g}"]
+        row = [name, "" if v.get("strength") is None else strength_text(v["strength"])]
         row += [mean_std_text(v[k], v[f"{k}_std"]) for k in LOSS_KEYS]
-        row.append("" if v["test_train_ratio"] is None else f"{v['test_train_ratio']:.3g}")
+        row.append("" if v["test_train_ratio"] is None else ratio_text(v["test_train_ratio"]))
         if accuracy:
             row.append(mean_std_text(v.get("test_acc"), v.get("test_acc_std")))
         row += [mean_std_text(v["weight_norm"], v.get("weight_norm_std")),
-                "" if v["sparsity"] is None else f"{v['sparsity']:.1%}",
+                "" if v["sparsity"] is None else fraction_text(v["sparsity"]),
                 f"{v['diverged']}/{summary['seeds']}"]
         rows.append(row)
     return headers, rows
@@ -47,13 +55,13 @@ def path_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     entries = [(p["lambda"], p, marks.get(p["lambda"], "")) for p in summary["path"]]
     entries.append((0.0, summary["unregularized"], "reference"))
     for lam, p, mark in entries:
-        row = [f"{lam:.4g}"]
+        row = [lambda_text(lam)]
         row += [mean_std_text(p.get(k), p.get(f"{k}_std"))
                 for k in ("train_loss", "val_loss", "test_loss")]
         if accuracy:
             row.append(mean_std_text(p.get("test_acc"), p.get("test_acc_std")))
         row += [mean_std_text(p.get("weight_norm"), p.get("weight_norm_std")),
-                "—" if p.get("sparsity") is None else f"{p['sparsity']:.1%}",
+                "—" if p.get("sparsity") is None else fraction_text(p["sparsity"]),
                 f"{p['diverged']}/{p['members']}", mark]
         rows.append(row)
     return headers, rows
@@ -66,15 +74,7 @@ def choice_rows(summary: dict[str, Any]) -> list[list[str]]:
                              ("lambda_1se", summary.get("lambda_1se"), summary.get("one_se")),
                              ("λ = 0", 0.0, summary.get("unregularized"))):
         entry = entry or {}
-        rows.append([name, "—" if lam is None else f"{lam:.4g}",
+        rows.append([name, "—" if lam is None else lambda_text(lam),
                      mean_std_text(entry.get("val_loss"), entry.get("val_loss_std")),
                      mean_std_text(entry.get("test_loss"), entry.get("test_loss_std"))])
     return rows
-
-
-def mean_std_text(mean: float | None, std: float | None) -> str:
-    """``"0.01234 ± 0.0012"`` (4 and 2 significant digits), ``"0.01234"`` without a spread,
-    ``"—"`` without a value: how every table of the lab shows a mean over seeds."""
-    if mean is None:
-        return "—"
-    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
