@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +20,15 @@ import torch
 import regtorch
 from regtorch.lab.analysis.summary import summarize
 from regtorch.lab.atomic import atomic_writer, write_json, write_jsonl
-from regtorch.lab.cli import main, parallel, workflow
+from regtorch.lab.cli import command, main, parallel, workflow
+from regtorch.lab.cli.command import MAX_ERROR_LINE
 from regtorch.lab.present import rundir
 from regtorch.lab.study import parse_study, presets
 from regtorch.lab.study.presets import PRESETS, preset
 from regtorch.lab.train.engine import run_study
 
 # The presets in `regtorch list` order: the six classic experiments, then the real-data three.
+ROOT = Path(__file__).resolve().parents[2]
 PRESET_NAMES = ["d2l-highdim", "mlp-synthetic", "digits", "linear-1d", "lr-decay",
                 "sparse-recovery", "diabetes-lasso", "breast-cancer", "digits-cnn",
                 "digits-prune"]
@@ -31,7 +36,6 @@ RECORD_KEYS = {"variant", "strength", "seed", "epoch", "train_loss", "val_loss",
                "penalty", "weight_norm", "sparsity", "lr", "diverged"}
 SUMMARY_KEYS = {"train_loss", "val_loss", "test_loss", "train_loss_std", "val_loss_std",
                 "test_loss_std", "penalty", "weight_norm", "sparsity", "diverged"}
-MAX_ERROR_LINE = 220  # "at most two short lines": "regtorch: " + a message cut at 200 characters
 
 # A small study file in the documented vocabulary: 2 variants, one of them tuned over two λ.
 SMALL_TOML = """\
@@ -211,7 +215,9 @@ def test_bad_input_exits_2_with_a_short_message(case, tmp_path, capsys, monkeypa
     out, err = capsys.readouterr()
     lines = err.splitlines()
     assert 1 <= len(lines) <= 2, err
-    assert all(line.startswith("regtorch:") and len(line) <= MAX_ERROR_LINE for line in lines)
+    # short, the path of the study file aside (tmp_path is long)
+    assert all(line.startswith("regtorch:")
+               and len(line.replace(str(tmp_path), "")) <= MAX_ERROR_LINE for line in lines), err
     assert "Traceback" not in err
     assert fragment in err
     assert out == ""
@@ -563,3 +569,49 @@ def test_report_redraws_from_the_files(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["wrote", str(report), "wrote",
                                                str(tmp_path / "index.html")]
     assert report.read_bytes() == first  # the same page, from the files alone
+
+
+# -- the usage blocks --------------------------------------------------------------------------
+def _usage_options(block: str) -> dict[str, set[str]]:
+    """``{command: its --options and positionals}`` from a usage block: a line starting with
+    ``regtorch`` starts a command, the lines after it continue it; comments are left out."""
+    commands: dict[str, set[str]] = {}
+    current = None
+    for line in block.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] == "regtorch":
+            current = "" if words[1].startswith("-") else words[1]
+            words = words[1:] if current == "" else words[2:]
+        text = " ".join(words)
+        positionals = re.findall(r"\bNAME\|FILE\b|\bDIR\b", re.sub(r"\[[^]]*\]", "", text))
+        commands.setdefault(current, set()).update(re.findall(r"--[a-z][a-z0-9-]*", text),
+                                                   positionals)
+    return commands
+
+
+def _argparse_options() -> dict[str, set[str]]:
+    parser = command._parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {"": {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+               - {"--help"}}
+    for name, sub in subparsers.choices.items():
+        options[name] = ({o for a in sub._actions for o in a.option_strings
+                          if o.startswith("--")} - {"--help"}
+                         | {a.metavar for a in sub._actions if not a.option_strings})
+    return options
+
+
+def _readme_usage() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.search(r"The commands:\n\n```\n(.*?)```", readme, flags=re.DOTALL).group(1)
+
+
+@pytest.mark.parametrize("where", ["README.md", "regtorch.lab.cli.command"])
+def test_the_usage_blocks_list_every_option(where):
+    """The README's usage block and the command's docstring name every option of every command
+    argparse knows, and no other."""
+    block = (_readme_usage() if where == "README.md"
+             else command.__doc__.split("Usage::", 1)[1].split("\n\n", 2)[1])
+    assert _usage_options(block) == _argparse_options()

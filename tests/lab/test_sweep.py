@@ -15,6 +15,7 @@ from regtorch.lab.analysis.sweep import (
     parse_lambdas,
     path_study,
     summarize_sweep,
+    sweep_name,
 )
 from regtorch.lab.cli import main
 from regtorch.lab.present.tables import path_rows
@@ -253,7 +254,46 @@ def test_sweep_of_a_classifier_reports_accuracy(tmp_path):
                    "--lambdas", "0.001,0.1", "--seeds", "2", "--epochs", "2", "--out",
                    str(tmp_path)])
     assert status == 0
-    summary = json.loads((tmp_path / "digits-sweep-group" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "digits-sweep-group-cols" / "summary.json").read_text())
     assert summary["apply"] == "prox" and summary["groups"] == "columns"
     assert all(0 <= p["test_acc"] <= 1 for p in summary["path"])
     assert summary["path"][-1]["sparsity"] >= summary["path"][0]["sparsity"]
+
+
+@pytest.mark.parametrize(("args", "directory"), [
+    ([], "linear-1d-sweep-l1"),
+    (["--apply", "gradient"], "linear-1d-sweep-l1-gradient"),
+], ids=["default", "gradient"])
+def test_variants_of_a_sweep_sit_side_by_side(tmp_path, capsys, args, directory):
+    """A sweep's directory says how it differs from the default sweep of its penalty, so a
+    variant does not collide with it (before: "holds a run of another configuration")."""
+    common = ["sweep", "linear-1d", "--penalty", "l1", "--lambdas", "0.1", "--seeds", "1",
+              "--epochs", "1", "--out", str(tmp_path)]
+    other = ["--apply", "prox"] if args else ["--apply", "gradient"]
+    assert main([*common, *other]) == 0
+    assert main([*common, *args]) == 0, capsys.readouterr().err
+    assert (tmp_path / directory / "summary.json").exists()
+    assert len(list(tmp_path.iterdir())) == 2
+    assert f"wrote {tmp_path / directory}" in capsys.readouterr().out
+
+
+def test_sweep_directory_names_every_non_default_option():
+    base = preset("linear-1d")
+    names = {sweep_name(base, SweepSpec(penalty, apply, l1_ratio=ratio, groups=groups))
+             for penalty, apply, ratio, groups in [
+                 ("l1", "prox", None, None), ("l1", "gradient", None, None),
+                 ("elasticnet", "prox", None, None), ("elasticnet", "prox", 0.5, None),
+                 ("elasticnet", "prox", 0.25, None), ("elasticnet", "gradient", 0.25, None),
+                 ("group", "prox", None, None), ("group", "prox", None, "rows"),
+                 ("group", "prox", None, "columns"), ("l2", "gradient", None, None),
+                 ("l2", "prox", None, None)]}
+    assert names == {"linear-1d-sweep-l1", "linear-1d-sweep-l1-gradient",
+                     "linear-1d-sweep-elasticnet", "linear-1d-sweep-elasticnet-r0.25",
+                     "linear-1d-sweep-elasticnet-gradient-r0.25", "linear-1d-sweep-group",
+                     "linear-1d-sweep-group-cols", "linear-1d-sweep-l2", "linear-1d-sweep-l2-prox"}
+
+
+def test_sweep_out_help_names_the_real_directory(capsys):
+    assert main(["sweep", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "DIR/<study>-sweep-<penalty>[-<apply>][-r<R>][-cols]/" in help_text

@@ -56,6 +56,7 @@ from regtorch.lab.analysis.pruning import with_pruning
 from regtorch.lab.analysis.summary import summarize
 from regtorch.lab.analysis.sweep import (
     SweepSpec,
+    default_apply,
     find_lambda_max,
     geometric_grid,
     path_study,
@@ -66,7 +67,7 @@ from regtorch.lab.study import Study, StudyError, parse_study, preset, preset_na
 from regtorch.lab.study.data import Datasets, make_data
 from regtorch.lab.study.parse import parse_data, parse_model, parse_recipe, parse_variants
 from regtorch.lab.study.sources import PythonSource, _from_arrays
-from regtorch.lab.study.spec import DataSpec, ModelSpec
+from regtorch.lab.study.spec import DataSpec, ModelSpec, shown
 from regtorch.lab.train import StudyResult, run_study
 from regtorch.lab.train.build import DTYPES
 from regtorch.lab.train.memory import parse_memory
@@ -198,12 +199,12 @@ def sweep(study: Study | str | Mapping[str, Any] | None = None, *, penalty: str 
     """
     base, datasets = _study(study, model=model, data=data, variants=None, seeds=seeds,
                             **pieces)
-    apply = apply or ("gradient" if penalty == "l2" else "prox")
+    apply = apply or default_apply(penalty)
     grid = None
     if lambdas is not None:
         grid = tuple(sorted(float(v) for v in lambdas))
         if not grid or any(not v > 0 for v in grid):
-            raise StudyError(f"lambdas: every λ must be > 0, got {list(lambdas)!r}")
+            raise StudyError(f"lambdas: every λ must be > 0, got {shown(list(lambdas))}")
     spec = SweepSpec(penalty, apply, l1_ratio=l1_ratio, groups=groups, lambdas=grid)
     budget = _memory(memory)
 
@@ -230,7 +231,7 @@ def _study(study: Study | str | Mapping[str, Any] | None, *, model: Any, data: A
            **train: Any) -> tuple[Study, Datasets | None]:
     unknown = sorted(set(train) - set(_TRAIN_KEYS))
     if unknown:
-        raise StudyError(f"unknown argument {unknown[0]!r} (the [train] keys are "
+        raise StudyError(f"unknown argument {shown(unknown[0])} (the [train] keys are "
                          f"{', '.join(_TRAIN_KEYS)})")
     base = _base(study, name)
     if data_seed is not None:

@@ -51,7 +51,7 @@ from typing import Any
 from regtorch.lab.analysis.numbers import lambda_text, loss_text
 from regtorch.lab.analysis.summary import final_stats
 from regtorch.lab.schema import Entry, Record, SearchPoint, SweepSummary
-from regtorch.lab.study.spec import Study, StudyError, Variant
+from regtorch.lab.study.spec import Study, StudyError, Variant, shown
 from regtorch.lab.train.engine import StudyResult
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "ZERO_FRACTION",
     "Search",
     "SweepSpec",
+    "default_apply",
     "find_lambda_max",
     "geometric_grid",
     "geometric_points",
@@ -82,6 +83,14 @@ FLAT_RTOL = 0.01          # validation loss within 1% of the most regularized on
 MAX_LAMBDAS = 200         # --lambdas: each λ is `seeds` trainings; glmnet's paths are ≤ 100
 REFERENCE = "unregularized"
 SWEEP_PENALTIES = ("l1", "l2", "elasticnet", "group", "channels")
+DEFAULT_L1_RATIO = 0.5     # elasticnet: l1 = ρ·λ, l2 = (1 − ρ)·λ
+DEFAULT_GROUPS = "rows"
+
+
+def default_apply(penalty: str) -> str:
+    """How a penalty acts unless told: ``"prox"`` for the sparse ones (l1, elasticnet, group:
+    exact zeros, so the sparsity path means something), ``"gradient"`` for l2."""
+    return "gradient" if penalty == "l2" else "prox"
 
 
 @dataclass(frozen=True)
@@ -97,25 +106,25 @@ class SweepSpec:
 
     def __post_init__(self) -> None:
         if self.penalty not in SWEEP_PENALTIES:
-            raise StudyError(f"--penalty: unknown penalty {self.penalty!r} (expected one of "
+            raise StudyError(f"--penalty: unknown penalty {shown(self.penalty)} (expected one of "
                              f"{', '.join(SWEEP_PENALTIES)})")
         if self.apply not in ("gradient", "prox"):
-            raise StudyError(f"--apply: expected 'gradient' or 'prox', got {self.apply!r}")
+            raise StudyError(f"--apply: expected 'gradient' or 'prox', got {shown(self.apply)}")
         if self.l1_ratio is not None and (self.penalty != "elasticnet"
                                           or not 0 <= self.l1_ratio <= 1):
-            raise StudyError(f"--l1-ratio {self.l1_ratio!r}: only for --penalty elasticnet, "
+            raise StudyError(f"--l1-ratio {shown(self.l1_ratio)}: only for --penalty elasticnet, "
                              f"in [0, 1]")
         if self.groups is not None and (self.penalty != "group"
                                         or self.groups not in ("rows", "columns")):
-            raise StudyError(f"--groups {self.groups!r}: only for --penalty group, 'rows' or "
+            raise StudyError(f"--groups {shown(self.groups)}: only for --penalty group, 'rows' or "
                              f"'columns'")
 
     def variant(self, strengths: tuple[float, ...]) -> Variant:
         """The swept variant, named after the penalty, at ``strengths``."""
         return Variant(name=self.penalty, penalty=self.penalty, strengths=strengths,
                        apply=self.apply, params=self.params,
-                       l1_ratio=0.5 if self.l1_ratio is None else self.l1_ratio,
-                       groups=self.groups or "rows")
+                       l1_ratio=DEFAULT_L1_RATIO if self.l1_ratio is None else self.l1_ratio,
+                       groups=self.groups or DEFAULT_GROUPS)
 
     def to_dict(self) -> dict[str, Any]:
         return {"penalty": self.penalty, "apply": self.apply, "params": self.params,
@@ -130,7 +139,7 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
         StudyError: malformed, a λ that is not a positive finite number, ``n < 1``, more than
             :data:`MAX_LAMBDAS` values, or a repeat.
     """
-    where = f"--lambdas {text!r}" if len(text) <= _SHOWN else f"--lambdas '{text[:_SHOWN]}...'"
+    where = f"--lambdas {shown(text)}"
     try:
         if ":" in text:
             a, b, n = text.split(":")
@@ -150,14 +159,11 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
         values = geometric_points(*ends, count) if _positive(*ends) else ends
     for value in values:
         if not _positive(value):
-            raise StudyError(f"{where}: every λ must be finite and > 0, got {value!r} (λ = 0 "
+            raise StudyError(f"{where}: every λ must be finite and > 0, got {shown(value)} (λ = 0 "
                              f"is always trained, as the reference)")
     if len(set(values)) != len(values):
         raise StudyError(f"{where}: repeated value")
     return tuple(sorted(values))
-
-
-_SHOWN = 40  # characters of --lambdas quoted in an error (a long list is cut, not the advice)
 
 
 def _positive(*values: float) -> bool:
@@ -180,8 +186,32 @@ def geometric_grid(lambda_max: float, points: int = GRID_POINTS, ratio: float = 
 
 
 def sweep_name(base: Study, spec: SweepSpec) -> str:
-    """The sweep's directory and study name: ``<study>-sweep-<penalty>``."""
-    return f"{base.name}-sweep-{spec.penalty}"
+    """The sweep's directory and study name: ``<study>-sweep-<penalty>``, then what differs from
+    the sweep's defaults, so that variants of a sweep sit side by side: ``-prox`` or
+    ``-gradient`` (``--apply`` other than :func:`default_apply`), ``-r<R>`` (``--l1-ratio``
+    other than 0.5), ``-cols`` (``--groups columns``), ``-params-<glob>`` (the Python API's
+    ``params`` other than ``weights``).
+
+    >>> from regtorch.lab.study import preset
+    >>> study = preset("digits")
+    >>> sweep_name(study, SweepSpec("l1", "prox")), sweep_name(study, SweepSpec("l1", "gradient"))
+    ('digits-sweep-l1', 'digits-sweep-l1-gradient')
+    >>> sweep_name(study, SweepSpec("elasticnet", "prox", l1_ratio=0.25))
+    'digits-sweep-elasticnet-r0.25'
+    >>> sweep_name(study, SweepSpec("group", "gradient", groups="columns"))
+    'digits-sweep-group-gradient-cols'
+    """
+    name = f"{base.name}-sweep-{spec.penalty}"
+    if spec.apply != default_apply(spec.penalty):
+        name += f"-{spec.apply}"
+    if spec.l1_ratio is not None and spec.l1_ratio != DEFAULT_L1_RATIO:
+        name += f"-r{spec.l1_ratio:g}"
+    if (spec.groups or DEFAULT_GROUPS) != DEFAULT_GROUPS:
+        name += "-cols" if spec.groups == "columns" else f"-{spec.groups}"
+    if spec.params != "weights":
+        name += "-params-" + "".join(c if c.isalnum() or c in "._-" else "_"
+                                     for c in spec.params)
+    return name
 
 
 def path_study(base: Study, spec: SweepSpec, lambdas: tuple[float, ...], *,
@@ -235,7 +265,7 @@ def find_lambda_max(base: Study, spec: SweepSpec,
     if found is None:
         alive = [p["lambda"] for p in points if not p["diverged"]]
         if not alive:
-            raise StudyError(f"sweep of {base.name!r}: every λ of the search diverged (the "
+            raise StudyError(f"sweep of {shown(base.name)}: every λ of the search diverged (the "
                              f"recipe's lr may be too large); give --lambdas")
         found, rule = max(alive), "the largest λ searched that did not diverge"
     return Search(found, rule, points, records)

@@ -3,13 +3,16 @@
 Usage::
 
     regtorch list                                   # every preset and what it shows
-    regtorch run NAME|FILE [--seeds N] [--epochs N] [--out DIR] [--fresh] [--memory SIZE]
+    regtorch run NAME|FILE [--seeds N] [--epochs N] [--out DIR] [--fresh] [--threads N]
+                 [--memory SIZE] [--checkpoint-every SECONDS]
     regtorch demo [--seeds N] [--epochs N] [--out DIR] [--jobs N] [--fresh] [--memory SIZE]
+                  [--checkpoint-every SECONDS]
     regtorch sweep NAME|FILE --penalty l1|l2|elasticnet|group|channels
-                   [--lambdas a:b:n | v1,v2,...]
-                   [--apply gradient|prox] [--l1-ratio R] [--groups rows|columns]
-                   [--seeds N] [--epochs N] [--out DIR] [--fresh] [--memory SIZE]
+                   [--lambdas a:b:n | v1,v2,...] [--apply gradient|prox] [--l1-ratio R]
+                   [--groups rows|columns] [--seeds N] [--epochs N] [--out DIR] [--fresh]
+                   [--threads N] [--memory SIZE] [--checkpoint-every SECONDS]
     regtorch report DIR                             # redraw the reports from the files
+    regtorch --version
 
 ``NAME`` is a preset (``regtorch list``); ``FILE`` is a study written in TOML with the vocabulary
 of :mod:`regtorch.lab.study` (a ``.toml`` path, or any existing file). ``--seeds`` and
@@ -32,7 +35,10 @@ of :mod:`regtorch.lab.study` (a ``.toml`` path, or any existing file). ``--seeds
 It then prints the comparison table, each variant's verdict and the summary's notes on stdout;
 progress goes to stderr.
 
-**Sweeps** (:mod:`regtorch.lab.analysis.sweep`) write ``DIR/<study>-sweep-<penalty>/``:
+**Sweeps** (:mod:`regtorch.lab.analysis.sweep`) write ``DIR/<study>-sweep-<penalty>/``, with
+``-prox`` or ``-gradient`` added when ``--apply`` is not the penalty's default, ``-r<R>`` for an
+``--l1-ratio`` other than 0.5 and ``-cols`` for ``--groups columns``
+(:func:`~regtorch.lab.analysis.sweep.sweep_name`), so that variants of a sweep sit side by side:
 ``config.json`` (the study, plus the sweep's arguments under ``"sweep"``), ``metrics.jsonl`` (the
 path's members), ``search.jsonl`` (the λ_max search's, when the grid was searched), ``summary.json``
 (the path, ``best_lambda``, ``lambda_1se``) and the report. ``--apply`` defaults to ``prox`` for
@@ -75,15 +81,18 @@ from regtorch.lab.cli._process import available_cpus, keep_freed_memory
 from regtorch.lab.present.rundir import CHECKPOINT_SECONDS, ConfigMismatchError
 from regtorch.lab.study.spec import StudyError
 
-__all__ = ["DEFAULT_OUT", "DEMO_SEEDS", "LAB_EXTRA", "UsageError", "WriteError", "main",
-           "missing_extra"]
+__all__ = ["DEFAULT_OUT", "DEMO_SEEDS", "LAB_EXTRA", "MAX_ERROR_LINE", "UsageError", "WriteError",
+           "main", "missing_extra"]
 
 LAB_EXTRA = {"rich": "rich", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 """The ``lab`` extra: importable module name → the package that provides it."""
 
 DEFAULT_OUT = "runs"
 DEMO_SEEDS = 5
-_MAX_MESSAGE = 200  # characters of an error line; a study value's repr can be long
+MAX_ERROR_LINE = 200
+"""Characters of an error line (``regtorch: <message>``), the study file's path aside: every
+message is short by construction (a value is quoted by :func:`regtorch.lab.study.spec.shown`),
+never cut, so its advice is always there."""
 
 
 class UsageError(Exception):
@@ -217,7 +226,9 @@ def _parser() -> _Parser:
     sweep.add_argument("--groups", choices=("rows", "columns"), help="group: the groups of "
                        "each weight matrix (default: rows)")
     add_threads(sweep)
-    add_common(sweep, None, out_help="results go to DIR/<study>-sweep-<penalty>/ (default: "
+    add_common(sweep, None, out_help="results go to DIR/<study>-sweep-<penalty>[-<apply>]"
+               "[-r<R>][-cols]/: -<apply> when --apply is not the penalty's default, -r<R> for "
+               "--l1-ratio other than 0.5, -cols for --groups columns (default DIR: "
                f"{DEFAULT_OUT})")
 
     report = commands.add_parser("report", help="redraw the reports of earlier runs from their "
@@ -258,8 +269,5 @@ def _list_presets() -> None:
 
 
 def _fail(message: str) -> None:
-    """One line on stderr: ``regtorch: <message>``, shortened if a value made it long."""
-    line = " ".join(message.split())
-    if len(line) > _MAX_MESSAGE:
-        line = line[:_MAX_MESSAGE - 3] + "..."
-    sys.stderr.write(f"regtorch: {line}\n")
+    """One line on stderr: ``regtorch: <message>`` (whitespace folded, nothing cut)."""
+    sys.stderr.write(f"regtorch: {' '.join(message.split())}\n")

@@ -27,6 +27,7 @@ from regtorch.lab.analysis.pruning import with_pruning
 from regtorch.lab.analysis.summary import summarize
 from regtorch.lab.analysis.sweep import (
     SweepSpec,
+    default_apply,
     find_lambda_max,
     geometric_grid,
     parse_lambdas,
@@ -55,13 +56,11 @@ from regtorch.lab.present.report import (
 from regtorch.lab.present.tables import choice_rows, path_rows, table_rows
 from regtorch.lab.study import PRESETS, Study, parse_study, preset, preset_names, read_toml
 from regtorch.lab.study.presets import demo_names
+from regtorch.lab.study.spec import shown
 from regtorch.lab.train import Checkpoints, StudyResult, check_study, run_study
 from regtorch.lab.train.memory import parse_memory
 
 __all__ = ["COMMANDS", "load_study", "sweep_and_write", "train_and_write"]
-
-_SHOWN = 40  # characters of a user's value quoted in an error: the message stays short, whole
-
 
 # -- the commands ------------------------------------------------------------------------------
 def list_command(args: argparse.Namespace) -> None:
@@ -96,7 +95,7 @@ def demo_command(args: argparse.Namespace) -> None:
 
 def sweep_command(args: argparse.Namespace) -> None:
     base = load_study(args.study).with_overrides(seeds=args.seeds, epochs=args.epochs)
-    apply = args.apply or ("gradient" if args.penalty == "l2" else "prox")
+    apply = args.apply or default_apply(args.penalty)
     spec = SweepSpec(args.penalty, apply, l1_ratio=args.l1_ratio, groups=args.groups,
                      lambdas=None if args.lambdas is None else parse_lambdas(args.lambdas))
     torch.set_num_threads(_threads(args) or default_threads(base))
@@ -136,8 +135,7 @@ def load_study(ref: str) -> Study:
     path = Path(ref)
     if path.suffix == ".toml" or _exists(path) or "/" in ref or os.sep in ref:
         return parse_study(read_toml(path), source=ref, root=path.parent)
-    shown = repr(ref) if len(ref) <= _SHOWN else repr(ref[:_SHOWN] + "...")
-    raise UsageError(f"unknown preset {shown} (`regtorch list` shows the presets; or give a "
+    raise UsageError(f"unknown preset {shown(ref)} (`regtorch list` shows the presets; or give a "
                      f".toml study file)")
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from regtorch.lab.study.cnn import build_cnn
 from regtorch.lab.study.sources import import_factory
-from regtorch.lab.study.spec import ModelSpec, StudyError, factory_name
+from regtorch.lab.study.spec import ModelSpec, StudyError, factory_name, shown, shown_text
 
 __all__ = ["LINEAR_BIAS", "LINEAR_WEIGHT", "build_model"]
 
@@ -52,8 +52,9 @@ def build_model(spec: ModelSpec, inputs: int | tuple[int, ...], outputs: int, *,
     if spec.kind == "cnn":
         return build_cnn(spec, shape, outputs, dropout=dropout, seed=seed, dtype=dtype)
     if len(shape) != 1:
-        raise StudyError(f"{spec.where}.kind: {spec.kind!r} needs flat features [N, features]; the "
-                         f"data's examples have shape {list(shape)} (use kind = 'cnn')")
+        raise StudyError(f"{spec.where}.kind: {shown(spec.kind)} needs flat features "
+                         f"[N, features]; the data's examples have shape {list(shape)} "
+                         f"(use kind = 'cnn')")
     inputs = shape[0]
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
@@ -96,9 +97,9 @@ def _from_factory(spec: ModelSpec, *, dropout: float, seed: int | None, dtype: t
         try:
             model = factory(**kwargs)
         except Exception as error:  # the user's code: whatever it raises, named in one line
-            text = str(error).strip().splitlines()
-            raise StudyError(f"{where}: {ref!r} raised {type(error).__name__}"
-                             f"{': ' + text[0] if text else ''}") from None
+            text = shown_text(str(error))
+            raise StudyError(f"{where}: {shown(ref)} raised {type(error).__name__}"
+                             f"{': ' + text if text else ''}") from None
     if not isinstance(model, nn.Module):
-        raise StudyError(f"{where}: {ref!r} returned {type(model).__name__}, not an nn.Module")
+        raise StudyError(f"{where}: {shown(ref)} returned {type(model).__name__}, not an nn.Module")
     return model.to(dtype)

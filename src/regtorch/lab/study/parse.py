@@ -34,6 +34,7 @@ from regtorch.lab.study.spec import (
     StudyError,
     Variant,
     positive_int,
+    shown,
 )
 
 __all__ = ["parse_data", "parse_model", "parse_recipe", "parse_study", "parse_variants",
@@ -54,7 +55,7 @@ def parse_study(spec: Mapping[str, Any], source: str = "study", root: str | Path
     top = _Table(spec, source)
     name = top.get("name", str, required=True)
     if not _NAME.match(name):
-        raise StudyError(f"{source}: name {name!r} must be letters, digits, '-', '_' or '.'")
+        raise StudyError(f"{source}: name {shown(name)} must be letters, digits, '-', '_' or '.'")
     description = top.get("description", str, "")
     seeds = positive_int(top.get("seeds", int, 5), f"{source}: seeds")
     data_seed = top.get("data_seed", int, 0)
@@ -66,26 +67,26 @@ def parse_study(spec: Mapping[str, Any], source: str = "study", root: str | Path
     top.done()
     for i, v in enumerate(variants):
         if model.kind == "linear" and v.dropout:
-            raise StudyError(f"{source}: variants[{i}].dropout: variant {v.name!r} sets "
-                             f"{v.dropout!r}, but a linear model has no hidden layer to drop")
+            raise StudyError(f"{source}: variants[{i}].dropout: variant {shown(v.name)} sets "
+                             f"{shown(v.dropout)}, but a linear model has no hidden layer to drop")
     if model.kind == "cnn" and data.kind not in ("npz", "python", "sklearn"):
         raise StudyError(f"{source}: model.kind: 'cnn' needs images, not data kind "
-                         f"{data.kind!r} (npz, python, or sklearn digits with images = true)")
+                         f"{shown(data.kind)} (npz, python, or sklearn digits with images = true)")
     if isinstance(data, SklearnSource):
         task = SKLEARN_DATASETS[data.name][1]
         if (task == "classification") != (recipe.loss == "cross-entropy"):
-            raise StudyError(f"{source}: train.loss: {data.name!r} is {task}: "
-                             f"{recipe.loss!r} does not apply")
+            raise StudyError(f"{source}: train.loss: {shown(data.name)} is {task}: "
+                             f"{shown(recipe.loss)} does not apply")
         if model.kind == "cnn" and not data.images:
             raise StudyError(f"{source}: model.kind: 'cnn' needs images: set data.images = "
-                             f"true (digits), not {data.name!r} as features")
+                             f"true (digits), not {shown(data.name)} as features")
     if isinstance(data, CsvSource | NpzSource | PythonSource) and data.task is not None \
             and (data.task == "classification") != (recipe.loss == "cross-entropy"):
-        raise StudyError(f"{source}: train.loss: data.task is {data.task!r}: "
-                         f"{recipe.loss!r} does not apply")
+        raise StudyError(f"{source}: train.loss: data.task is {shown(data.task)}: "
+                         f"{shown(recipe.loss)} does not apply")
     if data.kind == "digits" and recipe.loss != "cross-entropy":
         raise StudyError(f"{source}: data kind 'digits' is classification: train.loss must be "
-                         f"'cross-entropy', not {recipe.loss!r}")
+                         f"'cross-entropy', not {shown(recipe.loss)}")
     if data.kind == "linear" and recipe.loss == "cross-entropy":
         raise StudyError(f"{source}: data kind 'linear' is regression: train.loss "
                          f"'cross-entropy' does not apply")
@@ -120,7 +121,7 @@ def parse_variants(raw: list[Any], recipe: Recipe, source: str = "study") -> tup
     names = [v.name for v in variants]
     for i, n in enumerate(names):
         if n in names[:i]:
-            raise StudyError(f"{source}: variants[{i}].name {n!r} is used twice")
+            raise StudyError(f"{source}: variants[{i}].name {shown(n)} is used twice")
     return variants
 
 
@@ -130,7 +131,7 @@ class _Table:
     def __init__(self, raw: Any, where: str, mapping_of: str = "table") -> None:
         if not isinstance(raw, Mapping):
             raise StudyError(f"{where}: expected a {mapping_of} (key = value pairs), "
-                             f"got {raw!r}")
+                             f"got {shown(raw)}")
         self.raw, self.where, self.used = raw, where, set()
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *,
@@ -138,7 +139,7 @@ class _Table:
         self.used.add(key)
         if key not in self.raw:
             if required:
-                raise StudyError(f"{self.where}: missing required key {key!r}")
+                raise StudyError(f"{self.where}: missing required key {shown(key)}")
             return default
         value = self.raw[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -146,32 +147,32 @@ class _Table:
             value = float(value)
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
-            raise StudyError(f"{self.where}.{key}: expected {names}, got {value!r}")
+            raise StudyError(f"{self.where}.{key}: expected {names}, got {shown(value)}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise StudyError(f"{self.where}.{key}: must be finite, got {value!r}")
+            raise StudyError(f"{self.where}.{key}: must be finite, got {shown(value)}")
         return value
 
     def number(self, key: str, default: float, *, minimum: float | None = None,
                below: float | None = None) -> float:
         value = self.get(key, float, default)
         if minimum is not None and value < minimum:
-            raise StudyError(f"{self.where}.{key}: must be >= {minimum}, got {value!r}")
+            raise StudyError(f"{self.where}.{key}: must be >= {minimum}, got {shown(value)}")
         if below is not None and not value < below:
-            raise StudyError(f"{self.where}.{key}: must be < {below}, got {value!r}")
+            raise StudyError(f"{self.where}.{key}: must be < {below}, got {shown(value)}")
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str | None = None, *,
                required: bool = False) -> str:
         value = self.get(key, str, default, required=required)
         if value not in choices:
-            raise StudyError(f"{self.where}.{key}: unknown value {value!r} (expected one of "
+            raise StudyError(f"{self.where}.{key}: unknown value {shown(value)} (expected one of "
                              f"{', '.join(choices)})")
         return value
 
     def done(self) -> None:
         unknown = [k for k in self.raw if k not in self.used]
         if unknown:
-            raise StudyError(f"{self.where}: unknown key {unknown[0]!r}")
+            raise StudyError(f"{self.where}: unknown key {shown(unknown[0])}")
 
 
 _KIND_NAMES = {Mapping: "a table", list: "a list", str: "a string", int: "an integer",
@@ -182,7 +183,7 @@ _KIND_NAMES = {Mapping: "a table", list: "a list", str: "a string", int: "an int
 def _count(table: _Table, key: str, default: int, minimum: int = 1) -> int:
     value = table.get(key, int, default)
     if value < minimum:
-        raise StudyError(f"{table.where}.{key}: must be >= {minimum}, got {value!r}")
+        raise StudyError(f"{table.where}.{key}: must be >= {minimum}, got {shown(value)}")
     return value
 
 
@@ -201,7 +202,7 @@ def _data(t: _Table, root: Path) -> DataSpec | Source:
     features = _count(t, "features", 1)
     nonzeros = t.get("nonzeros", int)
     if nonzeros is not None and not 1 <= nonzeros <= features:
-        raise StudyError(f"{t.where}.nonzeros: must be in 1..{features}, got {nonzeros!r}")
+        raise StudyError(f"{t.where}.nonzeros: must be in 1..{features}, got {shown(nonzeros)}")
     weights = t.get("weights", (float, list), 1.0)
     if isinstance(weights, list):
         if nonzeros is not None:
@@ -209,7 +210,7 @@ def _data(t: _Table, root: Path) -> DataSpec | Source:
         if len(weights) != features or not all(
                 isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
             raise StudyError(f"{t.where}.weights: expected {features} numbers (one per "
-                             f"feature), got {weights!r}")
+                             f"feature), got {shown(weights)}")
         weights = tuple(float(w) for w in weights)
     spec = DataSpec(kind, features=features, train=_count(t, "train", 100),
                     val=_count(t, "val", 100), test=_count(t, "test", 100), weights=weights,
@@ -229,7 +230,7 @@ def _model(t: _Table, data: DataSpec | Source | None, root: str | Path = ".") ->
         factory = t.get("factory", str, required=True)
         module, sep, function = factory.rpartition(":")
         if not sep or not module or not function:
-            raise StudyError(f"{t.where}.factory: {factory!r} must be 'module:function' or "
+            raise StudyError(f"{t.where}.factory: {shown(factory)} must be 'module:function' or "
                              f"'file.py:function'")
         kwargs = t.get("kwargs", Mapping, {})
         t.done()
@@ -241,12 +242,12 @@ def _model(t: _Table, data: DataSpec | Source | None, root: str | Path = ".") ->
     if kind == "mlp" and not hidden:
         raise StudyError(f"{t.where}.hidden: an mlp needs at least one hidden width")
     if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
-        raise StudyError(f"{t.where}.hidden: expected positive integers, got {hidden!r}")
+        raise StudyError(f"{t.where}.hidden: expected positive integers, got {shown(hidden)}")
     after = t.get("dropout_after", list)
     if after is not None and not all(isinstance(i, int) and not isinstance(i, bool)
                                      and 1 <= i <= len(hidden) for i in after):
         raise StudyError(f"{t.where}.dropout_after: expected hidden layer numbers in "
-                         f"1..{len(hidden)}, got {after!r}")
+                         f"1..{len(hidden)}, got {shown(after)}")
     spec = ModelSpec(kind, tuple(hidden), None if after is None else tuple(sorted(set(after))),
                      norm=t.choice("norm", ("none", "batch"), "none"),
                      init=t.choice("init", ("default", "normal"), "default"), where=t.where)
@@ -260,7 +261,7 @@ def _cnn(t: _Table) -> ModelSpec:
     def widths(key: str, default: list[int]) -> tuple[int, ...]:
         value = t.get(key, list, default)
         if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in value):
-            raise StudyError(f"{t.where}.{key}: expected positive integers, got {value!r}")
+            raise StudyError(f"{t.where}.{key}: expected positive integers, got {shown(value)}")
         return tuple(value)
 
     channels = widths("channels", [16, 32])
@@ -268,7 +269,7 @@ def _cnn(t: _Table) -> ModelSpec:
         raise StudyError(f"{t.where}.channels: a cnn needs at least one conv block")
     padding = t.get("padding", int)
     if padding is not None and padding < 0:
-        raise StudyError(f"{t.where}.padding: must be >= 0, got {padding!r}")
+        raise StudyError(f"{t.where}.padding: must be >= 0, got {shown(padding)}")
     spec = ModelSpec("cnn", hidden=widths("hidden", []), channels=channels,
                      kernel=_count(t, "kernel", 3), padding=padding,
                      norm=t.choice("norm", ("none", "batch"), "none"),
@@ -292,7 +293,7 @@ def _source(t: _Table, kind: str, root: Path) -> Source:
     def fraction(key: str) -> float:
         value = t.number(key, 0.2)
         if not 0 < value < 1:
-            raise StudyError(f"{where}.{key}: must be in (0, 1), got {value!r}")
+            raise StudyError(f"{where}.{key}: must be in (0, 1), got {shown(value)}")
         return value
 
     def names(key: str, required: bool = False) -> tuple[str, ...] | None:
@@ -302,9 +303,9 @@ def _source(t: _Table, kind: str, root: Path) -> Source:
         value = [value] if isinstance(value, str) else value
         if not value or not all(isinstance(v, str) and v for v in value):
             raise StudyError(f"{where}.{key}: expected a column name or a list of them, got "
-                             f"{value!r}")
+                             f"{shown(value)}")
         if len(set(value)) != len(value):
-            raise StudyError(f"{where}.{key}: repeated column in {value!r}")
+            raise StudyError(f"{where}.{key}: repeated column in {shown(value)}")
         return tuple(value)
 
     def path(key: str) -> str:
@@ -318,13 +319,13 @@ def _source(t: _Table, kind: str, root: Path) -> Source:
     if kind != "sklearn":
         task = t.get("task", str)
         if task is not None and task not in TASKS:
-            raise StudyError(f"{where}.task: unknown value {task!r} (expected one of "
+            raise StudyError(f"{where}.task: unknown value {shown(task)} (expected one of "
                              f"{', '.join(TASKS)})")
         common.update(task=task, missing=t.choice("missing", ("error", "drop"), "error"))
     common.update(val=fraction("val"), test=fraction("test"),
                   standardize_target=t.get("standardize_target", bool, False))
     if common["val"] + common["test"] >= 1:
-        raise StudyError(f"{where}: val + test = {common['val'] + common['test']!r} leaves no "
+        raise StudyError(f"{where}: val + test = {shown(common['val'] + common['test'])} leaves no "
                          f"train rows")
     if kind == "csv":
         source: Source = CsvSource(
@@ -347,9 +348,9 @@ def _source(t: _Table, kind: str, root: Path) -> Source:
         name = t.choice("name", tuple(SKLEARN_DATASETS), required=True)
         images = t.get("images", bool, False)
         if images and name != "digits":
-            raise StudyError(f"{where}.images: only the digits are images, not {name!r}")
+            raise StudyError(f"{where}.images: only the digits are images, not {shown(name)}")
         if common["standardize_target"] and SKLEARN_DATASETS[name][1] != "regression":
-            raise StudyError(f"{where}.standardize_target: {name!r} is classification")
+            raise StudyError(f"{where}.standardize_target: {shown(name)} is classification")
         source = SklearnSource(name=name, standardize=t.get("standardize", bool, True),
                                images=images, **common)
     t.done()
@@ -360,7 +361,7 @@ def _schedule(raw: Any, where: str) -> Schedule:
     if raw == "constant":
         return Schedule()
     if isinstance(raw, str):
-        raise StudyError(f"{where}: unknown schedule {raw!r} (expected 'constant' or a table "
+        raise StudyError(f"{where}: unknown schedule {shown(raw)} (expected 'constant' or a table "
                          f"with kind = 'exponential' or 'plateau')")
     t = _Table(raw, where)
     kind = t.choice("kind", ("constant", "exponential", "plateau"), required=True)
@@ -369,7 +370,7 @@ def _schedule(raw: Any, where: str) -> Schedule:
         schedule = Schedule(kind, rate=t.number("rate", 0.99, minimum=0.0),
                             min_lr=t.number("min_lr", 0.0, minimum=0.0), per=per)
         if not 0 < schedule.rate <= 1:
-            raise StudyError(f"{where}.rate: must be in (0, 1], got {schedule.rate!r}")
+            raise StudyError(f"{where}.rate: must be in (0, 1], got {shown(schedule.rate)}")
     elif kind == "plateau":
         schedule = Schedule(kind, patience=_count(t, "patience", 10, minimum=0),
                             factor=t.number("factor", 0.1, minimum=0.0, below=1.0), per=per)
@@ -390,10 +391,10 @@ def _recipe(t: _Table) -> Recipe:
                     schedule=_schedule(t.get("schedule", (str, Mapping), "constant"),
                                        f"{t.where}.schedule"))
     if recipe.lr <= 0:
-        raise StudyError(f"{t.where}.lr: must be > 0, got {recipe.lr!r}")
+        raise StudyError(f"{t.where}.lr: must be > 0, got {shown(recipe.lr)}")
     if recipe.momentum and recipe.optimizer != "sgd":
         raise StudyError(f"{t.where}.momentum: only for optimizer 'sgd', not "
-                         f"{recipe.optimizer!r}")
+                         f"{shown(recipe.optimizer)}")
     t.done()
     return recipe
 
@@ -401,15 +402,15 @@ def _recipe(t: _Table) -> Recipe:
 def _variant(t: _Table, recipe: Recipe) -> Variant:
     name = t.get("name", str, required=True)
     if not _NAME.match(name):
-        raise StudyError(f"{t.where}.name: {name!r} must be letters, digits, '-', '_' or '.'")
+        raise StudyError(f"{t.where}.name: {shown(name)} must be letters, digits, '-', '_' or '.'")
     penalty = t.get("penalty", str)
     if penalty is not None and penalty not in PENALTIES:
-        raise StudyError(f"{t.where}.penalty: unknown penalty {penalty!r} (expected one of "
+        raise StudyError(f"{t.where}.penalty: unknown penalty {shown(penalty)} (expected one of "
                          f"{', '.join(PENALTIES)})")
     raw = t.get("strength", (float, list))
     if raw is None:
         if penalty is not None:
-            raise StudyError(f"{t.where}: penalty {penalty!r} needs a strength")
+            raise StudyError(f"{t.where}: penalty {shown(penalty)} needs a strength")
         strengths: tuple[float, ...] = (0.0,)
     else:
         if penalty is None:
@@ -420,21 +421,21 @@ def _variant(t: _Table, recipe: Recipe) -> Variant:
         for value in values:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or value < 0:
-                raise StudyError(f"{t.where}.strength: must be finite and >= 0, got {value!r}")
+                raise StudyError(f"{t.where}.strength: must be finite and >= 0, got {shown(value)}")
         strengths = tuple(float(v) for v in values)
         if len(set(strengths)) != len(strengths):
-            raise StudyError(f"{t.where}.strength: repeated value in {values!r}")
+            raise StudyError(f"{t.where}.strength: repeated value in {shown(values)}")
     apply = t.choice("apply", ("gradient", "prox"), "gradient")
     if apply == "prox" and penalty not in ("l1", "l2", "elasticnet", "group", "channels"):
         raise StudyError(f"{t.where}.apply: 'prox' needs penalty l1, l2, elasticnet, group or "
-                         f"channels, not {penalty!r}")
+                         f"channels, not {shown(penalty)}")
     default_params = "*weight*" if penalty == "blog" else "weights"
     params = t.get("params", str, default_params)
     if not params:
         raise StudyError(f"{t.where}.params: empty (give 'weights', 'all' or a name glob)")
     weight_decay = t.number("weight_decay", 0.0, minimum=0.0)
     if weight_decay and recipe.optimizer not in ("sgd", "adam", "adamw"):
-        raise StudyError(f"{t.where}.weight_decay: not for optimizer {recipe.optimizer!r}")
+        raise StudyError(f"{t.where}.weight_decay: not for optimizer {shown(recipe.optimizer)}")
     schedule = t.get("schedule", (str, Mapping))
     early = t.get("early_stopping", Mapping)
     variant = Variant(name=name, penalty=penalty, strengths=strengths, apply=apply,
@@ -447,7 +448,7 @@ def _variant(t: _Table, recipe: Recipe) -> Variant:
                       early_stopping=None if early is None else _early_stop(
                           _Table(early, f"{t.where}.early_stopping")))
     if variant.l1_ratio > 1:
-        raise StudyError(f"{t.where}.l1_ratio: must be in [0, 1], got {variant.l1_ratio!r}")
+        raise StudyError(f"{t.where}.l1_ratio: must be in [0, 1], got {shown(variant.l1_ratio)}")
     t.done()
     return variant
 

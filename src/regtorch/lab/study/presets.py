@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from regtorch.lab.study.parse import parse_study
-from regtorch.lab.study.spec import Study, StudyError
+from regtorch.lab.study.spec import Study, StudyError, shown
 
 __all__ = ["NOT_IN_DEMO", "PRESETS", "demo_names", "preset", "preset_names"]
 
@@ -225,5 +225,5 @@ def preset(name: str) -> Study:
         StudyError: no preset has that name (the message lists them).
     """
     if name not in PRESETS:
-        raise StudyError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
+        raise StudyError(f"unknown preset {shown(name)} (presets: {', '.join(PRESETS)})")
     return parse_study(PRESETS[name], f"preset {name}")

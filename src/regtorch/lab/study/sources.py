@@ -66,6 +66,8 @@ from regtorch.lab.study.spec import (
     SklearnSource,
     Source,
     StudyError,
+    shown,
+    shown_text,
 )
 
 __all__ = [
@@ -121,11 +123,11 @@ def _load_csv(spec: CsvSource, seed: int, dtype: torch.dtype) -> Datasets:
     where = spec.where
     path = Path(spec.path)
     if not path.is_file():
-        raise StudyError(f"{where}.path: no such file {spec.path!r}")
+        raise StudyError(f"{where}.path: no such file {shown(spec.path)}")
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise StudyError(f"{where}.path: cannot read {spec.path!r} as CSV: "
+        raise StudyError(f"{where}.path: cannot read {shown(spec.path)} as CSV: "
                          f"{_first_line(error)}") from None
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
@@ -133,7 +135,7 @@ def _load_csv(spec: CsvSource, seed: int, dtype: torch.dtype) -> Datasets:
     def known(key: str, names: tuple[str, ...]) -> None:
         for name in names:
             if name not in columns:
-                raise StudyError(f"{where}.{key}: no column {name!r} in {path.name} (columns: "
+                raise StudyError(f"{where}.{key}: no column {shown(name)} in {path.name} (columns: "
                                  f"{_listing(columns)})")
 
     known("target", spec.target)
@@ -146,14 +148,14 @@ def _load_csv(spec: CsvSource, seed: int, dtype: torch.dtype) -> Datasets:
         known("features", features)
         for name in features:
             if name in spec.target or name == spec.split:
-                raise StudyError(f"{where}.features: {name!r} is also the "
+                raise StudyError(f"{where}.features: {shown(name)} is also the "
                                  f"{'target' if name in spec.target else 'split column'}")
     if not features:
         raise StudyError(f"{where}.features: no feature column left in {path.name}")
     known("categorical", spec.categorical)
     for name in spec.categorical:
         if name not in features:
-            raise StudyError(f"{where}.categorical: {name!r} is not a feature")
+            raise StudyError(f"{where}.categorical: {shown(name)} is not a feature")
 
     notes: list[str] = []
     used = [*features, *spec.target, *([spec.split] if spec.split else [])]
@@ -187,7 +189,7 @@ def _missing(frame, used: list[str], targets: tuple[str, ...], missing: str, whe
         return frame
     column = next(c for c in used if counts[c])
     key = "target" if column in targets else "features"
-    raise StudyError(f"{where}.{key}: column {column!r} has {int(counts[column])} missing "
+    raise StudyError(f"{where}.{key}: column {shown(column)} has {int(counts[column])} missing "
                      f"value(s) (set missing = 'drop' to drop those rows)")
 
 
@@ -195,12 +197,12 @@ def _split_by_column(column, where: str, name: str) -> list[np.ndarray]:
     values = column.astype(str).str.strip().str.lower().to_numpy()
     bad = sorted(set(values) - set(SPLIT_NAMES))
     if bad:
-        raise StudyError(f"{where}.split: column {name!r} holds {bad[0]!r} (expected train, "
-                         f"val or test)")
+        raise StudyError(f"{where}.split: column {shown(name)} holds {shown(bad[0])} "
+                         f"(expected train, val or test)")
     parts = [np.flatnonzero(values == s) for s in SPLIT_NAMES]
     for s, idx in zip(SPLIT_NAMES, parts):
         if not len(idx):
-            raise StudyError(f"{where}.split: column {name!r} has no {s!r} row")
+            raise StudyError(f"{where}.split: column {shown(name)} has no {shown(s)} row")
     return parts
 
 
@@ -219,14 +221,14 @@ def _target(frame, spec: CsvSource, notes: list[str]) -> tuple[str, tuple[str, .
     if task == "classification":
         if len(spec.target) > 1:
             raise StudyError(f"{where}.target: classification takes one target column, got "
-                             f"{list(spec.target)!r}")
+                             f"{shown(list(spec.target))}")
         classes, labels = _classes(frame[spec.target[0]].to_numpy())
         return task, classes, labels
     values = frame[list(spec.target)]
     for name in spec.target:
         if not _numeric(values[name]):
-            raise StudyError(f"{where}.target: column {name!r} is not numeric "
-                             f"(e.g. {values[name].iloc[0]!r}); use task = 'classification'")
+            raise StudyError(f"{where}.target: column {shown(name)} is not numeric "
+                             f"(e.g. {shown(values[name].iloc[0])}); use task = 'classification'")
     return task, None, values.to_numpy(dtype=np.float64)
 
 
@@ -293,8 +295,8 @@ def _split_rows(n: int, val: float, test: float, seed: int, labels: np.ndarray |
             stratify=None if labels is None else labels[rest])
     except ValueError as error:
         how = " stratified by class" if labels is not None else ""
-        raise StudyError(f"{where}.val: cannot split {n} rows{how} into val = {val!r}, test = "
-                         f"{test!r}: {_first_line(error)}") from None
+        raise StudyError(f"{where}.val: cannot split {n} rows{how} into val = {shown(val)}, test = "
+                         f"{shown(test)}: {_first_line(error)}") from None
     return [np.sort(train_rows), np.sort(val_rows), np.sort(test_rows)]
 
 
@@ -306,23 +308,23 @@ def _load_npz(spec: NpzSource, seed: int, dtype: torch.dtype) -> Datasets:
     where = spec.where
     path = Path(spec.path)
     if not path.is_file():
-        raise StudyError(f"{where}.path: no such file {spec.path!r}")
+        raise StudyError(f"{where}.path: no such file {shown(spec.path)}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except (OSError, ValueError) as error:
-        raise StudyError(f"{where}.path: cannot read {spec.path!r} as .npz: "
+        raise StudyError(f"{where}.path: cannot read {shown(spec.path)} as .npz: "
                          f"{_first_line(error)}") from None
     if "X" in arrays or "y" in arrays:
         for key in ("X", "y"):
             if key not in arrays:
-                raise StudyError(f"{where}.path: {path.name} has no array {key!r} (arrays: "
+                raise StudyError(f"{where}.path: {path.name} has no array {shown(key)} (arrays: "
                                  f"{_listing(sorted(arrays))})")
         given: Any = (arrays["X"], arrays["y"])
     else:
         for key in ("X_train", "y_train", "X_test", "y_test"):
             if key not in arrays:
-                raise StudyError(f"{where}.path: {path.name} has no array {key!r} (expected X "
+                raise StudyError(f"{where}.path: {path.name} has no array {shown(key)} (expected X "
                                  f"and y, or X_train, y_train, [X_val, y_val,] X_test, y_test; "
                                  f"arrays: {_listing(sorted(arrays))})")
         if ("X_val" in arrays) != ("y_val" in arrays):
@@ -338,19 +340,19 @@ def _load_python(spec: PythonSource, seed: int, dtype: torch.dtype) -> Datasets:
     try:
         given = function(**dict(spec.kwargs))
     except Exception as error:  # the user's code: any failure is reported, not a traceback
-        raise StudyError(f"{where}: {spec.factory!r} raised {type(error).__name__}: "
+        raise StudyError(f"{where}: {shown(spec.factory)} raised {type(error).__name__}: "
                          f"{_first_line(error)}") from None
     if isinstance(given, Mapping):
         keys = set(given)
         if not {"train", "test"} <= keys or not keys <= set(SPLIT_NAMES):
-            raise StudyError(f"{where}: {spec.factory!r} returned a mapping with keys "
-                             f"{sorted(map(str, keys))!r} (expected 'train', 'val', 'test')")
+            raise StudyError(f"{where}: {shown(spec.factory)} returned a mapping with keys "
+                             f"{shown(sorted(map(str, keys)))} (expected 'train', 'val', 'test')")
         for s, pair in given.items():
             if not (isinstance(pair, tuple | list) and len(pair) == 2):
-                raise StudyError(f"{where}: {spec.factory!r} returned {s!r}: "
+                raise StudyError(f"{where}: {shown(spec.factory)} returned {shown(s)}: "
                                  f"{_kind_of(pair)} (expected a pair (X, y))")
     elif not (isinstance(given, tuple | list) and len(given) == 2):
-        raise StudyError(f"{where}: {spec.factory!r} returned {_kind_of(given)} (expected "
+        raise StudyError(f"{where}: {shown(spec.factory)} returned {_kind_of(given)} (expected "
                          f"(X, y) or {{'train': (X, y), 'val': (X, y), 'test': (X, y)}})")
     return _from_arrays(given, spec, seed, dtype, where, spec.factory)
 
@@ -391,8 +393,8 @@ def _from_arrays(given: Any, spec: NpzSource | PythonSource, seed: int, dtype: t
     xs: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
     for name, (x, y) in pairs.items():
-        xs[name] = _array(x, f"X of {name!r}" if name != "all" else "X", where, label)
-        ys[name] = _array(y, f"y of {name!r}" if name != "all" else "y", where, label)
+        xs[name] = _array(x, f"X of {shown(name)}" if name != "all" else "X", where, label)
+        ys[name] = _array(y, f"y of {shown(name)}" if name != "all" else "y", where, label)
         if xs[name].ndim < 2:
             raise StudyError(f"{where}: {label}: X{_of(name)} has shape {list(xs[name].shape)} "
                              f"(expected [N, features] or [N, C, H, W])")
@@ -493,7 +495,7 @@ def _split_off(n: int, fraction: float, seed: int, labels: np.ndarray | None,
         train, val = train_test_split(np.arange(n), test_size=fraction, random_state=seed,
                                       stratify=labels)
     except ValueError as error:
-        raise StudyError(f"{where}.val: cannot draw val = {fraction!r} from {n} train rows: "
+        raise StudyError(f"{where}.val: cannot draw val = {shown(fraction)} from {n} train rows: "
                          f"{_first_line(error)}") from None
     return np.sort(train), np.sort(val)
 
@@ -544,19 +546,19 @@ def import_factory(ref: str, root: Path, where: str) -> Callable[..., Any]:
     """
     module_name, sep, attr = ref.rpartition(":")
     if not sep or not module_name or not attr:
-        raise StudyError(f"{where}: {ref!r} must be 'module:function' or 'file.py:function'")
+        raise StudyError(f"{where}: {shown(ref)} must be 'module:function' or 'file.py:function'")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
             path = path if path.is_absolute() else root / path
             if not path.is_file():
-                raise StudyError(f"{where}: {ref!r}: no such file {str(path)!r}")
+                raise StudyError(f"{where}: {shown(ref)}: no such file {shown(str(path))}")
             name = f"_regtorch_factory_{abs(hash(str(path.resolve())))}"
             module = sys.modules.get(name)
             if module is None:
                 spec = importlib.util.spec_from_file_location(name, path)
                 if spec is None or spec.loader is None:
-                    raise StudyError(f"{where}: {ref!r}: cannot load {str(path)!r}")
+                    raise StudyError(f"{where}: {shown(ref)}: cannot load {shown(str(path))}")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
                 try:
@@ -569,14 +571,14 @@ def import_factory(ref: str, root: Path, where: str) -> Callable[..., Any]:
     except StudyError:
         raise
     except Exception as error:  # the user's module: import errors and whatever it raises
-        raise StudyError(f"{where}: cannot import {ref!r}: {type(error).__name__}: "
+        raise StudyError(f"{where}: cannot import {shown(ref)}: {type(error).__name__}: "
                          f"{_first_line(error)}") from None
     function = getattr(module, attr, None)
     if function is None:
-        raise StudyError(f"{where}: cannot import {ref!r}: module {module_name!r} has no "
-                         f"{attr!r}")
+        raise StudyError(f"{where}: cannot import {shown(ref)}: module {shown(module_name)} has no "
+                         f"{shown(attr)}")
     if not callable(function):
-        raise StudyError(f"{where}: {ref!r} is {_kind_of(function)}, not a function")
+        raise StudyError(f"{where}: {shown(ref)} is {_kind_of(function)}, not a function")
     return function
 
 
@@ -595,8 +597,8 @@ def _import_near(module_name: str, root: Path):
 
 # -- messages ----------------------------------------------------------------------------------
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """An outside error's message as quoted in ours: its first line, cut short."""
+    return shown_text(str(error)) or type(error).__name__
 
 
 def _kind_of(value: Any) -> str:
@@ -606,9 +608,13 @@ def _kind_of(value: Any) -> str:
 
 
 def _of(name: str) -> str:
-    return "" if name == "all" else f" of {name!r}"
+    return "" if name == "all" else f" of {shown(name)}"
 
 
 def _listing(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+    """Up to ``limit`` names (each cut short) for an error message, and how many there are."""
+    listed = ", ".join(shown_text(name, _NAME_CHARS) for name in names[:limit])
+    return listed + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+_NAME_CHARS = 24  # characters of a column's or an array's name in a listing

@@ -114,6 +114,8 @@ __all__ = [
     "LOSSES",
     "OPTIMIZERS",
     "PENALTIES",
+    "QUOTED_CHARS",
+    "SHOWN_CHARS",
     "SKLEARN_DATASETS",
     "SOURCE_KINDS",
     "TASKS",
@@ -132,6 +134,8 @@ __all__ = [
     "Variant",
     "factory_name",
     "positive_int",
+    "shown",
+    "shown_text",
     "source_dict",
 ]
 
@@ -150,7 +154,44 @@ SKLEARN_DATASETS: dict[str, tuple[str, str]] = {
 
 
 class StudyError(ValueError):
-    """A study that cannot run; the message names the key and the value."""
+    """A study that cannot run; the message names the key and the value.
+
+    The message is one line, short by construction: a value the user wrote is inserted as
+    :func:`shown` (its ``repr`` in :data:`SHOWN_CHARS`), a message from elsewhere (pandas,
+    the user's factory) as :func:`shown_text`, so no value, however long, pushes the advice
+    that follows it off the line.
+    """
+
+
+SHOWN_CHARS = 40
+"""Characters of a value's ``repr`` quoted in an error message; longer ones are cut with ``…``."""
+QUOTED_CHARS = 80
+"""Characters of an outside error message (first line) quoted in ours."""
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` in at most ``limit`` characters, its middle cut (``…``) when longer: a
+    value quoted in an error message keeps its start and its end (a path's file name).
+
+    >>> shown("abc"), shown("x" * 100 + ".csv", limit=12)
+    ("'abc'", "'xxxx…x.csv'")
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+
+
+def shown_text(text: str, limit: int = QUOTED_CHARS) -> str:
+    r"""The first line of ``text``, cut to ``limit`` characters (``…`` marks the cut).
+
+    >>> shown_text("a long\nstory"), shown_text("abcdef", limit=4)
+    ('a long', 'abc…')
+    """
+    lines = str(text).strip().splitlines()
+    line = " ".join(lines[0].split()) if lines else ""
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -452,5 +493,5 @@ def _variant_dict(variant: Variant) -> dict[str, Any]:
 def positive_int(value: Any, where: str) -> int:
     """``value`` if it is a positive integer, else a :class:`StudyError` naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StudyError(f"{where}: must be a positive integer, got {value!r}")
+        raise StudyError(f"{where}: must be a positive integer, got {shown(value)}")
     return value

@@ -31,7 +31,7 @@ from regtorch import (
 )
 from regtorch.lab.study.data import make_data
 from regtorch.lab.study.models import build_model
-from regtorch.lab.study.spec import Recipe, Schedule, Study, StudyError, Variant
+from regtorch.lab.study.spec import Recipe, Schedule, Study, StudyError, Variant, shown
 
 __all__ = ["CHANNEL_EXAMPLES", "DTYPES", "channel_penalty", "check_study", "criterion",
            "make_optimizer", "make_penalty", "make_scheduler", "member_losses",
@@ -95,7 +95,7 @@ def make_penalty(v: Variant, lam: float | Tensor, l1_ratio: float | Tensor | Non
         return GroupLasso(lam, groups=v.groups)
     if v.penalty == "blog":
         return GroupLasso(lam, groups="tensor", scale="none")
-    raise StudyError(f"variant {v.name!r}: unknown penalty {v.penalty!r}")
+    raise StudyError(f"variant {shown(v.name)}: unknown penalty {shown(v.penalty)}")
 
 
 def check_study(study: Study) -> None:
@@ -112,8 +112,8 @@ def check_study(study: Study) -> None:
         source = where[:-len("data")] if where.endswith("data") else ""
         task = "classification" if data.classification else "regression"
         raise StudyError(f"{source}train.loss: the data is {task} ({'; '.join(data.notes[:1])}"
-                         f"): {study.train.loss!r} does not apply (use "
-                         f"{'cross-entropy' if data.classification else 'mse'!r})")
+                         f"): {shown(study.train.loss)} does not apply (use "
+                         f"{shown('cross-entropy' if data.classification else 'mse')})")
     template = build_model(study.model, inputs=data.input_shape, outputs=data.outputs)
     for v in study.variants:
         if v.penalty == "channels":
@@ -124,7 +124,8 @@ def check_study(study: Study) -> None:
             try:
                 Regularizer(template, {selector(v.params): make_penalty(v, 0.0)})
             except ValueError as error:
-                raise StudyError(f"variant {v.name!r}: params = {v.params!r}: {error}") from None
+                raise StudyError(f"variant {shown(v.name)}: params = {shown(v.params)}: "
+                                 f"{error}") from None
         if v.weight_decay:
             parameter_names(template, selector(v.params), what=v)
 
@@ -139,8 +140,8 @@ def parameter_names(template: nn.Module, chosen, what: Variant | None = None) ->
     """
     names = [name for name, _ in select(template, chosen)]
     if not names and what is not None:
-        raise StudyError(f"variant {what.name!r}: params = {what.params!r} selects no trainable "
-                         f"parameter of the model")
+        raise StudyError(f"variant {shown(what.name)}: params = {shown(what.params)} selects "
+                         f"no trainable parameter of the model")
     return names
 
 

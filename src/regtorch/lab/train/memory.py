@@ -28,6 +28,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from regtorch.lab.study.spec import shown
+
 __all__ = ["MAX_DEFAULT_MEMORY", "chunk_sizes", "default_memory", "member_bytes",
            "parse_memory", "state_bytes"]
 
@@ -66,10 +68,10 @@ def parse_memory(text: str | int) -> int:
         match = _MEMORY.match(str(text))
         unit = match.group(2).upper() if match else None
         if match is None or unit not in _UNITS:
-            raise ValueError(f"--memory {text!r}: expected a size such as 512M or 2G")
+            raise ValueError(f"--memory {shown(text)}: expected a size such as 512M or 2G")
         value = int(float(match.group(1)) * _UNITS[unit])
     if value <= 0:
-        raise ValueError(f"--memory {text!r}: must be more than 0 bytes")
+        raise ValueError(f"--memory {shown(text)}: must be more than 0 bytes")
     return value
 
 
