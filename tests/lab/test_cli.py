@@ -615,3 +615,20 @@ def test_the_usage_blocks_list_every_option(where):
     block = (_readme_usage() if where == "README.md"
              else command.__doc__.split("Usage::", 1)[1].split("\n\n", 2)[1])
     assert _usage_options(block) == _argparse_options()
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    """The README's test command installs the extras .ci/run installs and runs what it runs;
+    what .ci/run adds beyond it — Chromium for the browser test, which otherwise skips — is
+    said next to it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    match = re.search(r"Set up and run the tests \((.*?)\):\n\n```bash\n(.*?)\n```", readme,
+                      flags=re.DOTALL)
+    assert match, "the README's test command"
+    words, line = " ".join(match.group(1).split()), match.group(2)
+    extras = re.search(r'-e "\.\[([^\]]*)\]"', ci).group(1)
+    assert f'-e ".[{extras}]"' in line
+    assert "ruff check ." in line and "python -m pytest" in line
+    assert "/usr/bin/chromium" in ci and "REGTORCH_REQUIRE_BROWSER=1" in ci
+    assert "`.ci/run`" in words and "`chromium`" in words and "skips without it" in words
