@@ -283,3 +283,83 @@ def test_the_manuals_study_file_is_valid():
     assert [v.name for v in study.variants] == ["none", "l1", "prox-l1"]
     assert study.data.nonzeros == 5 and study.train.batch_size == 0
     assert study.variants[2].apply == "prox" and study.variants[2].tuned
+
+
+# -- the schema in the docstring shows the real defaults ---------------------------------------
+def _defaults_by_section(tmp_path) -> list[dict[str, Any]]:
+    """What parse_study gives for every key left out, per section of the docstring's schema
+    (the top level, synthetic data, the user's data, model, train, variants, python model)."""
+    import dataclasses
+
+    def parsed(data=None, model=None, variant=None):
+        return parse_study({"name": "x", "data": data or {"kind": "linear"},
+                            "model": model or {}, "variants": [variant or {"name": "none"}]},
+                           root=tmp_path)
+
+    def fields_of(obj) -> dict[str, Any]:
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+    plain = parsed()
+    user: dict[str, Any] = {}
+    for data in ({"kind": "csv", "path": "x.csv", "target": "y"},
+                 {"kind": "python", "factory": "m:f"}, {"kind": "sklearn", "name": "diabetes"}):
+        user = {**fields_of(parsed(data=data).data), **user}
+    cnn = parse_study({"name": "x", "data": {"kind": "sklearn", "name": "digits", "images": True},
+                       "model": {"kind": "cnn", "channels": [4]},
+                       "train": {"loss": "cross-entropy"}, "variants": [{"name": "none"}]})
+    model = {**fields_of(cnn.model), "kind": plain.model.kind, "channels": ()}  # required there
+    variant = fields_of(plain.variants[0])
+    variant["early_stopping"] = dataclasses.asdict(
+        parsed(variant={"name": "v", "early_stopping": {}}).variants[0].early_stopping)
+    recipe = fields_of(plain.train)
+    recipe["schedule"] = recipe["schedule"].kind  # "constant"
+    python = fields_of(parsed(model={"kind": "python", "factory": "m:f"}).model)
+    return [{"description": plain.description, "seeds": plain.seeds,
+             "data_seed": plain.data_seed}, fields_of(plain.data), user, model, recipe, variant,
+            python]
+
+
+def _toml_value(text: str) -> Any:
+    import tomllib
+
+    return tomllib.loads(f"v = {text}")["v"]
+
+
+def _plain(key: str, value: Any) -> Any:
+    """A parsed default as TOML writes it: tuples as lists, ``kwargs`` pairs as a table."""
+    if key == "kwargs":
+        return dict(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def test_the_schema_in_the_docstring_shows_the_real_defaults(tmp_path):
+    """Every ``key = value`` of the study docstring's schema is the key's default as parsed
+    (unless marked required or given as an example, "e.g.", of a key without a default)."""
+    from regtorch.lab.study import spec
+
+    schema = spec.__doc__.split("errors::\n\n", 1)[1].split("\n\nPenalties", 1)[0]
+    sections = re.split(r"\n    \[\[?\w+\]\]?[^\n]*\n", "\n" + schema)
+    defaults = _defaults_by_section(tmp_path)
+    assert len(sections) == len(defaults)
+    checked = 0
+    for section, default in zip(sections, defaults):
+        for line in section.splitlines():
+            found = re.match(r"^    (\w+) = (.*?)(?:\s{2,}#\s*(.*))?$", line)
+            if not found:
+                continue
+            key, value, comment = found.group(1), found.group(2), found.group(3) or ""
+            if key == "kind" or comment.startswith(("required", "e.g.")):
+                if comment.startswith("e.g."):  # an example stands only for a key without one
+                    assert default.get(key) in (None, ()), (key, default.get(key))
+                continue
+            assert key in default, key
+            assert _toml_value(value) == _plain(key, default[key]), (key, value, default[key])
+            checked += 1
+    assert checked >= 40
+    # the schedules' own defaults, shown in the comments
+    for table in re.findall(r"\{kind = [^}]*\}", schema):
+        given = _toml_value(table)
+        schedule = parse_study({"name": "x", "data": {"kind": "linear"},
+                                "train": {"schedule": {"kind": given["kind"]}},
+                                "variants": [{"name": "none"}]}).train.schedule
+        assert {k: getattr(schedule, k) for k in given} == given, table

@@ -3,78 +3,87 @@
 A study is written as a dict — a TOML file (``regtorch run my_study.toml``) or a preset in
 :mod:`regtorch.lab.study.presets`, both parsed by
 :func:`~regtorch.lab.study.parse.parse_study` — so a user's study and the presets speak the same
-language. The schema (every key optional unless marked; unknown keys are errors)::
+language. The schema: every key with its default, except the keys marked ``required`` and those
+whose comment starts with ``e.g.`` (no default: the value is an example); unknown keys are
+errors::
 
     name = "my-study"                      # required: letters, digits, '-', '_', '.'
-    description = "one line for `regtorch list`"
-    seeds = 5                              # default number of seeds (init seeds 0..seeds-1)
+    description = ""                       # one line for `regtorch list`
+    seeds = 5                              # number of seeds (init seeds 0..seeds-1)
     data_seed = 0                          # draws the data, its split and the batch order
 
     [data]
     kind = "linear"                        # required: "linear" (synthetic), "digits" (sklearn)
-    features = 200                         # linear: y = x·w + bias + noise, x ~ N(x_mean, x_std²)
-    train = 50                             # examples (digits: train and val; test is the rest)
-    val = 50
+    features = 1                           # linear: y = x·w + bias + noise, x ~ N(x_mean, x_std²)
+    train = 100                            # examples (digits: train and val, 300 each; test is
+    val = 100                              #   the rest of the 1797)
     test = 100
-    weights = 0.01                         # a number (every feature), a list (one per feature), or
-    nonzeros = 10                          #   with nonzeros: that many random features get ±weights
-    bias = 0.1
+    weights = 1.0                          # a number (every feature), a list (one per feature), or
+    nonzeros = 10                          # e.g.: that many random features get ±weights (none:
+                                           #   every feature gets weights)
+    bias = 0.0
     x_mean = 0.0
     x_std = 1.0
     noise_mean = 0.0
-    noise_std = 0.01
+    noise_std = 1.0
 
     [data]                                 # or the user's data (docs/lab-data.md):
-    kind = "csv"                           #   "csv", "npz", "python" or "sklearn"
-    path = "houses.csv"                    # csv, npz: relative to the study file
-    target = "price"                       # csv: a column, or a list (multi-output regression)
-    features = ["area", "district"]        # csv: default every other column
-    categorical = ["zip"]                  # csv: one-hot besides the non-numeric columns
-    split = "fold"                         # csv: a column of train / val / test (else fractions)
-    factory = "mydata.py:make"             # python: returns (X, y) or {"train": (X, y), ...}
-    kwargs = {n = 500}                     # python: passed to the factory
-    name = "diabetes"                      # sklearn: diabetes, breast_cancer, wine, iris, digits
-    images = true                          # sklearn digits: [N, 1, 8, 8]
-    task = "classification"                # csv, npz, python: default inferred from the target
-    standardize = true                     # by the train split (csv, sklearn: on by default)
+    kind = "csv"                           # required: "csv", "npz", "python" or "sklearn"
+    path = "houses.csv"                    # required (csv, npz): relative to the study file
+    target = "price"                       # required (csv): a column, or a list (multi-output)
+    features = ["area", "district"]        # e.g. (csv): none gives every other column
+    categorical = []                       # csv: one-hot besides the non-numeric columns
+    split = "fold"                         # e.g. (csv): a column of train / val / test (none:
+                                           #   the fractions below)
+    factory = "mydata.py:make"             # required (python): returns (X, y) or {"train": ...}
+    kwargs = {}                            # python: passed to the factory
+    name = "diabetes"                      # required (sklearn): diabetes, breast_cancer, wine,
+                                           #   iris, digits
+    images = false                         # sklearn digits: true gives [N, 1, 8, 8]
+    task = "classification"                # e.g. (csv, npz, python): none infers it from the
+                                           #   target
+    standardize = true                     # by the train split (csv, sklearn; npz, python: false)
     standardize_target = false             # regression targets, by the train split
     val = 0.2                              # fractions of all rows held out, from data_seed
     test = 0.2                             #   (stratified for classification)
     missing = "error"                      # or "drop" the rows with a missing value
 
     [model]
-    kind = "mlp"                           # "linear", "mlp" or "cnn"
-    hidden = [64, 32]                      # mlp: hidden widths, ReLU after each
-    dropout_after = [1]                    # hidden layers (1-based) followed by the dropout;
-                                           #   default: every hidden layer
+    kind = "linear"                        # "linear", "mlp" or "cnn"
+    hidden = [64, 32]                      # e.g. (mlp: required): hidden widths, ReLU after each
+    dropout_after = [1]                    # e.g.: hidden layers (1-based) followed by the dropout;
+                                           #   none: every hidden layer
     norm = "none"                          # "batch": BatchNorm1d after each hidden Linear
     init = "default"                       # "normal": weights ~ N(0, 1), biases 0 (d2l's init)
-    channels = [16, 32]                    # cnn: conv blocks Conv2d → [BatchNorm2d] → ReLU → pool,
-    kernel = 3                             #   then the head (hidden widths, then the outputs);
-    padding = 1                            #   padding defaults to kernel // 2;
-    pool = "max"                           #   "max", "avg" or "none", of pool_size
+    channels = [16, 32]                    # e.g. (cnn: required): conv blocks Conv2d →
+                                           #   [BatchNorm2d] → ReLU → pool, then the head
+                                           #   (hidden widths, then the outputs)
+    kernel = 3
+    padding = 1                            # e.g.: none gives kernel // 2
+    pool = "max"                           # "max", "avg" or "none", of pool_size
     pool_size = 2
     residual = false                       # cnn: a residual block after each conv block
                                            #   (needs an odd kernel and padding kernel // 2)
 
     [train]
     loss = "mse"                           # "mse", "half-mse" (d2l's ½(ŷ−y)²), "cross-entropy"
-    optimizer = "adam"                     # "sgd", "adam", "adamw"
-    lr = 0.005
+    optimizer = "sgd"                      # "sgd", "adam", "adamw"
+    lr = 0.01
     momentum = 0.0                         # sgd only
-    batch_size = 32                        # 0: full batch
-    epochs = 20
+    batch_size = 0                         # 0: full batch
+    epochs = 10
     dtype = "float32"                      # or "float64"
-    schedule = "constant"                  # or {kind = "exponential", rate = 0.995, min_lr = 1e-6}
-                                           #   or {kind = "plateau", patience = 200, factor = 0.1}
+    schedule = "constant"                  # or {kind = "exponential", rate = 0.99, min_lr = 0.0}
+                                           #   or {kind = "plateau", patience = 10, factor = 0.1}
                                            #   (per = "step" by default, or "epoch")
 
     [[variants]]                           # required, at least one; the first is the baseline
     name = "none"                          # required, unique
-    penalty = "l2"                         # "l1", "l2", "elasticnet", "group", "blog",
-                                           #   "channels"
-    strength = 3.0                         # λ ≥ 0, or a list of λ: the one with the lowest mean
-                                           #   final validation loss is kept (test never chooses)
+    penalty = "l2"                         # e.g.: "l1", "l2", "elasticnet", "group", "blog",
+                                           #   "channels"; none: no penalty
+    strength = 3.0                         # e.g. (required with a penalty): λ ≥ 0, or a list of λ:
+                                           #   the one with the lowest mean final validation
+                                           #   loss is kept (test never chooses)
     apply = "gradient"                     # or "prox": proximal step (exact zeros)
     params = "weights"                     # what penalty and weight_decay act on: "weights"
                                            #   (regtorch.WEIGHTS), "all", a glob ("*weight*")
@@ -82,7 +91,7 @@ language. The schema (every key optional unless marked; unknown keys are errors)
     groups = "rows"                        # group: "rows" or "columns"
     weight_decay = 0.0                     # the optimizer's own weight_decay on `params`
     dropout = 0.0                          # rate of the model's dropout layers
-    schedule = "constant"                  # overrides [train] schedule for this variant
+    schedule = "constant"                  # e.g.: overrides [train] schedule for this variant
     early_stopping = {patience = 10, min_delta = 0.0}
                                            # stop a member whose validation data loss has not
                                            #   improved (by more than min_delta) for `patience`
@@ -90,9 +99,10 @@ language. The schema (every key optional unless marked; unknown keys are errors)
                                            #   (regtorch.EarlyStopping); absent: no stopping
 
     [model]                                # the user's own model instead of linear / mlp:
-    kind = "python"
-    factory = "my_models.py:make"          # "module:function", or a .py file next to the study
-    kwargs = {width = 64}                  # passed to the factory (and dropout = rate when a
+    kind = "python"                        # required here
+    factory = "my_models.py:make"          # required: "module:function", or a .py file next to
+                                           #   the study
+    kwargs = {}                            # passed to the factory (and dropout = rate when a
                                            #   variant sets one); called once per init seed
                                            #   under torch.manual_seed(seed)
 
