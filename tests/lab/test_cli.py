@@ -152,7 +152,8 @@ def test_every_option_has_help():
 
 def test_sweep_out_help_names_the_sweep_directory(capsys):
     assert main(["sweep", "--help"]) == 0
-    assert "DIR/<study>-sweep-<penalty>/" in _words(capsys.readouterr().out)
+    assert "DIR/<study>-sweep-<penalty>[-<apply>][-r<R>][-cols]/" in _words(
+        capsys.readouterr().out)
 
 
 # -- bad input -----------------------------------------------------------------------------------

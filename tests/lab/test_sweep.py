@@ -292,8 +292,3 @@ def test_sweep_directory_names_every_non_default_option():
                      "linear-1d-sweep-elasticnet-gradient-r0.25", "linear-1d-sweep-group",
                      "linear-1d-sweep-group-cols", "linear-1d-sweep-l2", "linear-1d-sweep-l2-prox"}
 
-
-def test_sweep_out_help_names_the_real_directory(capsys):
-    assert main(["sweep", "--help"]) == 0
-    help_text = " ".join(capsys.readouterr().out.split())
-    assert "DIR/<study>-sweep-<penalty>[-<apply>][-r<R>][-cols]/" in help_text

@@ -62,6 +62,7 @@ from regtorch.lab.analysis.sweep import (
     path_study,
     summarize_sweep,
 )
+from regtorch.lab.caught import caught_warnings
 from regtorch.lab.present import rundir
 from regtorch.lab.study import Study, StudyError, parse_study, preset, preset_names, read_toml
 from regtorch.lab.study.data import Datasets, make_data
@@ -175,10 +176,11 @@ def run(study: Study | str | Mapping[str, Any] | None = None, *,
         a :class:`StudyRun`: ``summary``, ``table``, ``verdicts``, ``figures()``,
         ``report(path)``.
     """
-    base, datasets = _study(study, model=model, data=data, variants=variants, seeds=seeds,
-                            **pieces)
-    result = run_study(base, data=datasets, memory=_memory(memory))
-    outcome = StudyRun(base, result, with_pruning(summarize(result), result))
+    with caught_warnings() as warned:  # one line each in the summary, not printed raw
+        base, datasets = _study(study, model=model, data=data, variants=variants, seeds=seeds,
+                                **pieces)
+        result = run_study(base, data=datasets, memory=_memory(memory))
+    outcome = StudyRun(base, result, with_pruning(summarize(result, warned), result))
     if out is not None:
         outcome.report(out)
     return outcome
@@ -212,12 +214,13 @@ def sweep(study: Study | str | Mapping[str, Any] | None = None, *, penalty: str 
         return run_study(study, data=datasets, memory=budget)
 
     search = None
-    if grid is None:
-        search = find_lambda_max(base, spec, train)
-        grid = geometric_grid(search.lambda_max)
-    result = train(path_study(base, spec, grid), "path")
+    with caught_warnings() as warned:  # one line each in the summary, not printed raw
+        if grid is None:
+            search = find_lambda_max(base, spec, train)
+            grid = geometric_grid(search.lambda_max)
+        result = train(path_study(base, spec, grid), "path")
     outcome = SweepRun(base, spec, result,
-                       with_pruning(summarize_sweep(result, spec, base, search), result),
+                       with_pruning(summarize_sweep(result, spec, base, search, warned), result),
                        None if search is None else search.records)
     if out is not None:
         outcome.report(out)

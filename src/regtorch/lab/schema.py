@@ -22,6 +22,7 @@ __all__ = [
     "LOSS_KEYS",
     "SPLITS",
     "STAT_KEYS",
+    "WARNINGS_KEY",
     "Candidate",
     "Entry",
     "GroupInfo",
@@ -57,6 +58,10 @@ LOSS_KEYS = tuple(loss_key(s) for s in SPLITS)
 ACC_KEYS = tuple(acc_key(s) for s in SPLITS)
 STAT_KEYS = ("penalty", "weight_norm", "sparsity", "lr")
 """The record's other per-member numbers, summarized like the losses."""
+WARNINGS_KEY = "warnings"
+"""The summary's (and a group's) list of warnings raised while training, each one line
+``"<Category>: <message>"`` (:func:`regtorch.lab.caught.warning_line`), each once, in the order
+first raised; empty when nothing warned. A variant's verdict ends with those of its groups."""
 
 
 class _RecordBase(TypedDict):
@@ -93,6 +98,7 @@ class GroupInfo(_GroupBase, total=False):
 
     reason: str  # why the members train one by one (vmap cannot run the model, or memory)
     chunks: list[int]  # members per stacked unit, when the memory budget split the group
+    warnings: list[str]  # warnings raised while the group trained, one line each
 
 
 class Stats(TypedDict, total=False):
@@ -162,6 +168,7 @@ class StudySummary(TypedDict):
     baseline: str
     variants: dict[str, VariantSummary]
     notes: list[str]
+    warnings: list[str]  # WARNINGS_KEY: what Python warned while training, one line each
 
 
 # "lambda" is a Python keyword: keys spelled so use TypedDict's functional form.
@@ -210,6 +217,7 @@ class SweepSummary(TypedDict):
     best: PathEntry | None
     one_se: PathEntry | None
     notes: list[str]
+    warnings: list[str]  # WARNINGS_KEY, as a study's
 
 
 _Point = TypedDict("_Point", {"variant": str, "lambda": "float | None"})

@@ -21,6 +21,9 @@
   loss, finite but meaningless (e.g. 6.8e29). Either is left out of the means and counted.
 * ``not_converged`` is what the verdict says: for a linear model with a closed-form optimum, more
   than 1% away from it; else the train loss still falling.
+* **Warnings** raised while training (a group lasso with Adam's element-wise steps...) are
+  ``warnings``, one line each (:mod:`regtorch.lab.caught`), and end the verdicts of the penalized
+  variants of the group that raised them.
 * **Notes** say which variants produced the same numbers (``wd-3`` and ``l2-3``), and for linear
   models with known true weights how well the support was recovered.
 """
@@ -31,6 +34,7 @@ import fnmatch
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,6 +45,7 @@ from regtorch.lab.schema import (
     ACC_KEYS,
     LOSS_KEYS,
     STAT_KEYS,
+    WARNINGS_KEY,
     Record,
     Stats,
     StudySummary,
@@ -49,7 +54,7 @@ from regtorch.lab.study.models import LINEAR_BIAS, LINEAR_WEIGHT
 from regtorch.lab.study.spec import Study, Variant
 from regtorch.lab.train.engine import StudyResult
 
-__all__ = ["final_stats", "summarize"]
+__all__ = ["final_stats", "group_warnings", "summarize"]
 
 IMPROVEMENT_SES = 2.0      # a change counts when it exceeds two standard errors of the paired mean
 MIN_RELATIVE_CHANGE = 0.01  # ... and 1% of the baseline
@@ -60,8 +65,12 @@ SAME_RTOL = 1e-7            # "the same": float32 rounding (two runs that merely
 #                             the same constant predictor agree only to ~1e-6)
 
 
-def summarize(result: StudyResult) -> StudySummary:
-    """The summary of a finished study (what ``summary.json`` holds; see the module docstring)."""
+def summarize(result: StudyResult, warnings: Sequence[str] = ()) -> StudySummary:
+    """The summary of a finished study (what ``summary.json`` holds; see the module docstring).
+
+    ``warnings``: lines caught outside the training groups (loading the data,
+    :func:`regtorch.lab.caught.caught_warnings`), listed after the groups' own
+    (``GroupInfo.warnings``, which also end the verdicts of the variants they trained)."""
     study = result.study
     epochs = study.train.epochs
     finals: dict[tuple[str, float | None], list[dict]] = defaultdict(list)
@@ -97,12 +106,34 @@ def summarize(result: StudyResult) -> StudySummary:
         variants[variant.name] = entry
 
     baseline = study.variants[0].name
+    # A group's warnings end the verdicts of its penalized variants (those of all its variants
+    # when none is): an unpenalized variant stacked with them trains as a λ = 0 member, which
+    # a penalty's warning (group lasso with Adam) does not concern.
+    penalized = {v.name for v in study.variants if v.penalty is not None}
+    warned: dict[str, list[str]] = defaultdict(list)
+    for group in result.groups:
+        names = [n for n in group["variants"] if n in penalized] or group["variants"]
+        for name in names:
+            warned[name] = _once([*warned[name], *group.get(WARNINGS_KEY, [])])
     for variant in study.variants:
-        variants[variant.name]["verdict"] = _verdict(study, variant, variants, chosen_rows,
-                                                     baseline, classes=result.data.outputs)
+        verdict = _verdict(study, variant, variants, chosen_rows, baseline,
+                           classes=result.data.outputs)
+        variants[variant.name]["verdict"] = " ".join(
+            [verdict, *(f"Warned while training: {line}" for line in warned[variant.name])])
     return {"study": study.name, "seeds": study.seeds, "epochs": epochs, "baseline": baseline,
             "variants": variants,
-            "notes": [*result.data.notes, *_notes(study, variants, chosen_rows)]}
+            "notes": [*result.data.notes, *_notes(study, variants, chosen_rows)],
+            WARNINGS_KEY: _once([*group_warnings(result), *warnings])}
+
+
+def group_warnings(result: StudyResult) -> list[str]:
+    """The warnings raised while ``result``'s groups trained (``GroupInfo.warnings``), each
+    once, in order."""
+    return _once([line for group in result.groups for line in group.get(WARNINGS_KEY, [])])
+
+
+def _once(lines: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(lines))
 
 
 # -- statistics --------------------------------------------------------------------------------

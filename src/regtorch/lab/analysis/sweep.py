@@ -37,20 +37,21 @@ reported. ``summary.json`` of a sweep::
      "path": [{"lambda", "members", "diverged", "<key>", "<key>_std" for the losses, accuracies,
                penalty, weight_norm, sparsity, lr; "val_loss_se", "test_train_ratio"}, ...],
      "unregularized": {the same, for λ = 0}, "best_lambda", "lambda_1se",
-     "best": {path entry}, "one_se": {path entry}, "notes": [...]}
+     "best": {path entry}, "one_se": {path entry}, "notes": [...],
+     "warnings": [one line per warning raised while training]}
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from regtorch.lab.analysis.numbers import lambda_text, loss_text
-from regtorch.lab.analysis.summary import final_stats
-from regtorch.lab.schema import Entry, Record, SearchPoint, SweepSummary
+from regtorch.lab.analysis.summary import final_stats, group_warnings
+from regtorch.lab.schema import WARNINGS_KEY, Entry, Record, SearchPoint, SweepSummary
 from regtorch.lab.study.spec import Study, StudyError, Variant, shown
 from regtorch.lab.train.engine import StudyResult
 
@@ -233,6 +234,7 @@ class Search:
     rule: str
     points: list[dict[str, Any]]
     records: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)  # raised while the search trained
 
 
 def find_lambda_max(base: Study, spec: SweepSpec,
@@ -253,6 +255,7 @@ def find_lambda_max(base: Study, spec: SweepSpec,
     reference = _final(first, REFERENCE, None)
     points = _search_points(first, spec)
     records = list(first.records)
+    warned = group_warnings(first)
     found, _ = _qualifying(points, reference)
     below = [p["lambda"] for p in points if p["lambda"] < found] if found else []
     if found is not None and below:
@@ -261,6 +264,7 @@ def find_lambda_max(base: Study, spec: SweepSpec,
                                   name=f"{sweep_name(base, spec)}-search-2"), "search-2")
         points = sorted(points + _search_points(second, spec), key=lambda p: p["lambda"])
         records += second.records
+        warned += group_warnings(second)
     found, rule = _qualifying(points, reference)
     if found is None:
         alive = [p["lambda"] for p in points if not p["diverged"]]
@@ -268,7 +272,7 @@ def find_lambda_max(base: Study, spec: SweepSpec,
             raise StudyError(f"sweep of {shown(base.name)}: every λ of the search diverged (the "
                              f"recipe's lr may be too large); give --lambdas")
         found, rule = max(alive), "the largest λ searched that did not diverge"
-    return Search(found, rule, points, records)
+    return Search(found, rule, points, records, warned)
 
 
 def _search_points(result: StudyResult, spec: SweepSpec) -> list[SearchPoint]:
@@ -307,8 +311,9 @@ def _qualifying(points: list[dict[str, Any]], reference: dict[str, Any]
 
 # -- the path and the choice -------------------------------------------------------------------
 def summarize_sweep(result: StudyResult, spec: SweepSpec, base: Study,
-                    search: Search | None = None) -> SweepSummary:
-    """The sweep's ``summary.json`` (schema in the module docstring)."""
+                    search: Search | None = None, warnings: Sequence[str] = ()) -> SweepSummary:
+    """The sweep's ``summary.json`` (schema in the module docstring); ``warnings``: lines
+    caught outside the training groups (loading the data), listed after the groups'."""
     study = result.study
     epochs = study.train.epochs
     finals: dict[float | None, list[dict]] = defaultdict(list)
@@ -336,6 +341,8 @@ def summarize_sweep(result: StudyResult, spec: SweepSpec, base: Study,
         "lambda_1se": None if one_se is None else one_se["lambda"],
         "best": best, "one_se": one_se,
         "notes": _notes(path, reference, best, one_se, study.seeds, searched=search is not None),
+        WARNINGS_KEY: list(dict.fromkeys([*(search.warnings if search is not None else []),
+                                           *group_warnings(result), *warnings])),
     }
 
 

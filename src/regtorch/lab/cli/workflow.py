@@ -35,6 +35,7 @@ from regtorch.lab.analysis.sweep import (
     summarize_sweep,
     sweep_name,
 )
+from regtorch.lab.caught import caught_warnings
 from regtorch.lab.cli import parallel
 from regtorch.lab.cli.command import UsageError, WriteError
 from regtorch.lab.cli.threads import default_threads
@@ -158,10 +159,11 @@ def train_and_write(study: Study, out: Path,
     with _holding(directory):
         config, checkpoints = _prepare(directory, study.to_dict(), fresh, checkpoint_every)
         start = time.perf_counter()
-        result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints,
-                           memory=memory)
+        with caught_warnings() as warned:  # one line each in the summary, not printed raw
+            result = run_study(study, on_epoch=on_epoch, checkpoints=checkpoints,
+                               memory=memory)
         seconds = time.perf_counter() - start
-        summary = with_pruning(summarize(result), result)
+        summary = with_pruning(summarize(result, warned), result)
         config["run"]["groups"] = result.groups
         files = _writing(lambda: rundir.write_results(directory, config, result.records,
                                                       summary))
@@ -199,12 +201,13 @@ def sweep_and_write(base: Study, spec: SweepSpec, out: Path, *, fresh: bool = Fa
         start = time.perf_counter()
         search = None
         lambdas = spec.lambdas
-        if lambdas is None:
-            search = find_lambda_max(base, spec, train)
-            lambdas = geometric_grid(search.lambda_max)
-        result = train(path_study(base, spec, lambdas), "path")
+        with caught_warnings() as warned:  # one line each in the summary, not printed raw
+            if lambdas is None:
+                search = find_lambda_max(base, spec, train)
+                lambdas = geometric_grid(search.lambda_max)
+            result = train(path_study(base, spec, lambdas), "path")
         seconds = time.perf_counter() - start
-        summary = with_pruning(summarize_sweep(result, spec, base, search), result)
+        summary = with_pruning(summarize_sweep(result, spec, base, search, warned), result)
         config["run"]["groups"] = result.groups
         files = _writing(lambda: rundir.write_results(
             directory, config, result.records, summary,

@@ -30,6 +30,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from regtorch.lab.schema import WARNINGS_KEY
+
 __all__ = [
     "PLAIN_WIDTH",
     "make_console",
@@ -159,7 +161,7 @@ def print_study(console: Console, title: str, headers: Sequence[str],
             verdicts.add_row(Text(name, style="bold"), Text(str(verdict)))
     if verdicts.row_count:
         console.print(verdicts)
-    _print_notes(console, summary.get("notes") or [])
+    _print_notes(console, summary.get("notes") or [], summary.get(WARNINGS_KEY) or [])
 
 
 _STD = " ± "  # how a cell of tables.mean_std_text separates the mean from the spread
@@ -218,11 +220,14 @@ def _width(console: Console, table: Table) -> int:
         table.title = title
 
 
-def _print_notes(console: Console, notes: Sequence[str]) -> None:
-    if notes:
+def _print_notes(console: Console, notes: Sequence[str], warned: Sequence[str] = ()) -> None:
+    """The summary's notes, then the warnings raised while training, one line each."""
+    if notes or warned:
         console.print()
         for note in notes:
             console.print(Text.assemble(("note: ", "dim"), str(note)))
+        for line in warned:
+            console.print(Text.assemble(("warning: ", "bold yellow"), str(line)))
 
 
 def print_sweep(console: Console, title: str, headers: Sequence[str],
@@ -251,7 +256,7 @@ def print_sweep(console: Console, title: str, headers: Sequence[str],
         lines.add_row(Text(name, style="bold"),
                       Text(f"{lam}: validation {validation}, test {test}"))
     console.print(lines)
-    _print_notes(console, summary.get("notes") or [])
+    _print_notes(console, summary.get("notes") or [], summary.get(WARNINGS_KEY) or [])
 
 
 def print_written(console: Console, directory: Path, files: Sequence[str]) -> None:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from regtorch import WEIGHTS, EarlyStopping
+from regtorch.lab.caught import caught_warnings
 from regtorch.lab.schema import GroupInfo, Record
 from regtorch.lab.study.data import Datasets, make_data
 from regtorch.lab.study.models import build_model
@@ -144,13 +145,19 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
                 result.finals.update({(v, lam, seed): tensors
                                       for v, lam, seed, tensors in finished["finals"]})
                 result.resumed.append(f"{name}: finished")  # the checkpoint's own name
+                _add_warnings(group, finished["group"].get("warnings", []))
                 tick(len(chunk) * study.train.epochs)
                 continue
-            trainer = _Group(study, data, chunk, initial, seed=study.data_seed * 7919 + index,
-                             traces=traces, stacked=plan.stacked)
-            records: list[Record] = []
-            partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
-            first_epoch = trainer.run(records, tick, partial)
+            # A warning (group lasso with Adam...) is kept as one line of the group's, saved
+            # with it: a resumed run that skips the group reports it all the same.
+            with caught_warnings() as warned:
+                trainer = _Group(study, data, chunk, initial,
+                                 seed=study.data_seed * 7919 + index, traces=traces,
+                                 stacked=plan.stacked)
+                records: list[Record] = []
+                partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
+                first_epoch = trainer.run(records, tick, partial)
+            _add_warnings(group, warned)
             if first_epoch > 1:
                 result.resumed.append(f"{name}: from epoch {first_epoch}")
             finals = trainer.finals()
@@ -162,6 +169,13 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
             result.finals.update(finals)
         result.groups.append(group)
     return result
+
+
+def _add_warnings(group: GroupInfo, lines: list[str]) -> None:
+    """Add the warning ``lines`` to the group's (``GroupInfo.warnings``), each once."""
+    for line in lines:
+        if line not in group.setdefault("warnings", []):
+            group["warnings"].append(line)
 
 
 @dataclass(frozen=True)
