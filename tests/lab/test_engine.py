@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import regtorch
-from regtorch.lab.schema import LOSS_KEYS
+from regtorch.lab.analysis.summary import summarize
+from regtorch.lab.schema import LOSS_KEYS, STOPPED_EPOCH
 from regtorch.lab.study import ModelSpec, Study, Variant, parse_study
 from regtorch.lab.study.data import make_data
 from regtorch.lab.study.models import build_model
@@ -271,7 +272,9 @@ def reference_run(study: Study, v: Variant, lam: float, seed: int
             # again for this and every later epoch.
             stopper.restore(model)
             lr = optimizer.param_groups[0]["lr"]
-            records[-1:] = [hand_record(study, data, model, v, lam, seed, later, lr)
+            # Training ended at this epoch: every record from here on says so.
+            records[-1:] = [{**hand_record(study, data, model, v, lam, seed, later, lr),
+                             STOPPED_EPOCH: epoch}
                             for later in range(epoch, recipe.epochs + 1)]
             break
     return records, {n: t.detach().clone() for n, t in model.state_dict().items()}
@@ -820,3 +823,17 @@ def test_early_stopping_in_a_group_equals_plain_runs_with_regtorch_early_stoppin
         stopped.add(next(e for e in range(1, len(losses)) if losses[e:] == [losses[-1]] *
                          (len(losses) - e)))
     assert len(stopped) > 1 and min(stopped) < study.train.epochs
+    # ... and the summary lists each seed's stopped epoch
+    summary = summarize(result)
+    for variant in study.variants:
+        entry = summary["variants"][variant.name]
+        if variant.early_stopping is None:
+            assert "stopped_epochs" not in entry
+            continue
+        lam = entry["strength"]
+        finals = sorted((r for r in result.records if r["variant"] == variant.name
+                         and r["strength"] == lam and r["epoch"] == study.train.epochs),
+                        key=lambda r: r["seed"])
+        assert entry["stopped_epochs"] == [r[STOPPED_EPOCH] for r in finals]
+    assert min(e for v in summary["variants"].values()
+               for e in v.get("stopped_epochs", [])) < study.train.epochs

@@ -72,3 +72,46 @@ def test_the_linear_model_s_names_are_the_ones_the_summary_reads():
 
     model = build_model(ModelSpec("linear"), inputs=3, outputs=1, seed=0)
     assert [name for name, _ in model.named_parameters()] == [LINEAR_WEIGHT, LINEAR_BIAS]
+
+
+def test_no_lab_module_imports_another_modules_private_names():
+    """Each module uses the others' public surface: a name with a leading underscore stays in
+    its module (the Python API once borrowed ``sources._from_arrays``; it is ``load_arrays``)."""
+    lab = Path(regtorch.lab.__file__).parent
+    borrowed = []
+    for path in sorted(lab.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("regtorch"):
+                borrowed += [f"{path.relative_to(lab)}: {node.module}.{alias.name}"
+                             for alias in node.names if alias.name.startswith("_")]
+    assert borrowed == []
+
+
+# Modules not yet on the schema's names (present/report.py and plots.py, drawn by the report's
+# owner): the list may only shrink.
+_METRIC_LITERALS_LEFT = {"present/plots.py", "present/report.py"}
+
+
+def test_metric_names_are_the_schemas_constants():
+    """No lab module spells a record or summary key ("test_loss", "val_loss_std",
+    "sparsity"...) as a string of its own: each uses the name lab/schema.py defines."""
+    from regtorch.lab import schema
+
+    keys = {*schema.LOSS_KEYS, *schema.ACC_KEYS, schema.WEIGHT_NORM, schema.SPARSITY,
+            schema.TEST_TRAIN_RATIO, schema.VAL_LOSS_SE, schema.STOPPED_EPOCH,
+            schema.WARNINGS_KEY}
+    keys |= {schema.std_key(k) for k in keys}
+    lab = Path(regtorch.lab.__file__).parent
+    spelled = []
+    for path in sorted(lab.rglob("*.py")):
+        name = str(path.relative_to(lab))
+        if name == "schema.py" or name in _METRIC_LITERALS_LEFT:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        spelled += [f"{name}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+                    if isinstance(node, ast.Constant) and node.value in keys
+                    and id(node) not in docstrings]
+    assert spelled == []

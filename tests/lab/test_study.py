@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from regtorch.lab.study import Schedule, Study, StudyError, Variant, parse_study
 from regtorch.lab.study.presets import PRESETS, preset, preset_names
@@ -314,6 +315,8 @@ def _defaults_by_section(tmp_path) -> list[dict[str, Any]]:
     recipe = fields_of(plain.train)
     recipe["schedule"] = recipe["schedule"].kind  # "constant"
     python = fields_of(parsed(model={"kind": "python", "factory": "m:f"}).model)
+    if python["root"] == str(tmp_path.resolve()):  # "." is the study file's directory
+        python["root"] = "."
     return [{"description": plain.description, "seeds": plain.seeds,
              "data_seed": plain.data_seed}, fields_of(plain.data), user, model, recipe, variant,
             python]
@@ -363,3 +366,25 @@ def test_the_schema_in_the_docstring_shows_the_real_defaults(tmp_path):
                                 "train": {"schedule": {"kind": given["kind"]}},
                                 "variants": [{"name": "none"}]}).train.schedule
         assert {k: getattr(schedule, k) for k in given} == given, table
+
+
+def test_config_json_names_the_python_factory_wherever_it_is_read(tmp_path, monkeypatch):
+    """A python model's root (the study file's directory, where ``f.py`` is found) is in
+    ``Study.to_dict()`` (config.json), so the configuration builds the same factory from any
+    directory — `regtorch report` and a resumed run resolve what the first run used."""
+    from regtorch.lab.study.models import build_model
+
+    (tmp_path / "f.py").write_text("import torch\n\ndef make():\n"
+                                   "    return torch.nn.Linear(3, 1)\n")
+    study = parse_study({"name": "x", "data": {"kind": "linear", "features": 3},
+                         "model": {"kind": "python", "factory": "f.py:make"},
+                         "variants": [{"name": "none"}]}, root=tmp_path)
+    config = json.loads(json.dumps(study.to_dict()))
+    assert config["model"]["root"] == str(tmp_path.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = parse_study(config, root=elsewhere)
+    assert again == study and again.to_dict() == config
+    model = build_model(again.model, (3,), 1, seed=0)
+    assert isinstance(model, torch.nn.Linear)

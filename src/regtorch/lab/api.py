@@ -67,7 +67,7 @@ from regtorch.lab.present import rundir
 from regtorch.lab.study import Study, StudyError, parse_study, preset, preset_names, read_toml
 from regtorch.lab.study.data import Datasets, make_data
 from regtorch.lab.study.parse import parse_data, parse_model, parse_recipe, parse_variants
-from regtorch.lab.study.sources import PythonSource, _from_arrays
+from regtorch.lab.study.sources import load_arrays
 from regtorch.lab.study.spec import DataSpec, ModelSpec, shown
 from regtorch.lab.train import StudyResult, run_study
 from regtorch.lab.train.build import DTYPES
@@ -285,9 +285,8 @@ def _with_data(base: Study, data: Any, val: float, test: float
     if isinstance(data, Datasets):
         datasets = data
     else:
-        source = PythonSource(factory="<arrays>", val=val, test=test)
-        dtype = DTYPES[base.train.dtype]
-        datasets = _from_arrays(data, source, base.data_seed, dtype, "data", "the arrays")
+        datasets = load_arrays(data, base.data_seed, DTYPES[base.train.dtype], val=val,
+                               test=test)
     sizes = {split: datasets.split(split)[0].shape[0] for split in ("train", "val", "test")}
     spec = DataSpec("arrays", features=datasets.features, **sizes)
     return dataclasses.replace(base, data=spec), datasets

@@ -20,9 +20,26 @@ from typing import Literal, TypedDict
 __all__ = [
     "ACC_KEYS",
     "LOSS_KEYS",
+    "SPARSITY",
     "SPLITS",
     "STAT_KEYS",
+    "STOPPED_EPOCH",
+    "TEST_ACC",
+    "TEST_ACC_STD",
+    "TEST_LOSS",
+    "TEST_LOSS_STD",
+    "TEST_TRAIN_RATIO",
+    "TRAIN_ACC",
+    "TRAIN_ACC_STD",
+    "TRAIN_LOSS",
+    "TRAIN_LOSS_STD",
+    "VAL_ACC",
+    "VAL_ACC_STD",
+    "VAL_LOSS",
+    "VAL_LOSS_SE",
+    "VAL_LOSS_STD",
     "WARNINGS_KEY",
+    "WEIGHT_NORM",
     "Candidate",
     "Entry",
     "GroupInfo",
@@ -37,6 +54,7 @@ __all__ = [
     "VariantSummary",
     "acc_key",
     "loss_key",
+    "std_key",
 ]
 
 Split = Literal["train", "val", "test"]
@@ -56,8 +74,28 @@ def acc_key(split: Split) -> str:
 
 LOSS_KEYS = tuple(loss_key(s) for s in SPLITS)
 ACC_KEYS = tuple(acc_key(s) for s in SPLITS)
+TRAIN_LOSS, VAL_LOSS, TEST_LOSS = LOSS_KEYS
+TRAIN_ACC, VAL_ACC, TEST_ACC = ACC_KEYS
+WEIGHT_NORM = "weight_norm"
+SPARSITY = "sparsity"
+TEST_TRAIN_RATIO = "test_train_ratio"
+"""A summary's test/train ratio of the mean final losses (:class:`Stats`)."""
+
+
+def std_key(key: str) -> str:
+    """The summary key of a statistic's standard deviation over seeds: ``"test_loss_std"``."""
+    return f"{key}_std"
+
+
+TRAIN_LOSS_STD, VAL_LOSS_STD, TEST_LOSS_STD = (std_key(k) for k in LOSS_KEYS)
+TRAIN_ACC_STD, VAL_ACC_STD, TEST_ACC_STD = (std_key(k) for k in ACC_KEYS)
+VAL_LOSS_SE = "val_loss_se"
+"""A sweep entry's standard error of the mean validation loss (:class:`Entry`)."""
 STAT_KEYS = ("penalty", "weight_norm", "sparsity", "lr")
 """The record's other per-member numbers, summarized like the losses."""
+STOPPED_EPOCH = "stopped_epoch"
+"""A record's epoch at which early stopping ended its member's training (see :class:`Record`);
+a variant's summary lists them as ``stopped_epochs``, one per seed."""
 WARNINGS_KEY = "warnings"
 """The summary's (and a group's) list of warnings raised while training, each one line
 ``"<Category>: <message>"`` (:func:`regtorch.lab.caught.warning_line`), each once, in the order
@@ -80,11 +118,14 @@ class _RecordBase(TypedDict):
 
 
 class Record(_RecordBase, total=False):
-    """One line of ``metrics.jsonl``; the accuracies only for classification."""
+    """One line of ``metrics.jsonl``; the accuracies only for classification; ``stopped_epoch``
+    only for a member of a variant with early stopping, once it has stopped."""
 
     train_acc: float | None
     val_acc: float | None
     test_acc: float | None
+    stopped_epoch: int  # STOPPED_EPOCH: when early stopping ended the member's training (the
+    #                     last epoch when it never stopped); its records are its best epoch's
 
 
 class _GroupBase(TypedDict):
@@ -143,6 +184,7 @@ class VariantSummary(Stats, total=False):
 
     strength: float | None
     candidates: list[Candidate]  # a tuned variant's strengths
+    stopped_epochs: list[int]  # early stopping: each seed's stopped_epoch, in seed order
     not_converged: bool
     verdict: str
     # linear models: slope, intercept, lambda_max, at_or_above_lambda_max, optimum_distance,

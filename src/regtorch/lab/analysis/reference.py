@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from regtorch.lab.schema import VAL_LOSS
+
 __all__ = ["ALPHA_PER_LAMBDA", "SOLVER_TOL", "lasso_comparison", "lasso_reference"]
 
 ALPHA_PER_LAMBDA = {"mse": 0.5, "half-mse": 1.0}  # scikit-learn's α for the lab's λ, per loss
@@ -88,7 +90,7 @@ def lasso_comparison(reference: dict[str, Any], weights: np.ndarray, val_loss: S
     lams = list(reference["lambdas"])
     ref_coef = np.asarray(reference["coef"], dtype=np.float64)
     lab = np.asarray(weights, dtype=np.float64)
-    rows = [{"lambda": lam, "alpha": alpha, "val_loss": float(loss),
+    rows = [{"lambda": lam, "alpha": alpha, VAL_LOSS: float(loss),
              "sklearn_val_mse": float(mse), "max_coef_diff": float(np.abs(w - r).max()),
              "zeros": int((w == 0).sum()), "sklearn_zeros": int((r == 0).sum())}
             for lam, alpha, loss, mse, w, r in zip(lams, reference["alphas"], val_loss,

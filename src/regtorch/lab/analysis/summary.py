@@ -44,11 +44,20 @@ from regtorch.lab.analysis.reference import ALPHA_PER_LAMBDA, lasso_comparison, 
 from regtorch.lab.schema import (
     ACC_KEYS,
     LOSS_KEYS,
+    SPARSITY,
     STAT_KEYS,
+    STOPPED_EPOCH,
+    TEST_ACC,
+    TEST_LOSS,
+    TEST_TRAIN_RATIO,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_LOSS_STD,
     WARNINGS_KEY,
     Record,
     Stats,
     StudySummary,
+    std_key,
 )
 from regtorch.lab.study.models import LINEAR_BIAS, LINEAR_WEIGHT
 from regtorch.lab.study.spec import Study, Variant
@@ -91,11 +100,14 @@ def summarize(result: StudyResult, warnings: Sequence[str] = ()) -> StudySummary
         entry["strength"] = strengths[best]
         if variant.tuned:
             entry["candidates"] = [
-                {"strength": s, "val_loss": c["val_loss"], "val_loss_std": c["val_loss_std"],
-                 "test_loss": c["test_loss"], "diverged": c["diverged"]}
+                {"strength": s, VAL_LOSS: c[VAL_LOSS], VAL_LOSS_STD: c[VAL_LOSS_STD],
+                 TEST_LOSS: c[TEST_LOSS], "diverged": c["diverged"]}
                 for s, c in zip(strengths, candidates)]
         rows = finals[(variant.name, strengths[best])]
         chosen_rows[variant.name] = rows
+        if variant.early_stopping is not None:
+            entry["stopped_epochs"] = [r.get(STOPPED_EPOCH, epochs)
+                                       for r in sorted(rows, key=lambda r: r["seed"])]
         entry.update(_linear_extras(result, variant, strengths[best], rows))
         entry.update(_lasso_extras(result, variant, candidates, strengths[best]))
         entry.update(_zero_groups(result, variant, strengths[best], rows))
@@ -143,14 +155,14 @@ def final_stats(rows: list[Record], study: Study) -> Stats:
     alive = [r for r in rows if not r["diverged"]]
     out: dict[str, Any] = {}
     for key in LOSS_KEYS:
-        out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
+        out[key], out[std_key(key)] = _mean_std([r[key] for r in alive])
     for key in STAT_KEYS:
-        out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
+        out[key], out[std_key(key)] = _mean_std([r[key] for r in alive])
     if study.classification:
         for key in ACC_KEYS:
-            out[key], out[f"{key}_std"] = _mean_std([r[key] for r in alive])
-    train, test = out["train_loss"], out["test_loss"]
-    out["test_train_ratio"] = (test / train if train and test is not None and train > 0
+            out[key], out[std_key(key)] = _mean_std([r[key] for r in alive])
+    train, test = out[TRAIN_LOSS], out[TEST_LOSS]
+    out[TEST_TRAIN_RATIO] = (test / train if train and test is not None and train > 0
                                else None)
     out["diverged"] = len(rows) - len(alive)
     return out
@@ -159,7 +171,7 @@ def final_stats(rows: list[Record], study: Study) -> Stats:
 def _with_runaway(final: dict, initial: dict | None) -> dict:
     """``final``, marked diverged when its train loss ran away from the initial one (a copy; the
     records are not changed)."""
-    loss, start = final["train_loss"], None if initial is None else initial["train_loss"]
+    loss, start = final[TRAIN_LOSS], None if initial is None else initial[TRAIN_LOSS]
     if (not final["diverged"] and loss is not None and start is not None and start > 0
             and loss > RUNAWAY_FACTOR * start):
         return {**final, "diverged": True}
@@ -176,7 +188,7 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def _choose(candidates: list[dict[str, Any]]) -> int:
     """Index of the lowest mean validation loss (a candidate whose members all diverged loses)."""
-    scored = [(c["val_loss"], i) for i, c in enumerate(candidates) if c["val_loss"] is not None]
+    scored = [(c[VAL_LOSS], i) for i, c in enumerate(candidates) if c[VAL_LOSS] is not None]
     return min(scored)[1] if scored else 0
 
 
@@ -188,8 +200,8 @@ def _still_falling(history, name: str, strength, epochs: int) -> bool:
         if variant != name or lam != strength:
             continue
         last, before = rows.get(epochs, {}), rows.get(epochs - back, {})
-        if last.get("train_loss") is not None and before.get("train_loss"):
-            drops.append(1 - last["train_loss"] / before["train_loss"])
+        if last.get(TRAIN_LOSS) is not None and before.get(TRAIN_LOSS):
+            drops.append(1 - last[TRAIN_LOSS] / before[TRAIN_LOSS])
     return bool(drops) and statistics.fmean(drops) > NOT_CONVERGED_DROP
 
 
@@ -215,7 +227,7 @@ def _lasso_extras(result: StudyResult, variant: Variant, candidates: list[dict[s
     xv, yv = (t.double().numpy() for t in result.data.split("val"))
     reference = lasso_reference(x, y, xv, yv, variant.strengths, study.train.loss)
     return {"sklearn_lasso": lasso_comparison(
-        reference, weights, [c["val_loss"] for c in candidates], strength,
+        reference, weights, [c[VAL_LOSS] for c in candidates], strength,
         result.data.feature_names)}
 
 
@@ -336,34 +348,34 @@ def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: 
         parts.append(f"λ = {strength_text(me['strength'])} chosen on validation from [{lams}]")
         if me["strength"] in (min(variant.strengths), max(variant.strengths)):
             parts.append("at the edge of the grid: a wider grid may do better")
-    if me["train_loss"] is None:
+    if me[TRAIN_LOSS] is None:
         return "; ".join([*parts, f"all {me['diverged']} members diverged"]) + "."
     if variant.name == baseline:
-        ratio = me["test_train_ratio"]
+        ratio = me[TEST_TRAIN_RATIO]
         parts.append("baseline" + (f": test/train = {ratio_text(ratio)}" if ratio is not None
                                    else ""))
     else:
         base = variants[baseline]
-        collapsed = (study.classification and me.get("test_acc") is not None
-                     and me["test_acc"] <= 1.5 / classes)
-        parts.append(f"collapsed to chance level (test accuracy {loss_text(me['test_acc'])}, 1/"
+        collapsed = (study.classification and me.get(TEST_ACC) is not None
+                     and me[TEST_ACC] <= 1.5 / classes)
+        parts.append(f"collapsed to chance level (test accuracy {loss_text(me[TEST_ACC])}, 1/"
                      f"{classes} is chance): its test/train ratio is no smaller gap"
                      if collapsed else _gap_words(me, base))
         parts.append(_test_words(chosen[variant.name], chosen[baseline], me, base))
     if me["diverged"]:
         parts.append(f"{me['diverged']} of {study.seeds} members diverged")
-    if me.get("sparsity") == 1.0:
+    if me.get(SPARSITY) == 1.0:
         words = "every penalized weight is exactly 0: the model predicts a constant"
         if me.get("at_or_above_lambda_max"):
             words += (f" (λ = {strength_text(me['strength'])} ≥ λ_max = "
                       f"{loss_text(me['lambda_max'])}, where the "
                       f"exact solution is w = 0)")
         parts.append(words)
-    elif me.get("sparsity"):
-        parts.append(f"{fraction_text(me['sparsity'])} of the weights are exactly 0")
-    if study.classification and me.get("test_acc") is not None \
-            and me["test_acc"] <= 1.5 / classes and variant.name == baseline:
-        parts.append(f"test accuracy {loss_text(me['test_acc'])}: chance level (1/{classes})")
+    elif me.get(SPARSITY):
+        parts.append(f"{fraction_text(me[SPARSITY])} of the weights are exactly 0")
+    if study.classification and me.get(TEST_ACC) is not None \
+            and me[TEST_ACC] <= 1.5 / classes and variant.name == baseline:
+        parts.append(f"test accuracy {loss_text(me[TEST_ACC])}: chance level (1/{classes})")
     for group in me.get("zero_groups", []):
         parts.append(f"{group['zero']:g} of {group['groups']} groups of {group['param']} are "
                      f"exactly 0")
@@ -386,7 +398,7 @@ def _verdict(study: Study, variant: Variant, variants: dict[str, dict], chosen: 
 
 
 def _gap_words(me: dict, base: dict) -> str:
-    mine, theirs = me["test_train_ratio"], base["test_train_ratio"]
+    mine, theirs = me[TEST_TRAIN_RATIO], base[TEST_TRAIN_RATIO]
     if mine is None or theirs is None:
         return ""
     ratios = f"test/train {ratio_text(mine)} vs {ratio_text(theirs)}"
@@ -400,20 +412,20 @@ def _gap_words(me: dict, base: dict) -> str:
 def _test_words(mine: list[dict], theirs: list[dict], me: dict, base: dict) -> str:
     """The paired change of the test loss; the losses quoted are the table's (the means over
     the members that did not diverge), written as the table writes them."""
-    by_seed = {r["seed"]: r["test_loss"] for r in theirs if r["test_loss"] is not None}
-    diffs = [r["test_loss"] - by_seed[r["seed"]] for r in mine
-             if r["test_loss"] is not None and r["seed"] in by_seed]
-    if not diffs or base["test_loss"] is None or me["test_loss"] is None:
+    by_seed = {r["seed"]: r[TEST_LOSS] for r in theirs if r[TEST_LOSS] is not None}
+    diffs = [r[TEST_LOSS] - by_seed[r["seed"]] for r in mine
+             if r[TEST_LOSS] is not None and r["seed"] in by_seed]
+    if not diffs or base[TEST_LOSS] is None or me[TEST_LOSS] is None:
         return ""
     mean = statistics.fmean(diffs)
-    relative = mean / base["test_loss"] if base["test_loss"] else 0.0
+    relative = mean / base[TEST_LOSS] if base[TEST_LOSS] else 0.0
     if len(diffs) == 1:
-        return (f"test loss {loss_text(me['test_loss'])} vs {loss_text(base['test_loss'])} "
+        return (f"test loss {loss_text(me[TEST_LOSS])} vs {loss_text(base[TEST_LOSS])} "
                 f"({relative:+.0%}) on 1 seed: no significance can be claimed")
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     if abs(relative) > MIN_RELATIVE_CHANGE and abs(mean) > IMPROVEMENT_SES * se:
         word = "improved" if mean < 0 else "worsened"
-        return (f"{word} test loss: {loss_text(me['test_loss'])} vs {loss_text(base['test_loss'])} "
+        return (f"{word} test loss: {loss_text(me[TEST_LOSS])} vs {loss_text(base[TEST_LOSS])} "
                 f"({relative:+.0%}, paired over {len(diffs)} seeds)")
     return f"no clear change in test loss ({relative:+.1%}, within the seeds' noise)"
 

@@ -51,7 +51,18 @@ from typing import Any
 
 from regtorch.lab.analysis.numbers import lambda_text, loss_text
 from regtorch.lab.analysis.summary import final_stats, group_warnings
-from regtorch.lab.schema import WARNINGS_KEY, Entry, Record, SearchPoint, SweepSummary
+from regtorch.lab.schema import (
+    SPARSITY,
+    VAL_LOSS,
+    VAL_LOSS_SE,
+    VAL_LOSS_STD,
+    WARNINGS_KEY,
+    WEIGHT_NORM,
+    Entry,
+    Record,
+    SearchPoint,
+    SweepSummary,
+)
 from regtorch.lab.study.spec import Study, StudyError, Variant, shown
 from regtorch.lab.train.engine import StudyResult
 
@@ -279,8 +290,8 @@ def _search_points(result: StudyResult, spec: SweepSpec) -> list[SearchPoint]:
     points = []
     for lam in result.study.variants[1].strengths:
         row = _final(result, spec.penalty, lam)
-        points.append({"lambda": lam, "val_loss": row["val_loss"],
-                       "weight_norm": row["weight_norm"], "sparsity": row["sparsity"],
+        points.append({"lambda": lam, VAL_LOSS: row[VAL_LOSS],
+                       WEIGHT_NORM: row[WEIGHT_NORM], SPARSITY: row[SPARSITY],
                        "diverged": row["diverged"]})
     return points
 
@@ -297,12 +308,12 @@ def _qualifying(points: list[dict[str, Any]], reference: dict[str, Any]
     alive = sorted((p for p in points if not p["diverged"]), key=lambda p: p["lambda"])
     if not alive:
         return None, ""
-    norm0 = None if reference["diverged"] else reference["weight_norm"]
-    top = alive[-1]["val_loss"]
+    norm0 = None if reference["diverged"] else reference[WEIGHT_NORM]
+    top = alive[-1][VAL_LOSS]
     for i, p in enumerate(alive):
-        if norm0 is not None and p["weight_norm"] <= ZERO_FRACTION * norm0:
+        if norm0 is not None and p[WEIGHT_NORM] <= ZERO_FRACTION * norm0:
             return p["lambda"], f"penalized weights ~0 (‖w‖ ≤ {ZERO_FRACTION:.1%} of λ = 0's)"
-        if i < len(alive) - 1 and all(abs(q["val_loss"] - top) <= FLAT_RTOL * top
+        if i < len(alive) - 1 and all(abs(q[VAL_LOSS] - top) <= FLAT_RTOL * top
                                       for q in alive[i:]):
             return p["lambda"], (f"validation loss flat (within {FLAT_RTOL:.0%} of the largest "
                                  f"λ's from here on)")
@@ -322,12 +333,12 @@ def summarize_sweep(result: StudyResult, spec: SweepSpec, base: Study,
             finals[row["strength"] if row["variant"] == spec.penalty else None].append(row)
     path = [{"lambda": lam, **_entry(finals[lam], study)} for lam in study.variants[1].strengths]
     reference = _entry(finals[None], study)
-    eligible = [p for p in path if p["val_loss"] is not None and not p["diverged"]]
-    best = min(eligible, key=lambda p: p["val_loss"]) if eligible else None
+    eligible = [p for p in path if p[VAL_LOSS] is not None and not p["diverged"]]
+    best = min(eligible, key=lambda p: p[VAL_LOSS]) if eligible else None
     one_se = None
     if best is not None:
-        threshold = best["val_loss"] + best["val_loss_se"]
-        one_se = max((p for p in eligible if p["val_loss"] <= threshold),
+        threshold = best[VAL_LOSS] + best[VAL_LOSS_SE]
+        one_se = max((p for p in eligible if p[VAL_LOSS] <= threshold),
                      key=lambda p: p["lambda"])
     return {
         "kind": "sweep", "study": study.name, "base": base.name, **_spec_fields(spec),
@@ -355,8 +366,8 @@ def _spec_fields(spec: SweepSpec) -> dict[str, Any]:
 def _entry(rows: list[Record], study: Study) -> Entry:
     stats = final_stats(rows, study)
     alive = len(rows) - stats["diverged"]
-    std = stats["val_loss_std"]
-    stats["val_loss_se"] = None if std is None else std / math.sqrt(alive)
+    std = stats[VAL_LOSS_STD]
+    stats[VAL_LOSS_SE] = None if std is None else std / math.sqrt(alive)
     stats["members"] = len(rows)
     return stats
 
@@ -381,8 +392,8 @@ def _notes(path: list[dict], reference: dict, best: dict | None, one_se: dict | 
                      "with these weights (almost) switched off" if searched else
                      "best_lambda is the largest λ of the grid: a larger λ may do better "
                      "(extend the grid upwards)")
-    if reference["val_loss"] is not None and reference["val_loss"] < best["val_loss"]:
-        notes.append(f"λ = 0 has a lower validation loss ({loss_text(reference['val_loss'])}) than "
+    if reference[VAL_LOSS] is not None and reference[VAL_LOSS] < best[VAL_LOSS]:
+        notes.append(f"λ = 0 has a lower validation loss ({loss_text(reference[VAL_LOSS])}) than "
                      f"every λ of the path: this penalty does not help here")
     if seeds == 1:
         notes.append("one seed: no standard error, so lambda_1se = best_lambda")

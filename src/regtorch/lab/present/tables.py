@@ -15,7 +15,20 @@ from regtorch.lab.analysis.numbers import (
     ratio_text,
     strength_text,
 )
-from regtorch.lab.schema import LOSS_KEYS
+from regtorch.lab.schema import (
+    LOSS_KEYS,
+    SPARSITY,
+    TEST_ACC,
+    TEST_ACC_STD,
+    TEST_LOSS,
+    TEST_LOSS_STD,
+    TEST_TRAIN_RATIO,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_LOSS_STD,
+    WEIGHT_NORM,
+    std_key,
+)
 
 __all__ = ["choice_rows", "mean_std_text", "path_rows", "table_rows"]
 
@@ -23,19 +36,19 @@ __all__ = ["choice_rows", "mean_std_text", "path_rows", "table_rows"]
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the comparison table (mean ± std over seeds, final epoch)."""
     variants = summary["variants"]
-    accuracy = any("test_acc" in v for v in variants.values())
+    accuracy = any(TEST_ACC in v for v in variants.values())
     headers = ["variant", "λ", "train loss", "val loss", "test loss", "test/train"]
     headers += ["test acc"] if accuracy else []
-    headers += ["‖w‖", "sparsity", "diverged"]
+    headers += ["‖w‖", SPARSITY, "diverged"]
     rows = []
     for name, v in variants.items():
         row = [name, "" if v.get("strength") is None else strength_text(v["strength"])]
-        row += [mean_std_text(v[k], v[f"{k}_std"]) for k in LOSS_KEYS]
-        row.append("" if v["test_train_ratio"] is None else ratio_text(v["test_train_ratio"]))
+        row += [mean_std_text(v[k], v[std_key(k)]) for k in LOSS_KEYS]
+        row.append("" if v[TEST_TRAIN_RATIO] is None else ratio_text(v[TEST_TRAIN_RATIO]))
         if accuracy:
-            row.append(mean_std_text(v.get("test_acc"), v.get("test_acc_std")))
-        row += [mean_std_text(v["weight_norm"], v.get("weight_norm_std")),
-                "" if v["sparsity"] is None else fraction_text(v["sparsity"]),
+            row.append(mean_std_text(v.get(TEST_ACC), v.get(TEST_ACC_STD)))
+        row += [mean_std_text(v[WEIGHT_NORM], v.get(std_key(WEIGHT_NORM))),
+                "" if v[SPARSITY] is None else fraction_text(v[SPARSITY]),
                 f"{v['diverged']}/{summary['seeds']}"]
         rows.append(row)
     return headers, rows
@@ -43,10 +56,10 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def path_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the path table: one row per λ (ascending), then λ = 0."""
-    accuracy = any("test_acc" in p for p in summary["path"])
+    accuracy = any(TEST_ACC in p for p in summary["path"])
     headers = ["λ", "train loss", "val loss", "test loss"]
     headers += ["test acc"] if accuracy else []
-    headers += ["‖w‖", "sparsity", "diverged", "chosen"]
+    headers += ["‖w‖", SPARSITY, "diverged", "chosen"]
     marks: dict[float, str] = {}
     for key, label in (("best_lambda", "best"), ("lambda_1se", "1se")):
         if summary.get(key) is not None:
@@ -56,12 +69,12 @@ def path_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     entries.append((0.0, summary["unregularized"], "reference"))
     for lam, p, mark in entries:
         row = [lambda_text(lam)]
-        row += [mean_std_text(p.get(k), p.get(f"{k}_std"))
-                for k in ("train_loss", "val_loss", "test_loss")]
+        row += [mean_std_text(p.get(k), p.get(std_key(k)))
+                for k in (TRAIN_LOSS, VAL_LOSS, TEST_LOSS)]
         if accuracy:
-            row.append(mean_std_text(p.get("test_acc"), p.get("test_acc_std")))
-        row += [mean_std_text(p.get("weight_norm"), p.get("weight_norm_std")),
-                "—" if p.get("sparsity") is None else fraction_text(p["sparsity"]),
+            row.append(mean_std_text(p.get(TEST_ACC), p.get(TEST_ACC_STD)))
+        row += [mean_std_text(p.get(WEIGHT_NORM), p.get(std_key(WEIGHT_NORM))),
+                "—" if p.get(SPARSITY) is None else fraction_text(p[SPARSITY]),
                 f"{p['diverged']}/{p['members']}", mark]
         rows.append(row)
     return headers, rows
@@ -75,6 +88,6 @@ def choice_rows(summary: dict[str, Any]) -> list[list[str]]:
                              ("λ = 0", 0.0, summary.get("unregularized"))):
         entry = entry or {}
         rows.append([name, "—" if lam is None else lambda_text(lam),
-                     mean_std_text(entry.get("val_loss"), entry.get("val_loss_std")),
-                     mean_std_text(entry.get("test_loss"), entry.get("test_loss_std"))])
+                     mean_std_text(entry.get(VAL_LOSS), entry.get(VAL_LOSS_STD)),
+                     mean_std_text(entry.get(TEST_LOSS), entry.get(TEST_LOSS_STD))])
     return rows

@@ -233,9 +233,13 @@ def _model(t: _Table, data: DataSpec | Source | None, root: str | Path = ".") ->
             raise StudyError(f"{t.where}.factory: {shown(factory)} must be 'module:function' or "
                              f"'file.py:function'")
         kwargs = t.get("kwargs", Mapping, {})
+        # the directory a module (or a relative .py file) is looked up in: the study file's,
+        # stored absolute so that config.json names the same factory wherever it is read
+        base = t.get("root", str)
+        base = Path(root) if base is None else (Path(root) / Path(base).expanduser())
         t.done()
-        return ModelSpec("python", factory=factory, kwargs=dict(kwargs), root=str(root),
-                         where=t.where)
+        return ModelSpec("python", factory=factory, kwargs=dict(kwargs),
+                         root=str(base.resolve()), where=t.where)
     hidden = t.get("hidden", list, [])
     if kind == "linear" and hidden:
         raise StudyError(f"{t.where}.hidden: a linear model has no hidden layers")

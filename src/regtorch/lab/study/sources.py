@@ -75,6 +75,7 @@ __all__ = [
     "SPLIT_NAMES",
     "import_factory",
     "infer_task",
+    "load_arrays",
     "load_source",
 ]
 
@@ -92,6 +93,23 @@ def load_source(source: Source, seed: int, dtype: torch.dtype = torch.float32) -
     loaders: dict[str, Callable[..., Datasets]] = {
         "csv": _load_csv, "npz": _load_npz, "python": _load_python, "sklearn": _load_sklearn}
     return loaders[source.kind](source, seed, dtype)
+
+
+def load_arrays(given: Any, seed: int, dtype: torch.dtype = torch.float32, *, val: float = 0.2,
+                test: float = 0.2, task: str | None = None, standardize: bool = False,
+                where: str = "data", label: str = "the arrays") -> Datasets:
+    """The train / validation / test splits of arrays in memory — what a ``python`` factory
+    returns (the module docstring's rules): ``(X, y)``, split here by the fractions ``val`` and
+    ``test`` drawn from ``seed`` (stratified for classification), or ``{"train": (X, y),
+    "val": (X, y), "test": (X, y)}`` (``val`` optional: drawn from train).
+
+    Raises:
+        StudyError: arrays of the wrong shape or kind, or a NaN target, named with ``where``
+            and ``label``.
+    """
+    spec = PythonSource(factory="<arrays>", val=val, test=test, task=task,
+                        standardize=standardize, where=where)
+    return _from_arrays(given, spec, seed, dtype, where, label)
 
 
 def infer_task(y: np.ndarray) -> tuple[str, str]:

@@ -105,6 +105,9 @@ errors::
     kwargs = {}                            # passed to the factory (and dropout = rate when a
                                            #   variant sets one); called once per init seed
                                            #   under torch.manual_seed(seed)
+    root = "."                             # where the factory's module or .py file is found,
+                                           #   relative to the study file (data: the same key);
+                                           #   config.json records it absolute
 
 Penalties: ``l2`` is ``L2(λ)`` = λ/2·Σw²; ``l1`` is ``L1(λ)`` = λ·Σ|w|; ``elasticnet`` is
 ``ElasticNet(ρλ, (1−ρ)λ)``; ``group`` is ``GroupLasso(λ, groups)``; ``blog`` is the popular blog
@@ -460,8 +463,13 @@ class Study:
 def _model_dict(model: ModelSpec) -> dict[str, Any]:
     """A ``kind = "python"`` model in the file vocabulary (a callable is named by its module and
     qualified name)."""
-    factory = model.factory if isinstance(model.factory, str) else factory_name(model.factory)
-    return {"kind": "python", "factory": factory, "kwargs": dict(model.kwargs)}
+    if not isinstance(model.factory, str):
+        return {"kind": "python", "factory": factory_name(model.factory),
+                "kwargs": dict(model.kwargs)}
+    # root: where the factory is found (the study file's directory), so that config.json
+    # names the same factory for `regtorch report` and a resumed run
+    return {"kind": "python", "factory": model.factory, "kwargs": dict(model.kwargs),
+            "root": model.root}
 
 
 def factory_name(factory: Any) -> str:

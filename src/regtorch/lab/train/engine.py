@@ -44,7 +44,7 @@ from torch.func import stack_module_state
 
 from regtorch import WEIGHTS, EarlyStopping
 from regtorch.lab.caught import caught_warnings
-from regtorch.lab.schema import GroupInfo, Record
+from regtorch.lab.schema import STOPPED_EPOCH, VAL_LOSS, WARNINGS_KEY, GroupInfo, Record
 from regtorch.lab.study.data import Datasets, make_data
 from regtorch.lab.study.models import build_model
 from regtorch.lab.study.spec import Study
@@ -145,7 +145,7 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
                 result.finals.update({(v, lam, seed): tensors
                                       for v, lam, seed, tensors in finished["finals"]})
                 result.resumed.append(f"{name}: finished")  # the checkpoint's own name
-                _add_warnings(group, finished["group"].get("warnings", []))
+                _add_warnings(group, finished["group"].get(WARNINGS_KEY, []))
                 tick(len(chunk) * study.train.epochs)
                 continue
             # A warning (group lasso with Adam...) is kept as one line of the group's, saved
@@ -174,8 +174,8 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
 def _add_warnings(group: GroupInfo, lines: list[str]) -> None:
     """Add the warning ``lines`` to the group's (``GroupInfo.warnings``), each once."""
     for line in lines:
-        if line not in group.setdefault("warnings", []):
-            group["warnings"].append(line)
+        if line not in group.setdefault(WARNINGS_KEY, []):
+            group[WARNINGS_KEY].append(line)
 
 
 @dataclass(frozen=True)
@@ -283,9 +283,9 @@ class _Group:
                 for unit in self.units:
                     unit.end_epoch()
                 rows = self._record(epoch)
-                if self.early.update(rows, last=epoch == recipe.epochs):
+                if self.early.update(rows, epoch=epoch, last=epoch == recipe.epochs):
                     rows = self._record(epoch)  # the stopped members, at their best epoch
-                records.extend(rows)
+                records.extend(self.early.mark(rows))
                 tick(len(self.members))
                 if partial is not None and epoch < recipe.epochs \
                         and time.monotonic() - saved >= partial[0].interval:
@@ -341,28 +341,39 @@ class _EarlyStops:
         self.where = [(unit, k) for unit in units for k in range(len(unit.members))]
         self.best: dict[int, dict[str, Tensor]] = {}
         self.stopped: set[int] = set()
+        self.stopped_at: dict[int, int] = {}  # member → the epoch its training ended
 
-    def update(self, rows: list[Record], *, last: bool) -> bool:
-        """Step every running stopper with its member's row of this epoch; return whether a
+    def update(self, rows: list[Record], *, epoch: int, last: bool) -> bool:
+        """Step every running stopper with its member's row of ``epoch``; return whether a
         member was put back to its best state."""
         restored = False
         for i, stopper in enumerate(self.stoppers):
             if stopper is None or i in self.stopped:
                 continue
             unit, k = self.where[i]
-            value = rows[i]["val_loss"]
+            value = rows[i][VAL_LOSS]
             stop = stopper.step(math.nan if value is None else value)
             if stopper.best_epoch_ is not None and stopper.best_epoch_ == stopper.epoch_ - 1:
                 self.best[i] = unit.snapshot(k)
             if stop or last:
                 unit.freeze(k, self.best[i] if i in self.best else unit.snapshot(k))
                 self.stopped.add(i)
+                self.stopped_at[i] = epoch
                 restored = True
         return restored
 
+    def mark(self, rows: list[Record]) -> list[Record]:
+        """``rows``, each of a stopped member with its ``stopped_epoch``: the epoch its stopper
+        stopped it, or the last epoch when it never did (from then on its records are those
+        of its best epoch)."""
+        for i, epoch in self.stopped_at.items():
+            rows[i][STOPPED_EPOCH] = epoch
+        return rows
+
     def state(self) -> dict[str, Any]:
         return {"stoppers": [None if s is None else s.state_dict() for s in self.stoppers],
-                "best": self.best, "stopped": sorted(self.stopped)}
+                "best": self.best, "stopped": sorted(self.stopped),
+                "stopped_at": sorted(self.stopped_at.items())}
 
     def load_state(self, state: dict[str, Any]) -> None:
         for stopper, saved in zip(self.stoppers, state["stoppers"], strict=True):
@@ -370,6 +381,7 @@ class _EarlyStops:
                 stopper.load_state_dict(saved)
         self.best = dict(state["best"])
         self.stopped = set(state["stopped"])
+        self.stopped_at = dict(state.get("stopped_at", []))
 
 
 def _mib(size: float) -> str:

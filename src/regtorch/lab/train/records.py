@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from regtorch.lab.schema import SPLITS, Record, acc_key, loss_key
+from regtorch.lab.schema import SPLITS, TRAIN_LOSS, WEIGHT_NORM, Record, acc_key, loss_key
 from regtorch.lab.study.data import Datasets
 from regtorch.lab.train.build import member_losses
 from regtorch.lab.train.plan import Member
@@ -68,7 +68,7 @@ def record_epoch(units: Sequence[Unit], members: Sequence[Member], epoch: int,
             row[key] = finite(values[k])
         row.update(penalty=finite(penalties[k]), weight_norm=finite(norms[k]),
                    sparsity=zeros[k], lr=lrs[k])
-        row["diverged"] = row["train_loss"] is None or row["weight_norm"] is None
+        row["diverged"] = row[TRAIN_LOSS] is None or row[WEIGHT_NORM] is None
         rows.append(row)  # type: ignore[arg-type]
     return rows
 
