@@ -12,6 +12,7 @@ import pytest
 
 from regtorch.lab.cli import main
 from regtorch.lab.cli.command import MAX_ERROR_LINE
+from regtorch.lab.study.spec import PENALTIES
 
 LONG = "x" * 5000  # far longer than any line may be
 
@@ -59,7 +60,7 @@ CASES = {
     "unknown key": (["run", "s.toml"], f"{LONG} = 1\n" + _study(), "s.toml: unknown key",
                     "unknown key 'xxxxxxxxxxxxxxxxxx…xxxxxxxxxxxxxxxxxxx'"),
     "unknown penalty": (["run", "s.toml"], _study(variant=f'penalty = "{LONG}"'),
-                        "s.toml: variants[0].penalty", "group, blog)"),
+                        "s.toml: variants[0].penalty", f"{', '.join(PENALTIES)})"),
     "bad optimizer": (["run", "s.toml"], _study(train=f'optimizer = "{LONG}"'),
                       "s.toml: train.optimizer", "sgd, adam, adamw)"),
     "long strength list with a repeat": (

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from regtorch import channel_groups, compact, compaction_of
-from regtorch.lab.schema import PruningEntry, PruningSummary, Record
+from regtorch.lab.schema import TEST_ACC, TEST_LOSS, PruningEntry, PruningSummary, Record
 from regtorch.lab.study.data import Datasets
 from regtorch.lab.study.models import build_model
 from regtorch.lab.study.spec import Study, StudyError
@@ -170,15 +170,15 @@ def summarize_pruning(result: StudyResult, *, timed: bool = True) -> PruningSumm
         strength = None if variant.penalty is None else key[1]
         row = finals.get((key[0], strength, key[2]))
         if row is not None:
-            measured["test_acc"] = row.get("test_acc")
-            measured["test_loss"] = row["test_loss"]
+            measured[TEST_ACC] = row.get(TEST_ACC)
+            measured[TEST_LOSS] = row[TEST_LOSS]
         by_point[(key[0], strength)].append(measured)
     entries: list[PruningEntry] = []
     for (variant_name, strength), rows in by_point.items():
         entry: dict[str, Any] = {"variant": variant_name, "lambda": strength,
                                  "members": len(rows), "channels": rows[0]["channels"],
                                  "reference": strength is None}
-        for key in (*_MEASURES, "test_acc", "test_loss"):
+        for key in (*_MEASURES, TEST_ACC, TEST_LOSS):
             values = [r[key] for r in rows if r.get(key) is not None]
             entry[key] = statistics.fmean(values) if values else None
             entry[f"{key}_std"] = (statistics.stdev(values) if len(values) > 1 else 0.0
