@@ -139,7 +139,7 @@ def test_the_manuals_own_model_example_runs(tmp_path, monkeypatch):
     assert main(["run", study, "--seeds", "2", "--epochs", "2", "--out", out]) == 0
     config = json.loads((tmp_path / "runs" / "my-model" / "config.json").read_text())
     assert config["model"] == {"kind": "python", "factory": "my_model.py:make",
-                               "kwargs": {"width": 32}}
+                               "kwargs": {"width": 32}, "root": str(tmp_path.resolve())}
     assert {g["mode"] for g in config["run"]["groups"]} == {"vectorized"}
     assert main(["sweep", study, "--penalty", "l2", "--lambdas", "0.001,0.1", "--seeds", "1",
                  "--epochs", "1", "--out", out]) == 0
