@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -674,7 +675,7 @@ def test_write_index_in_the_order_given(tmp_path):
         write_index(tmp_path, [])
 
 
-def test_a_single_run_into_a_directory_of_others_updates_the_index(tmp_path):
+def test_a_single_run_into_a_directory_of_others_updates_the_index(tmp_path, capsys):
     out = tmp_path / "runs"
     write_handmade_study(out / "handmade")
     assert update_index(out) is None  # one run, no index yet: nothing to overview
@@ -685,6 +686,7 @@ def test_a_single_run_into_a_directory_of_others_updates_the_index(tmp_path):
     (out / "broken" / "summary.json").write_text("{not json")
     assert main(["run", "linear-1d", "--seeds", "1", "--epochs", "2", "--out", str(out)]) == 0
     assert_index(out, ["handmade", "handmade-sweep-l1", "linear-1d"])
+    assert f"wrote {out}{os.sep} (index.html)" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob(".*.tmp")) == []  # written atomically
     before = (out / "index.html").read_text(encoding="utf-8")
     summary = json.loads((out / "handmade" / "summary.json").read_text())

@@ -74,7 +74,7 @@ def run_command(args: argparse.Namespace) -> None:
     options = _options(args)  # a bad option fails before the output directory is made
     out = _output_dir(args.out)
     _run_studies([study], out, options=options, threads=_threads(args))
-    _writing(lambda: update_index(out), out / rundir.INDEX)  # the overview of out stays current
+    _update_index(out)
 
 
 def demo_command(args: argparse.Namespace) -> None:
@@ -103,7 +103,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     out = _output_dir(args.out)
     report = sweep_and_write(base, spec, out, **_options(args))
     _print_report(make_console(sys.stdout), report)
-    _writing(lambda: update_index(out), out / rundir.INDEX)  # the overview of out stays current
+    _update_index(out)
 
 
 def report_command(args: argparse.Namespace) -> None:
@@ -350,6 +350,13 @@ def _print_resumed(stderr: Console, report: dict[str, Any]) -> None:
         name = Path(report["directory"]).name
         stderr.print(f"regtorch: {name}: continued an earlier run "
                      f"({'; '.join(report['resumed'])})")
+
+
+def _update_index(out: Path) -> None:
+    """Keep ``out/index.html``, the overview of the runs in ``out``, current after one run."""
+    index = _writing(lambda: update_index(out), out / rundir.INDEX)
+    if index is not None:
+        print_written(make_console(sys.stdout), out, [index.name])
 
 
 def _write_report(directory: Path) -> None:

@@ -85,6 +85,7 @@ th, td { padding: .25rem .55rem; border-bottom: 1px solid #e3e3e3; text-align: r
          vertical-align: top; }
 td { white-space: nowrap; }
 td.text { white-space: normal; text-align: left; min-width: 12rem; }
+table.overview th { text-align: left; }
 th { font-weight: 600; }
 .std { display: block; font-size: .8em; color: #555; }
 th:first-child, td:first-child { text-align: left; }
@@ -155,7 +156,8 @@ def _write_index(out: Path, runs: list[Run]) -> Path:
              "<p class=\"hint\">One row per run directory; each name links to its full report "
              "(table, verdicts, plots, configuration). The headline compares final-epoch means "
              "over the seeds; λ is chosen on validation, the test loss only reported.</p>",
-             _html_table(["run", "what", "headline"], rows, text_columns=(2,)), _footer()]
+             _html_table(["run", "what", "headline"], rows, text_columns=(1, 2),
+                         css="overview"), _footer()]
     path = out / INDEX
     _write_page(path, "regtorch lab", parts)
     return path
@@ -520,9 +522,10 @@ def _cell(text: str) -> str:
 
 
 def _html_table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None,
-                text_columns: tuple[int, ...] = ()) -> str:
+                text_columns: tuple[int, ...] = (), css: str = "") -> str:
     """A table whose cells are HTML already (escaped by the caller); ``text_columns`` wrap."""
-    lines = ["<div class=\"scroll\"><table>", "<thead><tr>",
+    table = f"<table class=\"{css}\">" if css else "<table>"
+    lines = [f"<div class=\"scroll\">{table}", "<thead><tr>",
              *(f"<th>{_e(h)}</th>" for h in headers), "</tr></thead>", "<tbody>"]
     for i, row in enumerate(rows):
         css = classes[i] if classes else ""
