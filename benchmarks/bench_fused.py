@@ -19,10 +19,11 @@ model with its own optimizer:
   ``L1 fused prox``: ``opt.step()`` then the kernel's ``adam_prox`` / ``elementwise_prox``
   called directly (no hook: the floor of the wiring);
 * ``L2 fused (no value)``: the kernel's L2 gradient alone (the loss-mode target's reference);
-* ``L2 reg() autograd``: ``loss + penalty.value(params)`` through autograd; ``L2 reg()
-  Function``: ``loss +`` the loss-mode ``autograd.Function`` (``regtorch._fused.penalty_term``,
-  what ``reg()`` is now) over ``add_grad_`` (itself the kernel when it is built); ``L2 reg()
-  Function + kernel``: the same calling the kernel directly.
+* loss mode, ``loss + R`` then ``backward()``: ``L2 reg() autograd`` through autograd on
+  ``penalty.value`` (what ``reg()`` was first); ``L2 reg() Python Function``: the Python
+  ``autograd.Function`` over ``add_grad_`` (what ``reg()`` is without the kernel, and was before
+  the C++ node); ``P reg()`` for P in L2, ElasticNet, GroupLasso: ``loss + reg()`` itself (the C++
+  node of ``regtorch/_fused/loss.cpp`` when the kernel is built).
 
 Method (as ``bench_penalty.py``): 1 thread, warm-up steps for every variant, then rounds; each
 round runs every variant in a freshly shuffled order for a few steps, the fastest step counting;
@@ -67,6 +68,7 @@ from torch import Tensor, nn
 import regtorch
 from regtorch import L1, L2, ElasticNet, GroupLasso, Proximal, Regularizer
 from regtorch import _fused as fused
+from regtorch._fused.loss import _PenaltyTerm
 
 SEED = 0
 LAM = 1e-4
@@ -282,19 +284,19 @@ def _loss_autograd(model, make_optimizer, work):
                  penalty=lambda: penalty.value(params).to(torch.float32))
 
 
-class _KernelL2(L2):
-    """L2 whose add_grad_ is the fused kernel: the loss-mode Function once the kernel is wired."""
+def _loss_python_function(model, make_optimizer, work):
+    """``loss +`` the Python ``autograd.Function`` (``reg()`` without the kernel)."""
+    reg = Regularizer(model, L2(LAM))
+    penalty, params = reg.rules[0][1], list(reg.parameters())
+    return _step(model, make_optimizer(model.parameters()), work,
+                 penalty=lambda: _PenaltyTerm.apply(penalty, *params).to(torch.float32))
 
-    def add_grad_(self, params, grads, *, value=False, scratch=None):
-        return fused.elementwise_grad_(params, grads, 0.0, self.lam, value=value)
 
-
-def _loss_function(penalty_class):
+def _loss_reg(name):
+    """``loss + reg()`` as users write it."""
     def factory(model, make_optimizer, work):
-        reg = Regularizer(model, penalty_class(LAM))
-        penalty, params = reg.rules[0][1], list(reg.parameters())
-        return _step(model, make_optimizer(model.parameters()), work,
-                     penalty=lambda: fused.penalty_term(penalty, params).to(torch.float32))
+        reg = Regularizer(model, PENALTIES[name]())
+        return _step(model, make_optimizer(model.parameters()), work, penalty=reg)
 
     return factory
 
@@ -325,8 +327,9 @@ for _name in ("L1", "GroupLasso"):
 VARIANTS["L1 attach_prox"] = _attach_prox
 VARIANTS["L1 fused prox"] = _fused_prox
 VARIANTS["L2 reg() autograd"] = _loss_autograd
-VARIANTS["L2 reg() Function"] = _loss_function(L2)
-VARIANTS["L2 reg() Function + kernel"] = _loss_function(_KernelL2)
+VARIANTS["L2 reg() Python Function"] = _loss_python_function
+for _name in ("L2", "ElasticNet", "GroupLasso"):
+    VARIANTS[f"{_name} reg()"] = _loss_reg(_name)
 
 
 def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> dict[str, list]:
@@ -392,14 +395,14 @@ def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
         print(f"| {what} | " + " | ".join(cells) + " |")
     cells = []
     for c in columns:
-        function = stats[c]["L2 reg() Function + kernel"][0]
+        function = stats[c]["L2 reg()"][0]
         gradient = stats[c]["L2 fused (no value)"][0]
         # a ratio of two overheads near the noise floor means nothing: compare with 1.3× the
         # gradient's overhead, or with the noise floor (the A/A control) when that is larger
         allowed = max(1.3 * gradient, abs(stats[c]["none (2nd copy)"][0]))
         cells.append(f"{function:+.1f} vs {allowed:+.1f} "
                      f"({'met' if function <= allowed else 'MISSED'})")
-    print("| loss mode: Function's overhead ≤ 1.3 × fused gradient's | " + " | ".join(cells)
+    print("| loss mode: L2 reg()'s overhead ≤ 1.3 × L2 fused (no value)'s | " + " | ".join(cells)
           + " |\n")
 
 

@@ -132,13 +132,14 @@ template <bool W1, bool W2>
 void elementwise_sums_float(const float* __restrict w, int64_t n, double& s1, double& s2) {
   constexpr int64_t kBlock = kBlockPerLane * kLanes;
   double t1 = 0.0, t2 = 0.0;
-  int64_t i = 0;
-  for (; i + kBlock <= n; i += kBlock) {
+  const int64_t body = n - n % kLanes;  // whole blocks, then a last partial one of whole lanes
+  for (int64_t i = 0; i < body; i += kBlock) {
+    const int64_t end = std::min(i + kBlock, body);
     float b1[kLanes] = {0.0f}, b2[kLanes] = {0.0f};
-    for (int64_t k = 0; k < kBlock; k += kLanes) {
+    for (int64_t k = i; k < end; k += kLanes) {
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) {
-        const float x = w[i + k + j];
+        const float x = w[k + j];
         if (W1) b1[j] += std::abs(x);
         if (W2) b2[j] += x * x;
       }
@@ -152,7 +153,7 @@ void elementwise_sums_float(const float* __restrict w, int64_t n, double& s1, do
     t1 += c1;
     t2 += c2;
   }
-  for (; i < n; ++i) {
+  for (int64_t i = body; i < n; ++i) {
     const double x = static_cast<double>(w[i]);
     t1 += std::abs(x);
     t2 += x * x;
