@@ -59,6 +59,7 @@ from regtorch.lab.present.rundir import (
     load_run,
 )
 from regtorch.lab.present.tables import choice_rows, mean_std_text, path_rows, table_rows
+from regtorch.lab.schema import WARNINGS_KEY
 
 try:
     import fcntl
@@ -68,8 +69,6 @@ except ImportError:  # not POSIX: index writes are not serialized (each is still
 __all__ = ["ReportError", "headline", "regenerate", "run_directories", "update_index",
            "write_index", "write_report"]
 
-WARNINGS = "warnings"
-"""``summary.json``'s list of one-line warnings of the run (e.g. from the engine), if any."""
 _INDEX_LOCK = ".index.lock"  # serializes the index writes of runs into one directory
 
 _STYLE = """
@@ -420,7 +419,7 @@ def _run_body(run: Run, images: dict[str, tuple[bytes, str]], level: int) -> lis
     if description:
         parts.append(f"<p class=\"description\">{_e(description)}</p>")
     parts.append(f"<p class=\"meta\">{_e(kind.meta(run))}</p>")
-    warnings = run.summary.get(WARNINGS) or []
+    warnings = run.summary.get(WARNINGS_KEY) or []  # one line each (regtorch.lab.caught)
     if warnings:
         parts += [f"<{sub}>Warnings</{sub}>", "<ul class=\"warnings\">",
                   *(f"<li>{_e(line)}</li>" for line in warnings), "</ul>"]
