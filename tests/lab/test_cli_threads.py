@@ -74,3 +74,56 @@ def test_threads_must_be_positive(command, tmp_path):
     status, err = _main(argv)
     assert status == 2
     assert err == "regtorch: --threads: must be a positive integer, got 0\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Per group (regtorch.lab.train.threads): one thread below MIN_STEP_WORK, the process's above.
+# --------------------------------------------------------------------------------------------
+
+
+def test_group_threads_by_work():
+    from regtorch.lab.train.threads import MIN_STEP_WORK, group_threads
+
+    assert group_threads(MIN_STEP_WORK / 2, available=2) == 1
+    assert group_threads(MIN_STEP_WORK, available=2) == 2
+    torch.set_num_threads(2)
+    assert group_threads(MIN_STEP_WORK * 10) == 2
+
+
+def test_step_work_of_a_cnn_by_hand():
+    from regtorch.lab.train.threads import step_work
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 3, padding=1, groups=2),
+                                torch.nn.BatchNorm2d(6), torch.nn.Flatten(),
+                                torch.nn.Linear(6 * 8 * 8, 10))
+    x = torch.randn(5, 2, 8, 8)
+    per_example = 6 * 8 * 8 * (2 // 2) * 9 + 10 * 6 * 8 * 8
+    assert step_work(model, x, members=3) == 3 * 5 * per_example
+    assert model[1].num_batches_tracked == 0  # a copy ran, not the model
+
+
+_SEEN: list[int] = []
+
+
+class _ThreadProbe(torch.nn.Module):
+    """Records the torch thread count each time it runs (vmap runs the Python forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _SEEN.append(torch.get_num_threads())
+        return self.linear(x)
+
+
+def test_a_small_group_trains_on_one_thread_and_the_count_comes_back():
+    from regtorch.lab.train import run_study
+
+    study = replace(preset("digits"), seeds=2, variants=preset("digits").variants[:2],
+                    model=ModelSpec("python", factory=_ThreadProbe)).with_overrides(epochs=1)
+    torch.set_num_threads(2)
+    _SEEN.clear()
+    run_study(study)
+    assert _SEEN and set(_SEEN[-3:]) == {1}  # the training passes
+    assert torch.get_num_threads() == 2

@@ -115,3 +115,105 @@ def test_vmap_over_stacked_members_equals_each_member():
 def test_bad_shapes(spec, shape, message):
     with pytest.raises(StudyError, match=message):
         build_cnn(spec, shape, 10)
+
+
+# --------------------------------------------------------------------------------------------
+# The batched forward (regtorch.lab.train.batched): K members in one pass without vmap, equal to
+# each member's own module — outputs, gradients and BatchNorm's running statistics.
+# --------------------------------------------------------------------------------------------
+
+# float64: the stacked and the plain pass differ only by the rounding order of a few reductions
+# (one grouped convolution / batched product vs K small ones; channels-last vs contiguous).
+BATCHED_ATOL = 1e-12
+
+
+class _Gate(nn.Module):
+    """A layer the batched forward does not know: the model runs under vmap."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+def _grouped_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+                         nn.ReLU(inplace=True), nn.Conv2d(4, 6, 3, stride=2, groups=2),
+                         nn.AvgPool2d(1), nn.Flatten(), nn.Dropout(0.0), nn.Linear(6 * 3 * 3, 3))
+
+
+def _mlp_with_norm() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(2 * 8 * 8, 9), nn.BatchNorm1d(9), nn.GELU(),
+                         nn.Sequential(nn.Linear(9, 5), nn.Tanh()), nn.Linear(5, 3, bias=False))
+
+
+def _unflatten_conv1d() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Unflatten(1, (8, 16)), nn.Conv1d(8, 4, 3),
+                         nn.BatchNorm1d(4, affine=False), nn.MaxPool1d(2), nn.Flatten(),
+                         nn.Linear(4 * 7, 3))
+
+
+@pytest.mark.parametrize("make", [
+    lambda seed: build_cnn(ModelSpec("cnn", channels=(3, 5), norm="batch", hidden=(7,)),
+                           (2, 8, 8), 3, seed=seed, dtype=F64),
+    lambda seed: build_cnn(ModelSpec("cnn", channels=(4,), padding=0, pool="avg"), (2, 8, 8), 3,
+                           seed=seed, dtype=F64),
+    lambda seed: _seeded(_grouped_cnn, seed),
+    lambda seed: _seeded(_mlp_with_norm, seed),
+    lambda seed: _seeded(_unflatten_conv1d, seed),
+], ids=["cnn-batchnorm-hidden", "cnn-avg-valid", "grouped-strided-inplace", "mlp-batchnorm1d",
+        "unflatten-conv1d"])
+def test_batched_forward_equals_each_member(make):
+    from regtorch.lab.train.batched import batched_forward
+
+    models = [make(seed) for seed in range(3)]
+    params, buffers = stack_module_state(models)
+    forward = batched_forward(models[0], list(params), list(buffers))
+    assert forward is not None
+    x = torch.randn(6, 2, 8, 8, dtype=F64)
+    leaves = tuple(p.detach().requires_grad_() for p in params.values())
+    stacked_buffers = tuple(b.clone() for b in buffers.values())
+    out = forward(leaves, stacked_buffers, x, True)
+    grads = torch.autograd.grad(out.square().sum(), leaves)
+    names = list(params)
+    for k, model in enumerate(models):
+        model.train()
+        own = model(x)
+        torch.testing.assert_close(out[k], own, rtol=0, atol=BATCHED_ATOL)
+        own_grads = torch.autograd.grad(own.square().sum(), list(model.parameters()))
+        for name, grad, own_grad in zip(names, grads, own_grads):
+            torch.testing.assert_close(grad[k], own_grad, rtol=0, atol=BATCHED_ATOL, msg=name)
+        for (name, buffer), stacked in zip(model.named_buffers(), stacked_buffers):
+            torch.testing.assert_close(stacked[k], buffer, rtol=0, atol=BATCHED_ATOL, msg=name)
+        model.eval()  # eval mode: each member with its own (updated) running statistics
+        torch.testing.assert_close(forward(leaves, stacked_buffers, x, False)[k].detach(),
+                                   model(x).detach(), rtol=0, atol=BATCHED_ATOL)
+
+
+def _seeded(factory, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return factory().to(F64)
+
+
+@pytest.mark.parametrize("model", [
+    nn.Sequential(nn.Linear(4, 3), _Gate()),
+    nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)),
+    nn.Sequential(nn.BatchNorm1d(4, momentum=None)),  # a cumulative average reads the count
+    nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular")),
+], ids=["unknown-module", "layernorm", "cumulative-batchnorm", "circular-padding"])
+def test_an_unknown_layer_leaves_the_model_to_vmap(model):
+    from regtorch.lab.train.step import StackedStep
+
+    params, buffers = stack_module_state([model, model])
+    step = StackedStep(model, list(params), F.mse_loss, random=False, traces={},
+                       buffer_names=list(buffers))
+    assert not step.batched
+
+
+def test_the_built_in_cnn_trains_batched():
+    from regtorch.lab.train.step import StackedStep
+
+    model = build_cnn(ModelSpec("cnn", channels=(8, 16), norm="batch"), (1, 8, 8), 10,
+                      dropout=0.3)
+    params, buffers = stack_module_state([model, model])
+    step = StackedStep(model, list(params), F.cross_entropy, random=True, traces={},
+                       buffer_names=list(buffers))
+    assert step.batched

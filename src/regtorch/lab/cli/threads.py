@@ -6,6 +6,8 @@ first, and on a shared machine it waits for whoever else holds the other core (m
 sparse-recovery`` 41 s with torch's default threads on a loaded 2-core machine, 9.7 s with one).
 So the default is one thread below :data:`MIN_STEP_SIZE` (the per-step work where a second
 thread was measured to pay, ``benchmarks/bench_threads.py``) and the available CPUs above it.
+That is the most any group of the study uses: each group then trains with one thread when its
+own step is below the same size (:mod:`regtorch.lab.train.threads`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import itertools
 
 from regtorch.lab.cli._process import available_cpus
 from regtorch.lab.study.spec import DataSpec, Study
+from regtorch.lab.train.threads import MIN_STEP_WORK
 
 __all__ = ["MIN_STEP_SIZE", "default_threads", "step_size"]
 
-MIN_STEP_SIZE = 2e9
-"""Per-step multiply-adds (:func:`step_size`) from which the default is every available CPU."""
+MIN_STEP_SIZE = MIN_STEP_WORK
+"""Per-step multiply-adds (:func:`step_size`) from which the default is every available CPU: the
+engine's per-group threshold, :data:`regtorch.lab.train.threads.MIN_STEP_WORK`."""
 
 _DIGITS_CLASSES, _DIGITS_PIXELS = 10, 64  # scikit-learn's 8×8 digits
 _UNKNOWN_ROWS, _UNKNOWN_INPUTS = 1000, 64  # the user's data: its size is known once loaded

@@ -35,7 +35,7 @@ from regtorch.lab.study.spec import Recipe, Schedule, Study, StudyError, Variant
 
 __all__ = ["CHANNEL_EXAMPLES", "DTYPES", "channel_penalty", "check_study", "criterion",
            "make_optimizer", "make_penalty", "make_scheduler", "member_losses",
-           "parameter_names", "selector", "trace_channels"]
+           "parameter_names", "selector", "stacked_loss", "trace_channels"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 """``train.dtype`` → the torch dtype of the data and the models."""
@@ -190,6 +190,19 @@ def member_losses(name: str, out: Tensor, y: Tensor) -> Tensor:
     return 0.5 * squares if name == "half-mse" else squares
 
 
+def stacked_loss(loss: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``loss(outputs, targets)`` of every member, ``[K]``, from stacked outputs ``[K, n, ...]``:
+    :func:`member_losses` for the losses :func:`criterion` makes, else ``vmap(loss)``."""
+    name = _CRITERIA.get(loss)
+    if name is not None:
+        return lambda out, y: member_losses(name, out, y)
+    return torch.vmap(loss, in_dims=(0, None))
+
+
 def _half_mse(out: Tensor, y: Tensor) -> Tensor:
     """d2l's squared loss ½(ŷ − y)², averaged over the batch."""
     return 0.5 * F.mse_loss(out, y)
+
+
+_CRITERIA: dict[Callable, str] = {F.mse_loss: "mse", _half_mse: "half-mse",
+                                  F.cross_entropy: "cross-entropy"}

@@ -13,6 +13,10 @@ member that diverges leaves the others untouched). A model ``vmap`` cannot handl
 buffers, such as BatchNorm's running statistics — trains member by member in a plain loop with the
 same data, init and recipe; so does a group of one member, which stacking would only slow down.
 
+**Threads.** A group trains with one torch thread unless its step is large enough for a second
+to pay (:mod:`regtorch.lab.train.threads`), else with the process's thread count; the count is
+given back after the group.
+
 **Common random numbers.** Member seed ``s`` starts from the weights drawn from seed ``s`` in every
 variant, and every member sees the batches in the same order: the order of epoch ``e`` is the
 ``e``-th permutation drawn from ``data_seed``. Differences between variants are then differences
@@ -30,11 +34,12 @@ dropout masks and the batch-order generator. The results equal an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +59,7 @@ from regtorch.lab.train.memory import chunk_sizes, default_memory, member_bytes,
 from regtorch.lab.train.plan import Member, group_members, members_of
 from regtorch.lab.train.records import EvaluationSet, record_epoch
 from regtorch.lab.train.step import StackedStep, vectorizable
+from regtorch.lab.train.threads import group_threads, step_work
 from regtorch.lab.train.units import SingleUnit, StackedUnit, Unit
 
 __all__ = ["StudyResult", "run_study"]
@@ -156,7 +162,8 @@ def run_study(study: Study, *, on_epoch: Callable[[int, int], None] | None = Non
                                  stacked=plan.stacked)
                 records: list[Record] = []
                 partial = None if checkpoints is None else (checkpoints, f"{name}-partial")
-                first_epoch = trainer.run(records, tick, partial)
+                with _threads(plan.threads):
+                    first_epoch = trainer.run(records, tick, partial)
             _add_warnings(group, warned)
             if first_epoch > 1:
                 result.resumed.append(f"{name}: from epoch {first_epoch}")
@@ -186,26 +193,29 @@ class _Plan:
     stacked: bool
     sizes: list[int]
     reason: str | None = None
+    threads: int = 1
 
 
 def _plan(study: Study, data: Datasets, members: list[Member], initial: _InitialModels,
           budget: int) -> _Plan:
-    if len(members) == 1:  # a lone member gains nothing from stacking: the plain module
-        return _Plan(False, [1])
     template = initial(members[0].seed, members[0].variant.dropout)
-    loss = criterion(study.train.loss)
     x, y = data.split("train")
+    batch = study.train.batch_size or x.shape[0]
+    if len(members) == 1:  # a lone member gains nothing from stacking: the plain module
+        return _Plan(False, [1], threads=group_threads(step_work(template, x[:batch], 1)))
+    loss = criterion(study.train.loss)
     why = vectorizable(template, x, y, loss, random=bool(members[0].variant.dropout))
     if why is not None:
-        return _Plan(False, [1] * len(members), f"vmap cannot run this model ({why})")
-    batch = study.train.batch_size or x.shape[0]
+        return _Plan(False, [1] * len(members), f"vmap cannot run this model ({why})",
+                     threads=group_threads(step_work(template, x[:batch], 1)))
     rows = sum(data.split(split)[0].shape[0] for split in ("train", "val", "test"))
     cost = member_bytes(template, x[:batch], rows, study.train.optimizer)
     sizes = chunk_sizes(len(members), cost, budget, kept=state_bytes(template))
     if len(sizes) == len(members):
         return _Plan(False, sizes, f"the memory budget ({_mib(budget)}) holds one member "
-                                   f"(about {_mib(cost)}), not two")
-    return _Plan(True, sizes)
+                                   f"(about {_mib(cost)}), not two",
+                     threads=group_threads(step_work(template, x[:batch], 1)))
+    return _Plan(True, sizes, threads=group_threads(step_work(template, x[:batch], max(sizes))))
 
 
 class _InitialModels:
@@ -382,6 +392,19 @@ class _EarlyStops:
         self.best = dict(state["best"])
         self.stopped = set(state["stopped"])
         self.stopped_at = dict(state.get("stopped_at", []))
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Train with ``count`` torch threads, then give the process its own count back."""
+    before = torch.get_num_threads()
+    if count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _mib(size: float) -> str:

@@ -23,9 +23,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from regtorch.lab.train.batched import batched_forward
+from regtorch.lab.train.build import stacked_loss
+
 __all__ = ["StackedStep", "vectorizable"]
 
 logger = logging.getLogger("regtorch.lab")
+
+EVAL_BYTES = 4 << 20
+"""An evaluation of stacked members runs in passes of as many rows as keep the widest stacked
+activation within this many bytes (measured on ``digits-cnn``, 16 members: ...)."""
+MIN_EVAL_ROWS = 16
 
 
 class StackedStep:
@@ -53,19 +61,46 @@ class StackedStep:
         self.buffers: tuple[Tensor, ...] = ()
         buffer_names = list(buffer_names)
 
-        def member_output(params: tuple[Tensor, ...], buffers: tuple[Tensor, ...],
-                          x: Tensor) -> Tensor:
-            tensors = (dict(zip(names, params)), dict(zip(buffer_names, buffers)))
-            return functional_call(template, tensors, (x,))
+        batched = batched_forward(template, names, buffer_names)
+        self._batched = batched
+        self.batched = batched is not None
+        """The members' forward is written out for the model's layers (:mod:`.batched`), not
+        run under vmap."""
+        if batched is not None:
+            member_losses = stacked_loss(loss)
 
-        def member_loss(params: tuple[Tensor, ...], buffers: tuple[Tensor, ...], x: Tensor,
-                        y: Tensor) -> Tensor:
-            return loss(member_output(params, buffers, x), y)
+            def batched_grad(params: tuple[Tensor, ...], buffers: tuple[Tensor, ...],
+                             x: Tensor, y: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+                # Plain autograd on the stacked tensors: the gradient of the sum of the member
+                # losses is each member's own gradient (nothing couples them).
+                with torch.enable_grad():
+                    leaves = tuple(p.detach().requires_grad_() for p in params)
+                    losses = member_losses(batched(leaves, buffers, x, True), y)
+                    grads = torch.autograd.grad(losses.sum(), leaves)
+                # laid out as the parameters (a fused optimizer kernel reads both as flat)
+                return tuple(g.contiguous() for g in grads), losses.detach()
 
-        randomness = "different" if random else "error"
-        self.grad = vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None),
-                         randomness=randomness)
-        self.forward = vmap(member_output, in_dims=(0, 0, None), randomness="different")
+            def batched_eval(params: tuple[Tensor, ...], buffers: tuple[Tensor, ...],
+                             x: Tensor) -> Tensor:
+                return batched(params, buffers, x, False)
+
+            self.grad: Callable = batched_grad
+            self.forward: Callable = batched_eval
+        else:
+            def member_output(params: tuple[Tensor, ...], buffers: tuple[Tensor, ...],
+                              x: Tensor) -> Tensor:
+                tensors = (dict(zip(names, params)), dict(zip(buffer_names, buffers)))
+                return functional_call(template, tensors, (x,))
+
+            def member_loss(params: tuple[Tensor, ...], buffers: tuple[Tensor, ...], x: Tensor,
+                            y: Tensor) -> Tensor:
+                return loss(member_output(params, buffers, x), y)
+
+            randomness = "different" if random else "error"
+            self.grad = vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None),
+                             randomness=randomness)
+            self.forward = vmap(member_output, in_dims=(0, 0, None), randomness="different")
+        self.row_bytes: int | None = None  # the widest activation per row (batched: measured)
         self.traced = traces
         self.batch_shape: torch.Size | None = None  # the first (full) batch's shape: traced
         self.step: Callable = self.grad
@@ -100,17 +135,37 @@ class StackedStep:
             # statistics (copies of the buffers are traced; the graph updates its inputs).
             with torch.random.fork_rng(devices=[]):
                 buffers = tuple(b.clone() for b in self.buffers)
-                return make_fx(self.grad)(self.params, buffers, x, y)
+                graph = make_fx(self.grad)(self.params, buffers, x, y)
         except Exception as error:  # any tracing failure: run the same transform eagerly
             logger.debug("regtorch.lab: tracing failed (%s); running vmap eagerly", error)
             return self.grad
+        # Ops whose results nothing uses (the transforms leave some): not run each step. Ops
+        # that write into their inputs (running statistics) and random ones are kept.
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+        return graph
+
+    def eval_rows(self, x: Tensor) -> int:
+        """How many rows one evaluation pass takes: as many as keep the widest stacked
+        activation within :data:`EVAL_BYTES` (it stays in cache: on ``digits-cnn`` the 16
+        members' first feature maps over every split are 59 MB, and each pass over them is
+        then memory-bound), all of them under vmap."""
+        if not self.batched:
+            return x.shape[0]
+        if self.row_bytes is None:
+            self.row_bytes = self._batched.widest_row_bytes(self.params, self.buffers, x[:2])
+        return max(MIN_EVAL_ROWS, EVAL_BYTES // max(1, self.row_bytes))
 
     @torch.no_grad()
     def evaluate(self, x: Tensor) -> Tensor:
         """Eval-mode outputs of every member, ``[K, n, outputs]``."""
         self.template.eval()
         try:
-            return self.forward(self.params, self.buffers, x)
+            rows = self.eval_rows(x)
+            if rows >= x.shape[0]:
+                return self.forward(self.params, self.buffers, x)
+            return torch.cat([self.forward(self.params, self.buffers, part)
+                              for part in x.split(rows)], dim=1)
         finally:
             self.template.train()
 
