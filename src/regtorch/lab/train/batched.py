@@ -9,13 +9,17 @@ group's step and evaluation cost 0.5× and 2× of 16 plain members' — no gain 
 :func:`batched_forward` writes the stacked forward of an ``nn.Sequential`` of known layers
 (possibly nested) with the layout chosen per layer, so that every op is one dense kernel:
 
-* an input shared by every member, ``[N, ...]``, goes into a first ``Linear`` or ``Conv`` as one
-  matrix product / one convolution with the members' ``K·O`` output units side by side;
+* an input shared by every member, ``[N, ...]``, goes into a first convolution as one
+  convolution with the members' ``K·O`` filters side by side;
 * convolution feature maps stay *channel-folded*, ``[N, K·C, H, W]`` (member ``k``'s channel
   ``c`` is channel ``k·C + c``): a convolution is one grouped convolution (``groups = K``),
   BatchNorm is torch's own kernel over ``K·C`` channels (its running statistics are views of
   the stacked ``[K, C]`` buffers, updated in place), pooling and activations act per channel;
-* a ``Linear`` after the first is one batched matrix product ``[K, N, I] @ [K, I, O]``.
+* a ``Linear`` is one batched matrix product ``[K, N, I] @ [K, I, O]`` (the shared input
+  expanded, not copied): each member's product has the same shape whatever K, so a member's
+  result does not depend on the group it trains in (one product ``[N, I] @ [I, K·O]`` would be
+  as fast, but its rounding changes with K: float32 results of equal members in groups of
+  different sizes then differ by ~1e-6).
 
 2-D feature maps are kept channels-last (``[N, H, W, K·C]`` in memory): with ``K·C`` channels
 of a few pixels each, torch's CPU max-pooling on contiguous ``[N, K·C, 8, 8]`` maps costs 3–6 ns
@@ -190,13 +194,6 @@ def _layer(module: nn.Module) -> Layer | None:
 def _linear(h: _Activation, own: dict[str, Tensor], training: bool) -> _Activation:
     weight, bias = own["weight"], own.get("bias")  # [K, O, I], [K, O]
     members, outputs, inputs = weight.shape
-    if h.layout == _SHARED and h.tensor.ndim == 2:
-        # One product for every member: [N, I] @ [I, K·O] → [N, K·O], member k's units side
-        # by side (the folded layout of a flat activation).
-        flat = weight.reshape(members * outputs, inputs)
-        out = (torch.addmm(bias.reshape(-1), h.tensor, flat.t()) if bias is not None
-               else h.tensor @ flat.t())
-        return h.with_tensor(out, _FOLDED)
     x = h.stacked()
     rows = x.reshape(members, -1, inputs)
     out = (torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2)) if bias is not None

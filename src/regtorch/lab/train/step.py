@@ -139,10 +139,7 @@ class StackedStep:
         except Exception as error:  # any tracing failure: run the same transform eagerly
             logger.debug("regtorch.lab: tracing failed (%s); running vmap eagerly", error)
             return self.grad
-        # Ops whose results nothing uses (the transforms leave some): not run each step. Ops
-        # that write into their inputs (running statistics) and random ones are kept.
-        graph.graph.eliminate_dead_code()
-        graph.recompile()
+        _simplify(graph)
         return graph
 
     def eval_rows(self, x: Tensor) -> int:
@@ -168,6 +165,19 @@ class StackedStep:
                               for part in x.split(rows)], dim=1)
         finally:
             self.template.train()
+
+
+def _simplify(graph: torch.fx.GraphModule) -> None:
+    """Drop what the traced step need not run each step: ``detach`` (the graph runs without
+    autograd: it is its input) and ops whose results nothing uses (the transforms leave some).
+    Ops that write into their inputs (running statistics) and random ones are kept."""
+    detach = torch.ops.aten.detach.default
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target is detach:
+            node.replace_all_uses_with(node.args[0])
+            graph.graph.erase_node(node)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
 
 
 def vectorizable(template: nn.Module, x: Tensor, y: Tensor, loss: Callable, *,
