@@ -40,7 +40,10 @@ train / validation / test losses (float32, so a sanity check, not a parity test:
 kernel in the engine and torch's default per-tensor one round differently, and after 20 epochs on
 mlp-synthetic, whose losses are ~1e-2, that is ~1e-2 relative).
 
-Method: fixed thread count; one untimed warm-up run of every side (one epoch: imports, first-call
+Method: fixed thread count (``--threads``) for the process; the engine trains each group with one
+thread when its step is small (:mod:`regtorch.lab.train.threads`: every group here), as
+``regtorch run`` does, while the plain side runs with the process's count (its ops are too small
+to split: they run on one); one untimed warm-up run of every side (one epoch: imports, first-call
 costs); then ``--repeats`` rounds, each running every case's two sides back to back (the side that
 goes first alternates from round to round), then the demo. A case's number is the median over
 rounds of the *paired* ratio (the two sides of the same round), with the range of those ratios;

@@ -687,6 +687,29 @@ def test_sparsity_is_the_exact_fraction():
     assert final_record(result, "prox-l1", 0.05)["sparsity"] == zeros / 67
 
 
+class _CustomMLP(nn.Module):
+    """A 5-7-1 MLP with its own forward: not a Sequential of known layers, so it trains under
+    vmap (traced), not by the written-out forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden, self.out = nn.Linear(5, 7), nn.Linear(7, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.relu(self.hidden(x)))
+
+
+def _custom_mlp_study() -> Study:
+    study = mlp_study([{"name": "none"}, {"name": "l2", "penalty": "l2", "strength": 0.1}])
+    return dataclasses.replace(study, model=ModelSpec("python", factory=_CustomMLP))
+
+
+def test_a_model_under_vmap_is_traced_and_equals_plain_runs():
+    result = run_study(_custom_mlp_study())
+    assert [g["mode"] for g in result.groups] == ["vectorized"]
+    assert_all_match(result)
+
+
 def test_a_model_that_cannot_be_traced_runs_the_transform_eagerly(monkeypatch):
     """If make_fx fails, the engine runs vmap(grad_and_value) eagerly: same plain-run results."""
     import torch.fx.experimental.proxy_tensor as proxy_tensor
@@ -698,8 +721,7 @@ def test_a_model_that_cannot_be_traced_runs_the_transform_eagerly(monkeypatch):
         raise RuntimeError("cannot trace this model")
 
     monkeypatch.setattr(proxy_tensor, "make_fx", failing_make_fx)
-    study = mlp_study([{"name": "none"}, {"name": "l2", "penalty": "l2", "strength": 0.1}])
-    result = run_study(study)
+    result = run_study(_custom_mlp_study())
     assert calls  # tracing was attempted, failed, and training went on
     assert_all_match(result)
 
