@@ -30,11 +30,12 @@ round runs every variant in a freshly shuffled order for a few steps, the fastes
 a variant's overhead is the median over rounds of its paired ratio to ``none`` of the same round,
 minus 1 (IQR in the tables). Models: the seed MLP 784-200-100-10 (batch 32), the deep MLP
 64 × [Linear 256, LayerNorm, ReLU], the wide MLP 4 × Linear 2048 and a small resnet-style CNN
-defined below (no torchvision). Optimizers: SGD(lr=1e-3, momentum=0.9), Adam(lr=1e-3).
+defined below (no torchvision). Optimizers: SGD(lr=1e-3, momentum=0.9), Adam(lr=1e-3), and
+with ``--optims adamw`` AdamW(lr=1e-3, weight_decay=0) (its built-in decay is the decoupled one).
 
 Usage::
 
-    python benchmarks/bench_fused.py [--models seed,deep,wide,cnn] [--optims sgd,adam]
+    python benchmarks/bench_fused.py [--models seed,deep,wide,cnn] [--optims sgd,adam,adamw]
                                      [--rounds N] [--threads 1] [--quick] [--json PATH]
 """
 
