@@ -4,10 +4,12 @@ A lab model is small: one optimizer step of a group is a few matrix products of 
 million multiply-adds, too short to split across cores — a second thread mostly waits for the
 first, and on a shared machine it waits for whoever else holds the other core (measured: ``run
 sparse-recovery`` 41 s with torch's default threads on a loaded 2-core machine, 9.7 s with one).
-So the default is one thread below :data:`MIN_STEP_SIZE` (the per-step work where a second
-thread was measured to pay, ``benchmarks/bench_threads.py``) and the available CPUs above it.
-That is the most any group of the study uses: each group then trains with one thread when its
-own step is below the same size (:mod:`regtorch.lab.train.threads`).
+So the default is one thread below :data:`MIN_STEP_SIZE` and the available CPUs above it — a
+bound chosen for shared machines, far above the per-group crossover measured on an idle one
+(:data:`regtorch.lab.train.threads.MIN_STEP_WORK`, 10⁷): a second thread gains at most ~1.8× on
+an idle core and costs 8–11× on a busy one. That is the most any group of the study uses: with
+``--threads 2`` each group whose own step reaches ``MIN_STEP_WORK`` trains with both, smaller
+ones with one (:mod:`regtorch.lab.train.threads`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ import itertools
 
 from regtorch.lab.cli._process import available_cpus
 from regtorch.lab.study.spec import DataSpec, Study
-from regtorch.lab.train.threads import MIN_STEP_WORK
 
 __all__ = ["MIN_STEP_SIZE", "default_threads", "step_size"]
 
-MIN_STEP_SIZE = MIN_STEP_WORK
-"""Per-step multiply-adds (:func:`step_size`) from which the default is every available CPU: the
-engine's per-group threshold, :data:`regtorch.lab.train.threads.MIN_STEP_WORK`."""
+MIN_STEP_SIZE = 2e9
+"""Per-step multiply-adds (:func:`step_size`) from which the default is every available CPU (no
+preset comes near; ``--threads`` overrides it)."""
 
 _DIGITS_CLASSES, _DIGITS_PIXELS = 10, 64  # scikit-learn's 8×8 digits
 _UNKNOWN_ROWS, _UNKNOWN_INPUTS = 1000, 64  # the user's data: its size is known once loaded

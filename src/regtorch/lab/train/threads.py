@@ -3,12 +3,14 @@ thread to pay.
 
 A lab group's optimizer step is a few dozen ops on tensors of a few thousand to a few million
 elements. torch splits an op over its threads only above a grain of 32768 elements, and then
-every op pays a fork/join of the thread pool; on a machine whose other cores are busy, it also
-waits for whoever holds them. Measured with ``benchmarks/bench_threads.py`` (16 members, one
-group, 2 threads vs 1): below :data:`MIN_STEP_WORK` multiply-adds per step the second thread
-slows the group down or gains nothing; above it, it pays. So :func:`group_threads` gives a group
-below :data:`MIN_STEP_WORK` one thread and a larger one every thread the process has
-(``torch.get_num_threads()``: what the ``regtorch`` command set, ``--threads`` or its default).
+every op pays a fork/join of the thread pool. Measured on an idle 2-core machine with
+``benchmarks/bench_threads.py`` (16 members, one group, 2 threads vs 1, 2026-12-02): at
+1.5·10⁶ multiply-adds per step (``mlp-synthetic``) the second thread gains nothing (t2/t1 1.14,
+range 0.88–1.30); from 1.7·10⁷ (``digits``) it pays at every size (t2/t1 0.54–0.64). So
+:func:`group_threads` gives a group below :data:`MIN_STEP_WORK` one thread and a larger one every
+thread the process has (``torch.get_num_threads()``: what the ``regtorch`` command set —
+``--threads`` or its default, which stays at one thread for the lab's models because on a *busy*
+machine a second thread waits for a busy core: 8.8–10.8× slower, :mod:`regtorch.lab.cli.threads`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from torch import Tensor, nn
 
 __all__ = ["MIN_STEP_WORK", "group_threads", "step_work"]
 
-MIN_STEP_WORK = 2e9
+MIN_STEP_WORK = 1e7
 """Forward multiply-adds per optimizer step of a whole group (:func:`step_work`) from which a
-second thread pays (``benchmarks/bench_threads.py``)."""
+second thread pays on an idle machine (between the 1.5·10⁶ where it did not and the 1.7·10⁷
+where it did, ``benchmarks/bench_threads.py``)."""
 
 
 @torch.no_grad()
