@@ -13,18 +13,6 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available()
                                 reason="torch built without torch.distributed / gloo")
 
 
-@pytest.fixture
-def mesh():
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cpu", (1,))
-    finally:
-        dist.destroy_process_group()
-
-
 def dtensor_parameter(mesh, placement) -> nn.Parameter:
     from torch.distributed.tensor import distribute_tensor
 
