@@ -87,6 +87,12 @@ CASES = {
     "model factory raises": (["run", "s.toml"],
                              _study(model='kind = "python"\nfactory = "f.py:model"'),
                              "s.toml: model.factory", "…"),
+    "penalty params select nothing": (
+        ["run", "s.toml"], _study(variant=f'penalty = "l2"\nstrength = 0.1\nparams = "{LONG}"'),
+        "s.toml: variant 'none': params = 'xxx", "(it has '0.weight', '0.bias')"),
+    "weight-decay params select nothing": (
+        ["run", "s.toml"], _study(variant=f'weight_decay = 0.1\nparams = "{LONG}"'),
+        "s.toml: variant 'none': params = 'xxx", "(it has '0.weight', '0.bias')"),
     "--lambdas": (["sweep", "linear-1d", "--penalty", "l2", "--lambdas", LONG], None,
                   "--lambdas 'xxx", "or v1,v2,..."),
     "--memory": (["run", "linear-1d", "--memory", LONG], None, "--memory 'xxx",

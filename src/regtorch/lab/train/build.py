@@ -106,10 +106,10 @@ def check_study(study: Study) -> None:
     Raises:
         StudyError: naming the key (the variant and its ``params``) and the value.
     """
+    where = study.model.where  # "study.toml: model" from a file, "model" for a preset
+    source = where[:-len("model")] if where.endswith("model") else ""  # "study.toml: " or ""
     data = make_data(study.data, study.data_seed, DTYPES[study.train.dtype])
     if data.classification != study.classification:
-        where = getattr(study.data, "where", "data")
-        source = where[:-len("data")] if where.endswith("data") else ""
         task = "classification" if data.classification else "regression"
         raise StudyError(f"{source}train.loss: the data is {task} ({'; '.join(data.notes[:1])}"
                          f"): {shown(study.train.loss)} does not apply (use "
@@ -119,29 +119,35 @@ def check_study(study: Study) -> None:
         if v.penalty == "channels":
             examples = data.split("train")[0][:CHANNEL_EXAMPLES]
             trace_channels(template.to(examples.dtype), examples,
-                           f"variant {v.name!r}: penalty 'channels'")
+                           f"{source}variant {shown(v.name)}: penalty 'channels'")
         elif v.penalty is not None:
+            parameter_names(template, selector(v.params), what=v, source=source)
             try:
                 Regularizer(template, {selector(v.params): make_penalty(v, 0.0)})
             except ValueError as error:
-                raise StudyError(f"variant {shown(v.name)}: params = {shown(v.params)}: "
-                                 f"{error}") from None
+                raise StudyError(f"{source}variant {shown(v.name)}: params = "
+                                 f"{shown(v.params)}: {error}") from None
         if v.weight_decay:
-            parameter_names(template, selector(v.params), what=v)
+            parameter_names(template, selector(v.params), what=v, source=source)
 
 
-def parameter_names(template: nn.Module, chosen, what: Variant | None = None) -> list[str]:
+def parameter_names(template: nn.Module, chosen, what: Variant | None = None,
+                    source: str = "") -> list[str]:
     """Names of the template's parameters the selector ``chosen`` picks
     (:func:`regtorch.select`).
 
     Raises:
-        StudyError: with ``what``, when the selector picks nothing (naming the variant);
-            without, nothing is raised and the list is empty.
+        StudyError: with ``what``, when the selector picks nothing (naming the variant, after
+            ``source``, the study file's ``"study.toml: "``); without, nothing is raised and
+            the list is empty.
     """
     names = [name for name, _ in select(template, chosen)]
     if not names and what is not None:
-        raise StudyError(f"variant {shown(what.name)}: params = {shown(what.params)} selects "
-                         f"no trainable parameter of the model")
+        have = [name for name, p in template.named_parameters() if p.requires_grad]
+        listed = ", ".join(shown(name) for name in have[:3]) + (
+            f", … ({len(have)} in all)" if len(have) > 3 else "")
+        raise StudyError(f"{source}variant {shown(what.name)}: params = {shown(what.params)} "
+                         f"selects no trainable parameter of the model (it has {listed})")
     return names
 
 
