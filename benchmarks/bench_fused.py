@@ -18,7 +18,8 @@ model with its own optimizer:
   PyTorch``: ``Proximal`` with the kernel switched off for the step (the fallback, same run);
   ``L1 fused prox``: ``opt.step()`` then the kernel's ``adam_prox`` / ``elementwise_prox``
   called directly (no hook: the floor of the wiring);
-* ``L2 fused (no value)``: the kernel's L2 gradient alone (the loss-mode target's reference);
+* ``L2 fused (no value)``: the kernel's L2 gradient alone (the loss-mode ratio's second base;
+  the target's base is ``L2 fused(value=True)``, which also delivers R as loss mode does);
 * loss mode, ``loss + R`` then ``backward()``: ``L2 reg() autograd`` through autograd on
   ``penalty.value`` (what ``reg()`` was first); ``L2 reg() Python Function``: the Python
   ``autograd.Function`` over ``add_grad_`` (what ``reg()`` is without the kernel, and was before
@@ -303,7 +304,7 @@ def _loss_reg(name):
 
 
 def _fused_grad_only(model, make_optimizer, work):
-    """L2 gradient by the kernel, no value: the reference for the loss mode's 1.3× target."""
+    """L2 gradient by the kernel, no value: the second base of the loss-mode ratio."""
     reg = Regularizer(model, L2(LAM))
     params = list(reg.parameters())
     return _step(model, make_optimizer(model.parameters()), work,
@@ -356,6 +357,11 @@ TARGETS = [  # (what, variant, reference variant, allowed points above it, seed 
     ("L1 prox: attach_prox ≤ builtin + 8", "L1 attach_prox", "builtin weight_decay", 8.0, 8.0),
 ]
 
+# Loss mode's target (issue 14): ``loss + reg()``'s overhead ≤ 1.3 × the fused kernel's, both
+# measured against ``none`` in the same run. The base is ``L2 fused(value=True)``: loss mode
+# delivers R(w) and ∇R, as that row does; the ratio to the gradient alone is printed too.
+LOSS_MODE_RATIO = 1.3
+
 # The pure-PyTorch path's own bars (issue 14's "lean eager" row, seed MLP, SGD: L2 + value
 # +11.4%, ElasticNet + value +25.4%), as points above builtin weight_decay's overhead, which that
 # row measured at +7.9%: (what, variant, points above builtin).
@@ -394,17 +400,21 @@ def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
             cells.append(f"{stats[c][variant][0]:+.1f}% = builtin {excess:+.1f} "
                          f"({'met' if excess <= points else 'MISSED'})")
         print(f"| {what} | " + " | ".join(cells) + " |")
-    cells = []
-    for c in columns:
-        function = stats[c]["L2 reg()"][0]
-        gradient = stats[c]["L2 fused (no value)"][0]
-        # a ratio of two overheads near the noise floor means nothing: compare with 1.3× the
-        # gradient's overhead, or with the noise floor (the A/A control) when that is larger
-        allowed = max(1.3 * gradient, abs(stats[c]["none (2nd copy)"][0]))
-        cells.append(f"{function:+.1f} vs {allowed:+.1f} "
-                     f"({'met' if function <= allowed else 'MISSED'})")
-    print("| loss mode: L2 reg()'s overhead ≤ 1.3 × L2 fused (no value)'s | " + " | ".join(cells)
-          + " |\n")
+    for base, what in [("L2 fused(value=True)", "the target: both deliver R and ∇R"),
+                       ("L2 fused (no value)", "reported: the gradient alone")]:
+        cells = []
+        for c in columns:
+            loss_mode, reference = stats[c]["L2 reg()"][0], stats[c][base][0]
+            if reference <= abs(stats[c]["none (2nd copy)"][0]):  # a ratio to noise means nothing
+                cells.append(f"n/a: {loss_mode:+.1f} / {reference:+.1f}, base within the A/A "
+                             f"noise")
+                continue
+            ratio = loss_mode / reference
+            cells.append(f"{ratio:.2f} = {loss_mode:+.1f} / {reference:+.1f} "
+                         f"({'met' if ratio <= LOSS_MODE_RATIO else 'MISSED'})")
+        print(f"| loss mode: L2 reg()'s overhead / {base}'s ≤ {LOSS_MODE_RATIO} ({what}) | "
+              + " | ".join(cells) + " |")
+    print()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from torch.func import grad, vmap
 
 from regtorch import L1, L2, ElasticNet, GroupLasso, Orthogonal, Regularizer
 from regtorch._fused import _build, loss, penalty_term
-from regtorch._fused.loss import uses_function, uses_kernel_node
+from regtorch._fused.loss import node_term, uses_function, uses_kernel_node
 
 RTOL = 1e-12
 ATOL = 1e-14
@@ -230,13 +231,44 @@ def test_node_returns_the_requested_dtype_without_a_cast(path):
     torch.testing.assert_close(value.double(), want, rtol=FLOAT32_VALUE_RTOL, atol=0)
 
 
-def test_float32_value_is_accurate_on_a_large_tensor(path):
-    """Block float32 sums stay within 1e-6 of the float64 sum (here 2¹⁸ + 13 elements)."""
-    w = (torch.rand(2**18 + 13, dtype=torch.float64) + 0.5).float().requires_grad_()
-    for penalty in (L2(1.0), L1(1.0)):
-        got = penalty_term(penalty, [w])
-        exact = penalty.value([w.detach().double()])
-        torch.testing.assert_close(got.double(), exact, rtol=FLOAT32_VALUE_RTOL, atol=0)
+@pytest.mark.parametrize("size", [1, 31, 33, 16 * 32 + 17, 2**18 + 13])
+def test_float32_value_is_accurate_against_numpy(path, size):
+    """Block float32 sums stay within 1e-6 of the float64 sum, for sizes that end in a partial
+    row of lanes and a partial block (masked in) and a large one; per row for a group lasso."""
+    generator = torch.Generator().manual_seed(size)
+    w = (torch.rand(size, generator=generator, dtype=torch.float64) - 0.3).float()
+    x = w.double().numpy()
+    got = [penalty_term(p, [w.requires_grad_()]).item() for p in (L2(1.0), L1(1.0))]
+    np.testing.assert_allclose(got, [0.5 * np.sum(x * x), np.sum(np.abs(x))],
+                               rtol=FLOAT32_VALUE_RTOL, atol=0)
+    rows = w[: size - size % 3].reshape(3, -1) if size >= 3 else w.reshape(1, -1)
+    got = penalty_term(GroupLasso(1.0, scale="none"), [rows.detach().requires_grad_()]).item()
+    want = np.sum(np.sqrt(np.sum(rows.detach().double().numpy() ** 2, axis=1)))
+    np.testing.assert_allclose(got, want, rtol=FLOAT32_VALUE_RTOL, atol=0)
+
+
+def test_float64_value_equals_numpy(path):
+    w = torch.randn(16 * 32 + 17, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = w.numpy()
+    got = [penalty_term(p, [w.clone().requires_grad_()]).item() for p in (L2(1.0), L1(1.0))]
+    np.testing.assert_allclose(got, [0.5 * np.sum(x * x), np.sum(np.abs(x))], rtol=RTOL, atol=0)
+
+
+@pytest.mark.parametrize("penalty", [
+    pytest.param(GroupLasso(0.3), id="rows"),
+    pytest.param(GroupLasso(0.3, "tensor"), id="tensor"),
+    pytest.param(GroupLasso(0.3, scale="none") + L1(0.1), id="rows-unscaled+L1")])
+def test_group_coefficients_of_odd_shapes(path, penalty):
+    """The node derives c_g from the shapes: 1-D and 0-d tensors, a zero-size one, 4-D."""
+    generator = torch.Generator().manual_seed(2)
+    shapes = [(6,), (), (0, 3), (3, 2, 2, 2)]
+    params = [torch.randn(s, generator=generator, dtype=torch.float64).requires_grad_()
+              for s in shapes]
+    value = penalty_term(penalty, params)
+    value.backward()
+    want_value, want_grads = reference(penalty, params, data=False)
+    torch.testing.assert_close(value.detach(), want_value, rtol=RTOL, atol=ATOL)
+    check([p.grad for p in params], want_grads, torch.float64)
 
 
 def test_value_under_no_grad_and_orthogonal_take_the_plain_path():
@@ -341,3 +373,84 @@ def test_regularizer_call_under_vmap_of_grad_takes_autograd():
         m.zero_grad()
         (m(x).square().mean() + Regularizer(m, reg.rules[0][1])()).backward()
         torch.testing.assert_close(got["weight"][k], m.weight.grad, rtol=RTOL, atol=ATOL)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2), nn.Linear(2, 3))
+
+
+def _assign_strength(model, reg):
+    reg.rules[0][1].terms[0].lam = 0.7  # a strength replaced during training
+
+
+def _freeze(model, reg):
+    model[2].weight.requires_grad_(False)
+
+
+def _unfreeze(model, reg):
+    model[2].weight.requires_grad_(False)
+    reg()  # a call while it is frozen
+    model[2].weight.requires_grad_(True)
+
+
+def _to_float64(model, reg):
+    model.double()
+
+
+def _new_shape(model, reg):
+    model[2].weight.data = torch.randn(4, 5)  # p.data replaced: another group size
+
+
+CHANGES = [pytest.param(f, id=f.__name__.lstrip("_")) for f in
+           (_assign_strength, _freeze, _unfreeze, _to_float64, _new_shape)]
+
+
+@pytest.mark.parametrize("change", CHANGES)
+@pytest.mark.parametrize("penalty", [pytest.param(lambda: L1(0.05) + L2(0.2), id="ElasticNet"),
+                                     pytest.param(lambda: GroupLasso(0.3) + L2(0.1),
+                                                  id="GroupLasso+L2")])
+def test_regularizer_call_follows_changes_between_calls(path, penalty, change):
+    """reg() keeps nothing between calls that a change could make stale: strengths, the
+    trainable set, dtypes and shapes are read at each call."""
+    model = _model()
+    reg = Regularizer(model, penalty())
+    reg().backward()  # a first call, before the change
+    change(model, reg)
+    model.zero_grad(set_to_none=True)
+    term = reg()
+    term.backward()
+    dtype = model[0].weight.dtype
+    assert term.dtype == dtype
+    weights = [model[i].weight for i in (0, 2, 3) if model[i].weight.requires_grad]
+    want_value, want_grads = reference(reg.rules[0][1], weights, data=False)
+    rtol = RTOL if dtype == torch.float64 else FLOAT32_VALUE_RTOL
+    torch.testing.assert_close(term.detach().double(), want_value, rtol=rtol, atol=ATOL)
+    check([w.grad for w in weights], want_grads, dtype)
+    assert model[2].weight.requires_grad or model[2].weight.grad is None
+
+
+def test_regularizer_call_falls_back_where_the_node_cannot_go():
+    """The fast path hands back None and reg() takes the documented fallbacks: no gradient
+    anywhere, a parameter of another type, a half-precision parameter, a [K] strength."""
+    model = _model()
+    reg = Regularizer(model, L2(0.2))
+    weights = [model[i].weight for i in (0, 2, 3)]
+    for w in weights:
+        w.requires_grad_(False)
+    assert node_term(reg.rules[0][1], weights) is None
+    assert reg().grad_fn is None and float(reg()) == 0.0
+    for w in weights:
+        w.requires_grad_(True)
+
+    class Tagged(nn.Parameter):
+        pass
+
+    model[3].weight = Tagged(model[3].weight.detach().clone())
+    tagged = Regularizer(model, L2(0.2))
+    assert node_term(tagged.rules[0][1], list(tagged.parameters())) is None
+    cast = tagged().grad_fn  # the Function's float64 value, cast to the loss dtype
+    assert cast.next_functions[0][0].name() == "_PenaltyTermBackward"
+    model[3].half()
+    assert node_term(L2(0.2), [model[0].weight, model[3].weight]) is None
+    assert node_term(L2(torch.tensor([0.1, 0.2])), [model[0].weight]) is None

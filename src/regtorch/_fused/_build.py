@@ -11,14 +11,20 @@ It is compiled for the instruction set torch itself dispatches to on this CPU
 ``DEFAULT``), never ``-march=native``. Building logs one line (``logging``, logger
 ``"regtorch"``); without a C++ compiler, or when the build fails, one line says so and the
 pure-PyTorch path is used. ``REGTORCH_FUSED=0`` disables the kernel.
+
+The same shared library is also a Python extension module (``loss.cpp``'s ``loss_term``, the
+loss-mode entry point, called without the dispatcher: :func:`load_loss_module`), so the build is
+also keyed on the Python ABI.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +32,8 @@ from types import SimpleNamespace
 
 import torch
 
-__all__ = ["ENV_CACHE", "ENV_DISABLE", "build_flags", "cache_dir", "load_kernel"]
+__all__ = ["ENV_CACHE", "ENV_DISABLE", "build_flags", "cache_dir", "load_kernel",
+           "load_loss_module"]
 
 logger = logging.getLogger("regtorch")
 
@@ -71,6 +78,7 @@ def cache_dir() -> Path:
 def _build_name(cap: str) -> str:
     digest = hashlib.sha256(b"".join(source.read_bytes() for source in _SOURCES))
     digest.update(" ".join(build_flags(cap)).encode())
+    digest.update(sys.implementation.cache_tag.encode())  # the Python module's ABI
     version = torch.__version__.replace("+", "_").replace(".", "_")
     return f"regtorch_fused_{version}_{cap.lower()}_{digest.hexdigest()[:12]}"
 
@@ -107,6 +115,7 @@ def _load() -> SimpleNamespace | None:
     if library.is_file():  # built before: load it directly (cpp_extension.load costs ~1 s)
         try:
             torch.ops.load_library(str(library))
+            _state["library"] = library
             return torch.ops.regtorch_fused
         except OSError as error:
             logger.warning("regtorch: could not load the cached fused kernel %s (%s); "
@@ -131,4 +140,31 @@ def _load() -> SimpleNamespace | None:
                        "pure-PyTorch path", type(error).__name__, message)
         return None
     logger.info("regtorch: fused kernel built in %.0f s", time.perf_counter() - started)
+    _state["library"] = library
     return torch.ops.regtorch_fused
+
+
+def load_loss_module():
+    """The kernel's library as a Python module (its ``loss_term``), or ``None`` when the kernel
+    is not available (:func:`load_kernel`) or the module cannot be imported (said once)."""
+    if "module" in _state:
+        return _state["module"]
+    if load_kernel() is None:  # (takes the lock itself)
+        return None
+    with _lock:
+        if "module" not in _state:
+            _state["module"] = _import_module()
+    return _state["module"]
+
+
+def _import_module():
+    library = _state["library"]
+    try:  # the library torch.ops loaded, imported once more as the extension module it also is
+        spec = importlib.util.spec_from_file_location(library.stem, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as error:
+        logger.warning("regtorch: the fused kernel's loss-mode entry could not be imported "
+                       "(%s); loss mode uses the dispatcher's operator", error)
+        return None
+    return module

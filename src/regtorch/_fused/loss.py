@@ -38,21 +38,43 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from regtorch._fused import _build
 from regtorch._fused._build import load_kernel
 
-__all__ = ["penalty_term", "uses_function", "uses_kernel_node"]
+__all__ = ["node_term", "penalty_term", "uses_function", "uses_kernel_node"]
 
 _GROUP_CODES = {"rows": 0, "columns": 1, "tensor": 2}
+_SCALE_CODES = {"sqrt": 0, "none": 1}
+# loss_term's dtype argument: 0 = the loss dtype of the tensors it keeps (see its docstring).
+_DTYPE_CODES = {None: 0, torch.float32: 1, torch.float64: 2}
 
 # Half-precision parameters and autocast keep autograd: the penalty is then computed in float32
 # by ``penalty.value`` (see regularizer.py), which the closed-form gradients do not do.
 _DTYPES = (torch.float32, torch.float64)
 
+_KINDS: dict[type, int] = {}  # penalty class -> 0 L1, 1 L2, 2 GroupLasso (filled on first use)
+
+
+def _kinds() -> dict[type, int]:
+    if not _KINDS:  # regtorch.penalties imports this package: bind its classes lazily
+        from regtorch.penalties import L1, L2, GroupLasso
+
+        _KINDS.update({L1: 0, L2: 1, GroupLasso: 2})
+    return _KINDS
+
+
+def _kind(term) -> int | None:
+    kinds = _kinds()
+    kind = kinds.get(type(term))
+    if kind is None:  # a subclass of a closed-form penalty is one too
+        for cls, code in kinds.items():
+            if isinstance(term, cls):
+                return code
+    return kind
+
 
 def _closed_form(penalty) -> bool:
-    from regtorch.penalties import L1, L2, GroupLasso
-
-    return all(isinstance(term, (L1, L2, GroupLasso)) for term in penalty.terms)
+    return all(_kind(term) is not None for term in penalty.terms)
 
 
 def _transformed(params: Sequence[Tensor]) -> bool:
@@ -70,38 +92,77 @@ def uses_function(penalty, params: Sequence[Tensor]) -> bool:
             and not _transformed(params) and any(p.requires_grad for p in params))
 
 
-def _kernel_terms(penalty, params: Sequence[Tensor], scratch):
-    """The C++ node's arguments ``(l1, l2, group_lams, group_codes, coefficients)`` for this
-    call, or ``None`` when the node cannot take it (no kernel, a ``[K]`` strength, a tensor that
-    is not a plain CPU float32/float64 one)."""
-    from regtorch.penalties import L1, L2, GroupLasso
+def _strength_args(penalty) -> tuple | None:
+    """The C++ node's strength arguments ``(l1, l2, group_lams, group_codes, group_scales)``,
+    read afresh at every call (a strength assigned during training counts at the next one), or
+    ``None`` when the node cannot take the penalty (a ``[K]`` strength, a term without a closed
+    form)."""
+    l1 = l2 = 0.0
+    lams: list[float] = []
+    codes: list[int] = []
+    scales: list[int] = []
+    for term in penalty.terms:
+        kind = _kind(term)
+        lam = getattr(term, "lam", None)
+        if kind is None or type(lam) is not float:  # validated strengths: a float or a tensor
+            return None
+        if kind == 0:
+            l1 += lam
+        elif kind == 1:
+            l2 += lam
+        else:
+            lams.append(lam)
+            codes.append(_GROUP_CODES[term.groups])
+            scales.append(_SCALE_CODES[term.scale])
+    return l1, l2, lams, codes, scales
 
+
+def node_term(penalty, params: Sequence[Tensor], dtype: torch.dtype | None = None):
+    """R(w) over the tensors of ``params`` that require a gradient, from the C++ node, or
+    ``None`` when it cannot take the call (no kernel; grad mode off; ``torch.compile`` tracing,
+    ``torch.func`` transforms, CUDA autocast; a ``[K]`` strength or a penalty without a closed
+    form; no tensor requiring a gradient; one that is not a plain CPU float32/float64 tensor).
+
+    The fast path of ``reg()``: one call into C++ with the rule's whole parameter list, which
+    selects and checks the tensors there, nothing cached here that could go stale (strengths are
+    read at each call, the group coefficients derived from the shapes in C++). ``dtype``: the
+    value's dtype; ``None`` for the loss dtype (float64 when a kept tensor is float64, else
+    float32, as :meth:`regtorch.Regularizer.__call__` documents).
+    """
+    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
+            or torch.is_autocast_enabled() or torch._C._are_functorch_transforms_active()):
+        return None
+    if load_kernel() is None:
+        return None
+    module = _build.load_loss_module()
+    if module is None:
+        return None
+    args = _strength_args(penalty)
+    if args is None:
+        return None
+    return module.loss_term(params, *args, _DTYPE_CODES[dtype])
+
+
+def _kernel_terms(penalty, params: Sequence[Tensor], scratch):
+    """The dispatcher operator's arguments ``(l1, l2, group_lams, group_codes, coefficients)``
+    for this call, or ``None`` when the node cannot take it (a ``[K]`` strength, a tensor that
+    is not a plain CPU float32/float64 one)."""
     for p in params:
         if (p.dtype not in _DTYPES or not p.is_cpu
                 or type(p) not in (Tensor, torch.nn.Parameter)):
             return None
-    l1 = l2 = 0.0
-    lams: list[float] = []
-    codes: list[int] = []
+    args = _strength_args(penalty)
+    if args is None:
+        return None
+    l1, l2, lams, codes, _ = args
     coefficients: list[float] = []
     for term in penalty.terms:
-        lam = term.lam
-        if isinstance(lam, Tensor):
-            return None
-        if isinstance(term, L1):
-            l1 += lam
-        elif isinstance(term, L2):
-            l2 += lam
-        elif isinstance(term, GroupLasso):
+        if _kind(term) == 2:
             # the same cached layout add_grad_ uses (coefficients c_g per tensor)
             key = (term, term.groups, term.scale, False)
             layout = (scratch.memo(key, params, lambda t=term: t._layout(params))
                       if scratch is not None else term._layout(params))
-            lams.append(lam)
-            codes.append(_GROUP_CODES[term.groups])
             coefficients.extend(layout.coefficients)
-        else:
-            return None
     return l1, l2, lams, codes, coefficients
 
 
@@ -130,6 +191,10 @@ def penalty_term(penalty, params: Sequence[Tensor], dtype: torch.dtype = torch.f
         return penalty.value(params)
     ops = load_kernel()
     if ops is not None:
+        if all(p.requires_grad for p in params):  # the node's own selection changes nothing
+            term = node_term(penalty, params, dtype)
+            if term is not None:
+                return term
         terms = _kernel_terms(penalty, params, scratch)
         if terms is not None:
             return ops.penalty_term(params, *terms, dtype)
