@@ -13,7 +13,13 @@ same value and the same gradients:
   autograd holds the only reference — no gradient buffer of the penalty's own, and no addition of
   one by autograd. ``loss.cpp``'s header says why that is sound under ``autograd.grad``,
   ``retain_graph``, accumulation and other backward passes through the same parameters;
-  non-leaf tensors get an ordinary gradient from the node.
+  non-leaf tensors get an ordinary gradient from the node. ``reg()`` reaches it in one call,
+  :func:`node_term`, into ``loss_term`` of the kernel's library imported as a Python module
+  (no dispatcher): the trainable tensors are selected, checked and given their group
+  coefficients there, so nothing is cached in Python that a frozen layer, ``model.double()``,
+  a replaced ``p.data`` or a new strength could make stale. (:func:`penalty_term` takes the
+  same call when every tensor it is handed needs a gradient, else the dispatcher's operator
+  ``regtorch_fused::penalty_term``.)
 - **without it** (``REGTORCH_FUSED=0``, no compiler, ``[K]`` strengths): a Python
   :class:`torch.autograd.Function` whose forward runs ``penalty.add_grad_(value=True)`` into
   fresh buffers and whose backward returns them scaled by the incoming gradient.
