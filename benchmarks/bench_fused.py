@@ -229,23 +229,39 @@ def _proximal_pure_pytorch(name):
     penalties' dispatch point): what a user without a compiler gets, in the same run."""
 
     def factory(model, make_optimizer, work):
-        step = _proximal(name)(model, make_optimizer, work)
-
-        def run() -> None:
-            load = fused.load_kernel
-            fused.load_kernel = _no_kernel
-            try:
-                pure_pytorch(step)()
-            finally:
-                fused.load_kernel = load
-
-        return run
+        return _proximal_pure_pytorch_step(_proximal(name)(model, make_optimizer, work))
 
     return factory
 
 
 def _no_kernel():
     return None
+
+
+def _proximal_generic(name):
+    """``Proximal`` without the kernel and without its lean element-wise step: the generic
+    pure-PyTorch path, ``effective_steps()`` materialized then ``reg.prox_`` (what the fallback
+    was before the lean step, and what a group lasso or ``[K]`` strengths still take)."""
+
+    def factory(model, make_optimizer, work):
+        optimizer = Proximal(make_optimizer(model.parameters()), Regularizer(model,
+                                                                             PENALTIES[name]()))
+        optimizer.handle._lean_prox_ = lambda: False
+        return _proximal_pure_pytorch_step(_step(model, optimizer, work))
+
+    return factory
+
+
+def _proximal_pure_pytorch_step(step):
+    def run() -> None:
+        load = fused.load_kernel
+        fused.load_kernel = _no_kernel
+        try:
+            pure_pytorch(step)()
+        finally:
+            fused.load_kernel = load
+
+    return run
 
 
 def _attach_prox(model, make_optimizer, work):
@@ -324,8 +340,9 @@ for _name in PENALTIES:
 VARIANTS["L2 fused (no value)"] = _fused_grad_only
 for _name in ("L1", "ElasticNet", "GroupLasso"):
     VARIANTS[f"{_name} Proximal"] = _proximal(_name)
-for _name in ("L1", "GroupLasso"):
+for _name in ("L1", "ElasticNet", "GroupLasso"):
     VARIANTS[f"{_name} Proximal pure PyTorch"] = _proximal_pure_pytorch(_name)
+VARIANTS["L1 Proximal effective_steps()+prox_"] = _proximal_generic("L1")
 VARIANTS["L1 attach_prox"] = _attach_prox
 VARIANTS["L1 fused prox"] = _fused_prox
 VARIANTS["L2 reg() autograd"] = _loss_autograd

@@ -225,8 +225,28 @@ def _add_sign_(params: Sequence[Tensor], grads: Sequence[Tensor], lam: float | l
 
 def _soft_threshold_(params: Sequence[Tensor], taus: list, all_float: bool,
                      scratch: Scratch | None) -> None:
-    """``w ← w − clamp(w, −τ, τ)`` = ``sign(w)·max(|w| − τ, 0)``; ``w − w`` is an exact zero."""
+    """``w ← w − clamp(w, −τ, τ)`` = ``sign(w)·max(|w| − τ, 0)``; ``w − w`` is an exact zero.
+
+    On CPU, per tensor into the buffers: a float τ is one ``clamp`` and one subtraction (two
+    passes); a tensor τ (an element-wise step) is ``w − τ`` into the buffer, ``w + τ`` in place
+    and their median with 0, ``clamp(0, w − τ, w + τ)`` (three passes, nothing allocated),
+    equal element for element to ``w − clamp(w, −τ, τ)``: where |w| > τ, ``w ∓ τ`` rounds as the
+    subtraction does, elsewhere the result is an exact 0. Elsewhere the foreach ops (a constant
+    number of launches)."""
     clipped = _buffers(params, scratch)
+    if not _multi_tensor(params):
+        zero = None
+        for p, t, buffer in zip(params, taus, clipped):
+            if isinstance(t, Tensor):
+                if zero is None:
+                    zero = torch.zeros((), dtype=p.dtype, device=p.device)
+                torch.sub(p, t, out=buffer)
+                p.add_(t)
+                torch.clamp(zero, buffer, p, out=p)
+            else:
+                torch.clamp(p, -t, t, out=buffer)
+                p.sub_(buffer)
+        return
     torch._foreach_copy_(clipped, params)
     if all_float:
         torch._foreach_clamp_min_(clipped, [-t for t in taus])

@@ -64,7 +64,7 @@ from torch.optim import SGD, Adagrad, Adam, Optimizer, RMSprop
 
 from regtorch import _fused
 from regtorch._fused.reference import group_dims
-from regtorch.penalties import L1, L2, GroupLasso, Penalty
+from regtorch.penalties import L1, L2, GroupLasso, Penalty, Scratch
 from regtorch.regularizer import Regularizer
 
 __all__ = ["ProxHandle", "Proximal", "attach_prox"]
@@ -185,6 +185,8 @@ class ProxHandle:
         self._stateful = family is not SGD
         self._check_groups()
         self._members = self._locate()
+        # buffers of the lean proximal step, per (rule, param group)
+        self._scratch: dict[tuple[int, int], tuple[Scratch, Scratch]] = {}
         self._hooks = [optimizer.register_step_pre_hook(self._before_step),
                        optimizer.register_step_post_hook(self._after_step)]
 
@@ -204,7 +206,7 @@ class ProxHandle:
         self._check_groups()
 
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._fused_prox_():
+        if not self._fused_prox_() and not self._lean_prox_():
             self.regularizer.prox_(self.effective_steps())
 
     @torch.no_grad()
@@ -221,16 +223,60 @@ class ProxHandle:
         ops = _fused.load_kernel()
         if ops is None:
             return False
-        groups = self.optimizer.param_groups
-        if sum(len(g["params"]) for g in groups) != self._optimized:
+        calls = self._covered_calls(groups=True)
+        if calls is None:
+            return False
+        for updated, step, (l1, l2, lam, grouping, scale), _ in calls:
+            coefficients = ([_coefficient(p, grouping, scale) for p in updated]
+                            if lam != 0.0 else [])
+            ops.prox_step(updated, *step, l1, l2, lam, _GROUP_CODES[grouping], coefficients)
+        return True
+
+    @torch.no_grad()
+    def _lean_prox_(self) -> bool:
+        """The proximal step without the kernel for the element-wise penalties (L1, L2,
+        elastic net with float strengths) on CPU float32/float64 tensors: the step computed
+        from the optimizer's state as the kernel computes it, applied by
+        :func:`_lean_elementwise_prox_` into cached buffers; whether it ran.
+
+        All or nothing, like :meth:`_fused_prox_`; a group lasso, a step count that is not a
+        CPU tensor (``capturable``/``fused`` Adam: reading it would synchronize the host), and
+        every case the kernel does not cover take ``effective_steps()`` then ``reg.prox_``.
+        """
+        if not self._rules or torch.compiler.is_compiling():
+            return False
+        calls = self._covered_calls(groups=False)
+        if calls is None:
+            return False
+        plans = []
+        for updated, (moments, counts, lr, eps, beta2, lr_decay), form, key in calls:
+            rates = _step_rates(counts, len(updated), lr, eps, beta2, lr_decay, bool(moments))
+            if rates is None:
+                return False
+            plans.append((updated, moments, rates, form, key))
+        for updated, moments, (lrs, epss), (l1, l2, _, _, _), key in plans:
+            scratch = self._scratch.get(key)
+            if scratch is None:
+                scratch = self._scratch[key] = (Scratch(), Scratch())
+            _lean_elementwise_prox_(updated, moments, lrs, epss, l1, l2,
+                                    scratch[0].like(updated) if moments else None,
+                                    scratch[1].like(updated))
+        return True
+
+    def _covered_calls(self, *, groups: bool) -> list[tuple] | None:
+        """``(updated params, step arguments, penalty form, (rule, group) index)`` per rule and
+        param group for a proximal step computed from the optimizer's state, or ``None`` when a
+        rule or a parameter is one neither the kernel nor the lean step covers (``groups``:
+        whether a group lasso term is covered)."""
+        groups_ = self.optimizer.param_groups
+        if sum(len(g["params"]) for g in groups_) != self._optimized:
             self._members = self._locate()  # add_param_group
         state = self.optimizer.state
         calls = []
-        for rule in self._rules:
+        for r, rule in enumerate(self._rules):
             form = _kernel_form(rule.penalty) if not rule.sharded else None
-            if form is None:
-                return False
-            l1, l2, lam, grouping, scale = form
+            if form is None or (not groups and form[2] != 0.0):
+                return None
             for index, params in rule.members:
                 updated = [p for p in params if p.grad is not None and p.requires_grad
                            and (not self._stateful or state.get(p))]
@@ -238,17 +284,12 @@ class ProxHandle:
                     continue
                 if not all(p.dtype in _KERNEL_DTYPES and p.is_cpu and type(p) in _PLAIN
                            for p in updated):
-                    return False
-                step = self._kernel_step(groups[index], updated)
+                    return None
+                step = self._kernel_step(groups_[index], updated)
                 if step is None:
-                    return False
-                coefficients = ([_coefficient(p, grouping, scale) for p in updated]
-                                if lam != 0.0 else [])
-                calls.append((updated, *step, l1, l2, lam, _GROUP_CODES[grouping],
-                              coefficients))
-        for call in calls:
-            ops.prox_step(*call)
-        return True
+                    return None
+                calls.append((updated, step, form, (r, index)))
+        return calls
 
     def _kernel_step(self, group: dict[str, Any], params: list[Tensor]) -> tuple | None:
         """The kernel's step arguments for one param group, ``(moments, step counts, lr, eps,
@@ -490,6 +531,74 @@ def _elementwise(v: list[Tensor], scales: list[Tensor] | None, eps: float,
     else:
         torch._foreach_mul_(denominators, lr)
     return list(denominators)
+
+
+def _step_rates(counts: Sequence[Any], n: int, lr: float, eps: float, beta2: float,
+                lr_decay: float, preconditioned: bool) -> tuple[list[float], list[float]] | None:
+    """Per tensor, the numerator ``lr_k·s`` and the ε term ``ε·s`` of the effective step
+    ``t = lr_k·s / (√v + ε·s)`` (``s = √(1 − β₂ᵏ)`` for Adam, else 1; ``lr_k`` Adagrad's
+    decayed lr, else ``lr``), from the step counts ``k`` the kernel reads (``_kernel_step``'s
+    ``counts``), as floats in float64 as torch's optimizers compute them; ``None`` when a count
+    is a tensor off the CPU (reading it would synchronize the host)."""
+    if not counts or (lr_decay == 0.0 and not (preconditioned and beta2 != 0.0)):
+        return [lr] * n, [eps] * n
+    lrs, epss = [], []
+    for count in counts:
+        if isinstance(count, Tensor):
+            if not count.is_cpu:
+                return None
+            count = count.item()
+        k = float(count)
+        lr_k = lr / (1.0 + (k - 1.0) * lr_decay) if lr_decay != 0.0 else lr
+        s = math.sqrt(1.0 - beta2 ** k) if preconditioned and beta2 != 0.0 else 1.0
+        lrs.append(lr_k * s)
+        epss.append(eps * s)
+    return lrs, epss
+
+
+def _lean_elementwise_prox_(params: Sequence[Tensor], moments: Sequence[Tensor],
+                            lrs: Sequence[float], epss: Sequence[float], l1: float, l2: float,
+                            denominators: Sequence[Tensor] | None,
+                            others: Sequence[Tensor]) -> None:
+    r"""The proximal step of :math:`l_1‖w‖_1 + \frac{l_2}{2}‖w‖^2` in place, with the
+    optimizer's step ``t = lrs[i] / (√v + epss[i])`` per element (``moments`` the ``v``'s) or the
+    scalar ``t = lrs[i]`` (no moments), through the buffers ``denominators`` and ``others``:
+
+    .. math::  d = \sqrt{v} + ε s, \qquad τ = \frac{l_1 \, lr\, s}{d}, \qquad
+               w ← \mathrm{clamp}(0, w − τ, w + τ) = w − \mathrm{clamp}(w, −τ, τ),
+               \qquad w ← \frac{w}{1 + l_2\, lr\, s / d}
+
+    ``w − τ`` and ``w + τ`` are each one ``addcdiv`` (τ itself is never written) and the median
+    of them and 0 one ``clamp``: the soft threshold by an element-wise τ takes three passes
+    after the denominator's two (``√v`` and ``+ ε·s``), where materializing ``t``, ``τ`` and
+    ``−τ`` then ``w − clamp(w, −τ, τ)`` took nine. The two forms are equal element for element:
+    where |w| > τ, ``w ∓ τ`` rounds as ``w − clamp(w, −τ, τ)`` does; elsewhere the result is an
+    exact 0. With a scalar step: ``clamp`` into a buffer, then one subtraction.
+    """
+    if moments:
+        one = torch.ones((), dtype=params[0].dtype)
+        zero = torch.zeros((), dtype=params[0].dtype)
+    for i, p in enumerate(params):
+        other = others[i]
+        if not moments:
+            t = lrs[i]
+            if l1 != 0.0:
+                torch.clamp(p, -(t * l1), t * l1, out=other)
+                p.sub_(other)
+            if l2 != 0.0:
+                p.div_(1.0 + t * l2)
+            continue
+        d = denominators[i]
+        torch.sqrt(moments[i], out=d)
+        d.add_(epss[i])
+        if l1 != 0.0:
+            tau = lrs[i] * l1
+            torch.addcdiv(p, one, d, value=-tau, out=other)  # w − τ
+            p.addcdiv_(one, d, value=tau)  # w + τ
+            torch.clamp(zero, other, p, out=p)  # the median of w − τ, 0 and w + τ
+        if l2 != 0.0:
+            torch.addcdiv(one, one, d, value=lrs[i] * l2, out=other)  # 1 + t·l2
+            p.div_(other)
 
 
 def _momentum(group: dict[str, Any]) -> float:
