@@ -86,7 +86,9 @@ class Scratch:
       the views a value is reduced over;
     * ``[K]`` strengths as one ``[K, 1, ..., 1]`` view per parameter in its dtype and device
       (:meth:`member_strengths`);
-    * per-parameter metadata a penalty derives from shapes (:meth:`memo`).
+    * per-parameter metadata a penalty derives from shapes (:meth:`memo`);
+    * the per-piece results of a value and the float64 weights they are summed with
+      (:meth:`sums`).
 
     Every cache is checked against what it was made from at each use. Buffers and metadata are
     keyed on the identity, shape, dtype and device of the parameters (freezing a layer or moving
@@ -97,7 +99,7 @@ class Scratch:
     pieces and strengths are recomputed instead (nothing to guard on in a graph).
     """
 
-    __slots__ = ("_bufs", "_key", "_memo", "_pieces", "_strengths")
+    __slots__ = ("_bufs", "_key", "_memo", "_pieces", "_strengths", "_sums")
 
     def __init__(self) -> None:
         self._bufs: list[Tensor] = []
@@ -105,6 +107,7 @@ class Scratch:
         self._memo: dict[object, tuple[tuple, object]] = {}
         self._pieces: dict[int, tuple[tuple, list[Tensor]]] = {}  # 0: parameters, 1: buffers
         self._strengths: tuple[Tensor, int, tuple, list[Tensor]] | None = None
+        self._sums: tuple[tuple, list[Tensor], Tensor, Tensor] | None = None
 
     def like(self, params: Sequence[Tensor]) -> list[Tensor]:
         key = (tuple(map(id, params)), params[0].dtype, params[0].device) if params else ()
@@ -121,11 +124,27 @@ class Scratch:
         if torch.compiler.is_compiling():
             return flat_pieces(tensors)
         slot = 1 if tensors is self._bufs else 0
-        key = tuple((id(t), t.data_ptr(), t.shape, t.stride()) for t in tensors)
         hit = self._pieces.get(slot)
+        if slot == 1 and hit is not None:  # this scratch's buffers: like() drops their pieces
+            return hit[1]
+        key = tuple((id(t), t.data_ptr(), t.shape, t.stride()) for t in tensors)
         if hit is None or hit[0] != key:
             hit = self._pieces[slot] = (key, flat_pieces([t.detach() for t in tensors]))
         return hit[1]
+
+    def sums(self, weights: tuple[float, ...],
+             dtype: torch.dtype) -> tuple[list[Tensor], Tensor, Tensor]:
+        """``(slots, buffer, vector)``: one 0-d slot per weight (views of one CPU ``dtype``
+        buffer, to reduce into with ``out=``) and the weights as a float64 vector, made once per
+        weights and dtype; ``dot(buffer.to(float64), vector)`` is the weighted sum of what the
+        slots hold."""
+        key = (weights, dtype)
+        hit = self._sums
+        if hit is None or hit[0] != key:
+            buffer = torch.empty(len(weights), dtype=dtype)
+            hit = self._sums = (key, list(buffer.unbind()), buffer,
+                                torch.tensor(weights, dtype=torch.float64))
+        return hit[1], hit[2], hit[3]
 
     def member_strengths(self, lam: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
         """:func:`_per_param` of ``lam``, made once per strength tensor, version and layout."""
@@ -221,6 +240,60 @@ def _add_sign_(params: Sequence[Tensor], grads: Sequence[Tensor], lam: float | l
         torch._foreach_addcmul_(grads, signs, lam)
     else:
         torch._foreach_add_(grads, signs, alpha=lam)
+
+
+def _lean(params: Sequence[Tensor], *strengths: Strength) -> bool:
+    """Whether a call takes the lean CPU forms (:func:`_elementwise_grad_`,
+    :meth:`GroupLasso._flat_grad_`): CPU float32/float64 parameters, float strengths, not
+    traced by ``torch.compile``, not a DTensor, a ``torch.func`` wrapper or another subclass.
+    Without a scratch they run on a fresh one (the same results)."""
+    first = params[0]
+    return (first.dtype in _LEAN_DTYPES and not _multi_tensor(params)
+            and type(first) in (Tensor, torch.nn.Parameter)
+            and not torch._C._functorch.is_functorch_wrapped_tensor(first)
+            and not torch.compiler.is_compiling()
+            and not any(isinstance(s, Tensor) for s in strengths))
+
+
+def _elementwise_grad_(params: Sequence[Tensor], grads: Sequence[Tensor], l1: float, l2: float,
+                       value: object, scratch: Scratch) -> Tensor | None:
+    r"""``grads += l1·sign(w)``, then ``grads += l2·w`` (the fused kernel's order, so the same
+    gradients bit for bit); with ``value``,
+
+    .. math::  l_1 \sum |w| + \frac{l_2}{2} \sum w^2
+
+    from one BLAS ``dot`` per piece of at most ``CHUNK`` elements (``Σ|w| = Σ w·sign(w)`` from
+    the signs the gradient just wrote; ``Σw² = dot(w, w)``) into the scratch's result slots, then
+    one float64 ``dot`` of those results with the cached weights ``[l1, …, l2/2, …]``: the
+    pieces' float32 results are added in float64, one op for any number of tensors and terms.
+    CPU float32/float64 tensors with float strengths (:func:`_lean`); passes over the weights:
+    L2 two (the update, one ``dot``), L1 three (sign, update, ``dot``), elastic net five.
+    """
+    signs = None
+    if l1 != 0.0:
+        signs = scratch.like(params)
+        for p, buffer in zip(params, signs):
+            torch.sign(p, out=buffer)
+        torch._foreach_add_(grads, signs, alpha=l1)
+    if l2 != 0.0:
+        torch._foreach_add_(grads, params, alpha=l2)
+    if not value:
+        return None
+    pieces = scratch.pieces(params)
+    pairs: list[tuple[Tensor, Tensor]] = []
+    weights: list[float] = []
+    if signs is not None:
+        pairs.extend(zip(pieces, scratch.pieces(signs)))
+        weights.extend([l1] * len(pieces))
+    if l2 != 0.0:
+        pairs.extend(zip(pieces, pieces))
+        weights.extend([0.5 * l2] * len(pieces))
+    if not pairs:
+        return float64_zero()
+    slots, results, vector = scratch.sums(tuple(weights), params[0].dtype)
+    for (x, y), out in zip(pairs, slots):
+        torch.dot(x, y, out=out)
+    return torch.dot(results.to(torch.float64), vector)
 
 
 def _soft_threshold_(params: Sequence[Tensor], taus: list, all_float: bool,
@@ -430,6 +503,8 @@ class L2(Penalty):
         ops = _kernel(params, self.lam)
         if ops is not None:  # gradient and value in one pass
             return _kernel_grad(ops.elementwise_grad, params, grads, 0.0, self.lam, value=value)
+        if _lean(params, self.lam):
+            return _elementwise_grad_(params, grads, 0.0, self.lam, value, scratch or Scratch())
         if _stacked(self.lam):
             lams = _member_strengths(self.lam, params, scratch)
             torch._foreach_addcmul_(grads, params, lams)
@@ -490,6 +565,8 @@ class L1(Penalty):
         ops = _kernel(params, self.lam)
         if ops is not None:  # gradient and value in one pass
             return _kernel_grad(ops.elementwise_grad, params, grads, self.lam, 0.0, value=value)
+        if not is_zero(self.lam) and _lean(params, self.lam):
+            return _elementwise_grad_(params, grads, self.lam, 0.0, value, scratch or Scratch())
         if _stacked(self.lam):
             lams = _member_strengths(self.lam, params, scratch)
             _add_sign_(params, grads, lams, _buffers(params, scratch))
@@ -658,6 +735,13 @@ class GroupLasso(Penalty):
         if ops is not None:  # norms, gradient and value in one call
             return _kernel_grad(ops.group_grad, params, grads, self.lam,
                                 _GROUP_CODES[self.groups], layout.coefficients, value=value)
+        flat = None
+        if _lean(params, self.lam):
+            flat = (_flat_norms(params, layout) if scratch is None else
+                    scratch.memo((self, "flat", params[0].dtype, self.groups, self.scale),
+                                 params, lambda: _flat_norms(params, layout)))
+        if flat is not None:
+            return self._flat_grad_(params, grads, value, layout, flat)
         norms = [self._group_norms(p, d) for p, d in zip(params, layout.dims)]
         total = None
         if value:  # from the norms the gradient needs anyway
@@ -686,6 +770,23 @@ class GroupLasso(Penalty):
             torch._foreach_addcmul_(grads, params, norms)
         else:
             torch._foreach_addcdiv_(grads, params, norms, layout.scaled_coefficients(self.lam))
+        return total
+
+    def _flat_grad_(self, params, grads, value, layout: _GroupLayout,
+                    flat: tuple[Tensor, list[Tensor], Tensor]) -> Tensor | None:
+        """The lean CPU path: every group norm written by one ``vector_norm(out=)`` per tensor
+        into one cached buffer (no allocation per step); the value is one float64 ``dot`` of
+        those norms with the cached per-group ``c_g``, times λ; the floor is one ``clamp_min_``
+        over the buffer; the gradient one ``_foreach_addcdiv_`` — the same gradients as the
+        per-tensor norms, one pass over the weights for the norms and one for the update."""
+        buffer, views, coefficients = flat
+        for p, dims, out in zip(params, layout.dims, views):
+            torch.linalg.vector_norm(p, 2, dim=dims, keepdim=True, out=out)
+        total = self.lam * torch.dot(buffer.to(torch.float64), coefficients) if value else None
+        if is_zero(self.lam):
+            return total
+        buffer.clamp_min_(layout.floors[0])
+        torch._foreach_addcdiv_(grads, params, views, layout.scaled_coefficients(self.lam))
         return total
 
     def prox_(self, params, steps, *, scratch=None):
@@ -843,6 +944,8 @@ class Sum(Penalty):
         ops = _kernel(params, *pair) if pair is not None else None
         if ops is not None:  # L1 then L2, as the terms would, in one pass
             return _kernel_grad(ops.elementwise_grad, params, grads, *pair, value=value)
+        if pair is not None and params and _lean(params, *pair):
+            return _elementwise_grad_(params, grads, *pair, value, scratch or Scratch())
         values = [t.add_grad_(params, grads, value=value, scratch=scratch) for t in self.terms]
         if not value:
             return None
@@ -879,6 +982,28 @@ class Sum(Penalty):
 
     def __repr__(self) -> str:
         return " + ".join(repr(t) for t in self.terms)
+
+
+def _flat_norms(params: Sequence[Tensor],
+                layout: _GroupLayout) -> tuple[Tensor, list[Tensor], Tensor] | None:
+    """For :meth:`GroupLasso._flat_grad_`: one buffer for every group norm of ``params`` (same
+    dtype), its views in each tensor's keepdim norm shape, and the float64 vector of each group's
+    ``c_g``; ``None`` when a tensor's norms need another form (``_group_norms``: groups of single
+    elements, a whole tensor of more than ``CHUNK`` elements, float32 groups of more than
+    ``CHUNK`` elements summed in float64)."""
+    counts, shapes = [], []
+    for p, dims in zip(params, layout.dims):
+        size = _group_size(p.shape, dims)
+        if (not dims or p.numel() == 0 or p.dtype != params[0].dtype or size > CHUNK
+                or (len(dims) == p.ndim and p.numel() > CHUNK)):
+            return None
+        shapes.append(tuple(1 if d in dims else n for d, n in enumerate(p.shape)))
+        counts.append(p.numel() // size)
+    buffer = torch.empty(sum(counts), dtype=params[0].dtype)
+    views = [piece.view(shape) for piece, shape in zip(buffer.split(counts), shapes)]
+    coefficients = torch.tensor([c for c, n in zip(layout.coefficients, counts) for _ in range(n)],
+                                dtype=torch.float64)
+    return buffer, views, coefficients
 
 
 def _group_size(shape: Sequence[int], dims: Sequence[int]) -> int:

@@ -1,0 +1,216 @@
+"""The pure-PyTorch path (what a user without a C++ compiler gets), before vs after, in one run.
+
+The penalties module of an earlier git revision (``--before``, default ``0b40186``: the last
+commit before the lean formulations of this benchmark's section in ``benchmarks/README.md``) is
+loaded from git beside the current one, and every variant below runs with the fused kernel
+switched off, interleaved in shuffled rounds (``bench_penalty.time_interleaved``). Seed MLP
+784-200-100-10, batch 32, 1 thread by default. Variants, each on its own copy of the model:
+
+* ``none``, ``none (2nd copy)`` (the A/A control), ``builtin weight_decay``;
+* ``P value before`` / ``P value after`` for P in L2, L1, ElasticNet, GroupLasso:
+  ``penalty.add_grad_(params, grads, value=True, scratch=...)`` under ``no_grad`` after
+  ``backward()``, with the earlier module's penalty resp. the current one (the same call, so the
+  two rows differ only by the penalties' code; ``Regularizer.add_grad_`` adds the same few µs to
+  both);
+* ``P Proximal before``: ``attach_prox``'s generic step, ``effective_steps()`` then
+  ``reg.prox_`` with the earlier module's penalty (what ``Proximal`` did without the kernel);
+  ``P Proximal after``: ``Proximal`` with the kernel switched off (its lean element-wise step);
+* ``L2 value kernel`` and ``L1 Proximal kernel``: the kernel itself, for reference (left out
+  when it is not built).
+
+Usage::
+
+    python benchmarks/bench_fallback.py [--before REV] [--optims sgd,adam,adamw] [--rounds N]
+                                        [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import os
+import random
+import statistics
+import subprocess
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import torch
+from bench_penalty import MODELS, OPTIMIZERS, keep_freed_memory, overheads, pure_pytorch
+from bench_penalty import time_interleaved as interleave
+
+import regtorch
+from regtorch import L1, L2, Proximal, Regularizer, attach_prox, penalties
+from regtorch import _fused as fused
+
+LAM = 1e-4
+L1_LAM = 1e-5
+ROOT = Path(__file__).resolve().parent.parent
+PENALTIES = {
+    "L2": lambda m: m.L2(LAM),
+    "L1": lambda m: m.L1(L1_LAM),
+    "ElasticNet": lambda m: m.ElasticNet(L1_LAM, LAM),
+    "GroupLasso": lambda m: m.GroupLasso(LAM),
+}
+
+
+def load_penalties(revision: str) -> types.ModuleType:
+    """``regtorch/penalties.py`` as it was at ``revision``, as a module of its own (its imports
+    are today's ``regtorch._reduce``, ``_strength`` and ``_fused``), with the kernel off."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show",
+                             f"{revision}:src/regtorch/penalties.py"],
+                            capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType(f"penalties_{revision}")
+    module.__file__ = f"{revision}:src/regtorch/penalties.py"
+    sys.modules[module.__name__] = module  # dataclass-like NamedTuples resolve their module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    module._kernel = lambda *args: None
+    return module
+
+
+def _no_kernel():
+    return None
+
+
+def without_kernel(step):
+    """``step`` with the kernel switched off: the penalties' dispatch point and the proximal
+    hook's ``load_kernel`` both answer "no kernel"."""
+    def run() -> None:
+        load = fused.load_kernel
+        fused.load_kernel = _no_kernel
+        try:
+            pure_pytorch(step)()
+        finally:
+            fused.load_kernel = load
+
+    return run
+
+
+def _train_step(model, optimizer, work, after_backward=None):
+    def step() -> None:
+        optimizer.zero_grad()
+        work.criterion(model(work.x), work.y).backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+
+    return step
+
+
+def _value(module, name):
+    """``penalty.add_grad_(value=True)`` of ``module``'s penalty on the model's weights."""
+    def factory(model, make_optimizer, work):
+        penalty = PENALTIES[name](module)
+        params = list(Regularizer(model, L2(LAM)).parameters())
+        scratch = module.Scratch()
+
+        @torch.no_grad()
+        def add_grad():
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            return penalty.add_grad_(params, [p.grad for p in params], value=True,
+                                     scratch=scratch)
+
+        return without_kernel(_train_step(model, make_optimizer(model.parameters()), work,
+                                          add_grad))
+
+    return factory
+
+
+def _proximal_before(module, name):
+    def factory(model, make_optimizer, work):
+        optimizer = make_optimizer(model.parameters())
+        reg = Regularizer(model, PENALTIES[name](penalties))
+        reg._groups[0].penalty = PENALTIES[name](module)  # the earlier prox_, same parameters
+        handle = attach_prox(optimizer, reg)
+        handle._lean_prox_ = lambda: False  # absent before: effective_steps() then prox_
+        return without_kernel(_train_step(model, optimizer, work))
+
+    return factory
+
+
+def _proximal_after(name):
+    def factory(model, make_optimizer, work):
+        optimizer = Proximal(make_optimizer(model.parameters()),
+                             Regularizer(model, PENALTIES[name](penalties)))
+        return without_kernel(_train_step(model, optimizer, work))
+
+    return factory
+
+
+def _kernel_value(model, make_optimizer, work):
+    reg = Regularizer(model, L2(LAM))
+    return _train_step(model, make_optimizer(model.parameters()), work,
+                       functools.partial(reg.add_grad_, value=True))
+
+
+def _kernel_proximal(model, make_optimizer, work):
+    return _train_step(model, Proximal(make_optimizer(model.parameters()),
+                                       Regularizer(model, L1(L1_LAM))), work)
+
+
+def _none(model, make_optimizer, work):
+    return _train_step(model, make_optimizer(model.parameters()), work)
+
+
+def _builtin(model, make_optimizer, work):
+    return _train_step(model, make_optimizer(regtorch.param_groups(model, weight_decay=LAM)),
+                       work)
+
+
+def variants(before: types.ModuleType) -> dict:
+    out = {"none": _none, "none (2nd copy)": _none, "builtin weight_decay": _builtin}
+    for name in PENALTIES:
+        out[f"{name} value before"] = _value(before, name)
+        out[f"{name} value after"] = _value(penalties, name)
+    for name in ("L1", "ElasticNet"):
+        out[f"{name} Proximal before"] = _proximal_before(before, name)
+        out[f"{name} Proximal after"] = _proximal_after(name)
+    if fused.load_kernel() is not None:
+        out["L2 value kernel"] = _kernel_value
+        out["L1 Proximal kernel"] = _kernel_proximal
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default="0b40186", help="git revision of the 'before' rows")
+    parser.add_argument("--optims", default="sgd,adam,adamw")
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    before = load_penalties(args.before)
+    table = variants(before)
+    columns = {}
+    for optim in args.optims.split(","):
+        label, make_optimizer = OPTIMIZERS[optim]
+        torch.manual_seed(0)
+        work = MODELS["seed"](False)
+        steps = {name: factory(copy.deepcopy(work.model), make_optimizer, work)
+                 for name, factory in table.items()}
+        load = os.getloadavg()[0]
+        times = interleave(steps, work, args.rounds, random.Random(0))
+        columns[optim] = (overheads(times), statistics.median(times["none"]))
+        print(f"seed MLP · {label} · {args.rounds} rounds · load {load:.1f} → "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+    print(f"\ntorch {torch.__version__}, {args.threads} thread(s), before = {args.before}\n")
+    print("| variant (overhead vs none) | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    print("| `none` ms/step | " + " | ".join(f"{1e3 * t:.2f}" for _, t in columns.values())
+          + " |")
+    for name in table:
+        if name != "none":
+            print(f"| {name} | " + " | ".join(f"{stats[name][0]:+.1f}%"
+                                               for stats, _ in columns.values()) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
