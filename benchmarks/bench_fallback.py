@@ -18,10 +18,15 @@ switched off, interleaved in shuffled rounds (``bench_penalty.time_interleaved``
 * ``L2 value kernel`` and ``L1 Proximal kernel``: the kernel itself, for reference (left out
   when it is not built).
 
+With ``--calls`` it times the calls alone instead (thread CPU time, so other processes on a
+busy machine count less): ``add_grad_(value=True)`` on the seed MLP's weights with fixed
+gradients, and the proximal hook after an Adam / AdamW / SGD step, before vs after, interleaved
+rounds of ``--calls`` calls; the median per call, and the median of the paired ratios.
+
 Usage::
 
     python benchmarks/bench_fallback.py [--before REV] [--optims sgd,adam,adamw] [--rounds N]
-                                        [--threads 1]
+                                        [--threads 1] [--calls N]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import random
 import statistics
 import subprocess
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -176,17 +182,90 @@ def variants(before: types.ModuleType) -> dict:
     return out
 
 
+def _call_pairs(before: types.ModuleType, optims: list[str]) -> dict[str, tuple]:
+    """(before, after) zero-argument calls: the penalties' add_grad_ and the proximal hooks."""
+    torch.manual_seed(0)
+    work = MODELS["seed"](False)
+    model = copy.deepcopy(work.model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    params = list(Regularizer(model, L2(LAM)).parameters())
+    pairs = {}
+    for name in PENALTIES:
+        calls = []
+        for module in (before, penalties):
+            penalty, scratch = PENALTIES[name](module), module.Scratch()
+            calls.append(torch.no_grad()(functools.partial(
+                penalty.add_grad_, params, [p.grad for p in params], value=True,
+                scratch=scratch)))
+        pairs[f"{name} add_grad_(value=True)"] = tuple(calls)
+    for optim in optims:
+        for name in ("L1", "ElasticNet"):
+            calls = []
+            for module in (before, penalties):
+                twin = copy.deepcopy(model)
+                for a, b in zip(twin.parameters(), model.parameters()):
+                    a.grad = b.grad.clone()  # deepcopy leaves .grad behind
+                optimizer = OPTIMIZERS[optim][1](twin.parameters())
+                reg = Regularizer(twin, PENALTIES[name](penalties))
+                reg._groups[0].penalty = PENALTIES[name](module)
+                handle = attach_prox(optimizer, reg)
+                optimizer.step()
+                handle.remove()  # the hook is called by hand below, without the step
+                if module is before:
+                    calls.append(torch.no_grad()(lambda h=handle: h.regularizer.prox_(
+                        h.effective_steps())))
+                else:
+                    calls.append(handle._lean_prox_)
+            pairs[f"{name} proximal hook, {optim}"] = tuple(calls)
+    return pairs
+
+
+def time_calls(before: types.ModuleType, optims: list[str], rounds: int, calls: int) -> None:
+    pairs = _call_pairs(before, optims)
+    rng = random.Random(0)
+    times = {name: ([], []) for name in pairs}
+    fused.load_kernel, load = _no_kernel, fused.load_kernel
+    try:
+        for _ in range(rounds):
+            names = list(pairs)
+            rng.shuffle(names)
+            for name in names:
+                for side in rng.sample([0, 1], 2):
+                    call = pairs[name][side]
+                    call()
+                    start = time.thread_time_ns()
+                    for _ in range(calls):
+                        call()
+                    times[name][side].append((time.thread_time_ns() - start) / calls / 1e3)
+    finally:
+        fused.load_kernel = load
+    print("| call (pure PyTorch, seed MLP weights) | before µs | after µs | after / before |")
+    print("|---|---:|---:|---:|")
+    for name, (old, new) in times.items():
+        ratio = statistics.median(b / a for a, b in zip(old, new))
+        print(f"| {name} | {statistics.median(old):.1f} | {statistics.median(new):.1f} | "
+              f"{ratio:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="0b40186", help="git revision of the 'before' rows")
     parser.add_argument("--optims", default="sgd,adam,adamw")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calls", type=int, default=0,
+                        help="time the calls alone, this many per round (thread CPU time)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     before = load_penalties(args.before)
+    if args.calls:
+        print(f"torch {torch.__version__}, {args.threads} thread(s), before = {args.before}, "
+              f"{args.rounds} rounds of {args.calls} calls, load {os.getloadavg()[0]:.1f}\n")
+        time_calls(before, args.optims.split(","), args.rounds, args.calls)
+        return 0
     table = variants(before)
     columns = {}
     for optim in args.optims.split(","):

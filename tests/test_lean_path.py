@@ -6,18 +6,24 @@ and what [K] strengths, half types and other devices always use.
 * the multi-tensor form launches a number of ops that does not grow with the number of tensors
   (counted with torch.profiler);
 * its caches (pieces, [K] strengths, group-lasso coefficients) follow every change of a strength
-  (assigned or in place) and of the parameters (new storage, new dtype, new shapes).
+  (assigned or in place) and of the parameters (new storage, new dtype, new shapes);
+* the proximal step attached to an optimizer (its lean element-wise form) equals the optimizer's
+  own step followed by NumPy's prox at the effective step, zeros included, and allocates nothing
+  after its first step.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from regtorch import L1, L2, ElasticNet, GroupLasso, penalties
+from regtorch import L1, L2, ElasticNet, GroupLasso, Proximal, Regularizer, penalties
+from regtorch.optim.proximal import ProxHandle
 from regtorch.penalties import Scratch
 
 RTOL = 1e-12
@@ -266,3 +272,112 @@ def test_group_lasso_stacked_prox_follows_an_in_place_strength_change():
     penalty.prox_([got], [0.5], scratch=scratch)
     GroupLasso(penalty.lam.clone()).prox_([expected], [0.5])
     assert torch.equal(got, expected)
+
+
+# -- the lean element-wise value follows strength changes --------------------------------------
+
+def test_elastic_net_value_follows_strengths_assigned_between_steps():
+    """The cached per-piece weights [l1, …, l2/2, …] are rebuilt when a strength changes."""
+    params, scratch = tensors(), Scratch()
+    penalty = ElasticNet(0.2, 0.5)
+    for l1, l2 in ((0.2, 0.5), (0.7, 0.5), (0.7, 0.0), (0.0, 0.3)):
+        penalty.l1, penalty.l2 = l1, l2
+        grads = fresh_grads(params)
+        value = penalty.add_grad_(params, grads, value=True, scratch=scratch)
+        w = [p.to(torch.float64) for p in params]
+        expected = sum(l1 * x.abs().sum() + l2 / 2 * (x * x).sum() for x in w).item()
+        assert value.item() == pytest.approx(expected, rel=RTOL, abs=ATOL)
+        for g, p in zip(grads, params):
+            assert torch.equal(g, torch.zeros_like(p).add(torch.sign(p), alpha=l1)
+                               .add(p, alpha=l2))
+
+
+# -- the lean proximal step ----------------------------------------------------------------------
+
+def test_soft_threshold_by_an_elementwise_step_equals_the_textbook_form_bit_for_bit():
+    """clamp(0, w − τ, w + τ) (the lean form) against w − clamp(w, −τ, τ), ties |w| = τ, ±0
+    and tiny values included."""
+    for dtype in (torch.float64, torch.float32):
+        generator = torch.Generator().manual_seed(5)
+        w = torch.randn(40, 30, generator=generator, dtype=torch.float64).to(dtype)
+        t = torch.rand(40, 30, generator=generator, dtype=torch.float64).to(dtype)
+        w[0, :5] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 0.5], dtype=dtype)
+        t[0, 4] = 0.5 / 0.3  # |w| = τ = t·λ up to rounding
+        w[1] = (t[1] * 0.3).neg()  # |w| = τ exactly (τ computed as below)
+        for scratch in (None, Scratch()):
+            got = w.clone()
+            L1(0.3).prox_([got], [t], scratch=scratch)
+            tau = t * 0.3
+            assert torch.equal(got, w - torch.clamp(w, -tau, tau))
+
+
+def _proximal_reference(make, penalty, steps=4):
+    """Proximal(optimizer) on the lean path, and at each step the plain optimizer from the same
+    state followed by NumPy's prox with t = lr/(√(v/(1−β₂ᵏ)) + ε) (Adam/AdamW) or
+    lr/(1−μ) (SGD with momentum), both in float64."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                                torch.nn.Linear(8, 3)).to(torch.float64)
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    optimizer = Proximal(make(model.parameters()), Regularizer(model, penalty))
+    l1 = sum(t.lam for t in penalty.terms if isinstance(t, L1))
+    l2 = sum(t.lam for t in penalty.terms if isinstance(t, L2))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        twin = copy.deepcopy(model)
+        plain = make(twin.parameters())
+        plain.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        for a, b in zip(twin.parameters(), model.parameters()):
+            a.grad = b.grad.clone()
+        plain.step()
+        optimizer.step()
+        for layer in (0, 2):
+            w = twin[layer].weight.detach().numpy()
+            group = plain.param_groups[0]
+            if "betas" in group:
+                state = plain.state[twin[layer].weight]
+                v_hat = state["exp_avg_sq"].numpy() / (1 - group["betas"][1]
+                                                       ** float(state["step"]))
+                t = group["lr"] / (np.sqrt(v_hat) + group["eps"])
+            else:
+                t = group["lr"] / (1 - group["momentum"])
+            expected = np.sign(w) * np.maximum(np.abs(w) - t * l1, 0.0) / (1 + t * l2)
+            got = model[layer].weight.detach().numpy()
+            np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0)
+            assert np.array_equal(got == 0, expected == 0)
+    return model
+
+
+LEAN_PROX_OPTIMIZERS = [pytest.param(make, id=name) for name, make in [
+    ("adam", lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.95))),
+    ("adamw", lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.01)),
+    ("sgd-momentum", lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5))]]
+
+
+@pytest.mark.parametrize("penalty", [pytest.param(L1(0.05), id="L1"),
+                                     pytest.param(ElasticNet(0.05, 0.3), id="ElasticNet")])
+@pytest.mark.parametrize("make", LEAN_PROX_OPTIMIZERS)
+def test_lean_proximal_step_equals_the_optimizer_then_the_prox(make, penalty, monkeypatch):
+    def refuse(self):
+        raise AssertionError("the lean step must not materialize effective_steps()")
+
+    monkeypatch.setattr(ProxHandle, "effective_steps", refuse)
+    model = _proximal_reference(make, penalty)
+    assert bool((model[0].weight == 0).any())  # the threshold acted
+
+
+def test_lean_proximal_step_allocates_nothing_after_the_first():
+    model = torch.nn.Linear(30, 20)
+    optimizer = Proximal(torch.optim.Adam(model.parameters(), lr=0.01),
+                         Regularizer(model, ElasticNet(1e-3, 1e-2)))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        optimizer.handle._after_step(optimizer, (), {})
+    events = prof.events()
+    assert sum(e.name == "aten::addcdiv" for e in events) == 2  # the lean form ran
+    # a 0-d scalar wrapped by torch is all (a parameter-sized buffer would be 2400 bytes)
+    allocated = [(e.name, e.cpu_memory_usage) for e in events if e.cpu_memory_usage > 0]
+    assert sum(size for _, size in allocated) <= 64, allocated

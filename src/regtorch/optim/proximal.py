@@ -187,6 +187,7 @@ class ProxHandle:
         self._members = self._locate()
         # buffers of the lean proximal step, per (rule, param group)
         self._scratch: dict[tuple[int, int], tuple[Scratch, Scratch]] = {}
+        self._scalars: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         self._hooks = [optimizer.register_step_pre_hook(self._before_step),
                        optimizer.register_step_post_hook(self._after_step)]
 
@@ -260,8 +261,18 @@ class ProxHandle:
                 scratch = self._scratch[key] = (Scratch(), Scratch())
             _lean_elementwise_prox_(updated, moments, lrs, epss, l1, l2,
                                     scratch[0].like(updated) if moments else None,
-                                    scratch[1].like(updated))
+                                    scratch[1].like(updated), self._constants(updated[0]))
         return True
+
+    def _constants(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """0-d ``1`` and ``0`` in ``like``'s dtype and device, made once."""
+        key = (like.dtype, like.device)
+        constants = self._scalars.get(key)
+        if constants is None:
+            constants = self._scalars[key] = (torch.ones((), dtype=like.dtype, device=like.device),
+                                              torch.zeros((), dtype=like.dtype,
+                                                          device=like.device))
+        return constants
 
     def _covered_calls(self, *, groups: bool) -> list[tuple] | None:
         """``(updated params, step arguments, penalty form, (rule, group) index)`` per rule and
@@ -558,11 +569,12 @@ def _step_rates(counts: Sequence[Any], n: int, lr: float, eps: float, beta2: flo
 
 def _lean_elementwise_prox_(params: Sequence[Tensor], moments: Sequence[Tensor],
                             lrs: Sequence[float], epss: Sequence[float], l1: float, l2: float,
-                            denominators: Sequence[Tensor] | None,
-                            others: Sequence[Tensor]) -> None:
+                            denominators: Sequence[Tensor] | None, others: Sequence[Tensor],
+                            constants: tuple[Tensor, Tensor]) -> None:
     r"""The proximal step of :math:`l_1‖w‖_1 + \frac{l_2}{2}‖w‖^2` in place, with the
     optimizer's step ``t = lrs[i] / (√v + epss[i])`` per element (``moments`` the ``v``'s) or the
-    scalar ``t = lrs[i]`` (no moments), through the buffers ``denominators`` and ``others``:
+    scalar ``t = lrs[i]`` (no moments), through the buffers ``denominators`` and ``others``
+    (nothing is allocated):
 
     .. math::  d = \sqrt{v} + ε s, \qquad τ = \frac{l_1 \, lr\, s}{d}, \qquad
                w ← \mathrm{clamp}(0, w − τ, w + τ) = w − \mathrm{clamp}(w, −τ, τ),
@@ -575,9 +587,7 @@ def _lean_elementwise_prox_(params: Sequence[Tensor], moments: Sequence[Tensor],
     where |w| > τ, ``w ∓ τ`` rounds as ``w − clamp(w, −τ, τ)`` does; elsewhere the result is an
     exact 0. With a scalar step: ``clamp`` into a buffer, then one subtraction.
     """
-    if moments:
-        one = torch.ones((), dtype=params[0].dtype)
-        zero = torch.zeros((), dtype=params[0].dtype)
+    one, zero = constants  # 0-d, in the parameters' dtype
     for i, p in enumerate(params):
         other = others[i]
         if not moments:
