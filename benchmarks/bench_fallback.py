@@ -4,7 +4,8 @@ The penalties module of an earlier git revision (``--before``, default ``0b40186
 commit before the lean formulations of this benchmark's section in ``benchmarks/README.md``) is
 loaded from git beside the current one, and every variant below runs with the fused kernel
 switched off, interleaved in shuffled rounds (``bench_penalty.time_interleaved``). Seed MLP
-784-200-100-10, batch 32, 1 thread by default. Variants, each on its own copy of the model:
+784-200-100-10, batch 32 (``--model``: another of ``bench_penalty``'s workloads), 1 thread by
+default. Variants, each on its own copy of the model:
 
 * ``none``, ``none (2nd copy)`` (the A/A control), ``builtin weight_decay``;
 * ``P value before`` / ``P value after`` for P in L2, L1, ElasticNet, GroupLasso:
@@ -25,8 +26,8 @@ rounds of ``--calls`` calls; the median per call, and the median of the paired r
 
 Usage::
 
-    python benchmarks/bench_fallback.py [--before REV] [--optims sgd,adam,adamw] [--rounds N]
-                                        [--threads 1] [--calls N]
+    python benchmarks/bench_fallback.py [--before REV] [--model seed] [--optims sgd,adam,adamw]
+                                        [--rounds N] [--threads 1] [--calls N]
 """
 
 from __future__ import annotations
@@ -182,10 +183,10 @@ def variants(before: types.ModuleType) -> dict:
     return out
 
 
-def _call_pairs(before: types.ModuleType, optims: list[str]) -> dict[str, tuple]:
+def _call_pairs(before: types.ModuleType, optims: list[str], model_name: str) -> dict[str, tuple]:
     """(before, after) zero-argument calls: the penalties' add_grad_ and the proximal hooks."""
     torch.manual_seed(0)
-    work = MODELS["seed"](False)
+    work = MODELS[model_name](False)
     model = copy.deepcopy(work.model)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
@@ -221,8 +222,9 @@ def _call_pairs(before: types.ModuleType, optims: list[str]) -> dict[str, tuple]
     return pairs
 
 
-def time_calls(before: types.ModuleType, optims: list[str], rounds: int, calls: int) -> None:
-    pairs = _call_pairs(before, optims)
+def time_calls(before: types.ModuleType, optims: list[str], rounds: int, calls: int,
+               model_name: str) -> None:
+    pairs = _call_pairs(before, optims, model_name)
     rng = random.Random(0)
     times = {name: ([], []) for name in pairs}
     fused.load_kernel, load = _no_kernel, fused.load_kernel
@@ -240,7 +242,7 @@ def time_calls(before: types.ModuleType, optims: list[str], rounds: int, calls: 
                     times[name][side].append((time.thread_time_ns() - start) / calls / 1e3)
     finally:
         fused.load_kernel = load
-    print("| call (pure PyTorch, seed MLP weights) | before µs | after µs | after / before |")
+    print(f"| call (pure PyTorch, {model_name} weights) | before µs | after µs | after / before |")
     print("|---|---:|---:|---:|")
     for name, (old, new) in times.items():
         ratio = statistics.median(b / a for a, b in zip(old, new))
@@ -254,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optims", default="sgd,adam,adamw")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="seed", choices=sorted(MODELS),
+                        help="bench_penalty's workload (default: the seed MLP)")
     parser.add_argument("--calls", type=int, default=0,
                         help="time the calls alone, this many per round (thread CPU time)")
     args = parser.parse_args(argv)
@@ -264,20 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls:
         print(f"torch {torch.__version__}, {args.threads} thread(s), before = {args.before}, "
               f"{args.rounds} rounds of {args.calls} calls, load {os.getloadavg()[0]:.1f}\n")
-        time_calls(before, args.optims.split(","), args.rounds, args.calls)
+        time_calls(before, args.optims.split(","), args.rounds, args.calls, args.model)
         return 0
     table = variants(before)
     columns = {}
     for optim in args.optims.split(","):
         label, make_optimizer = OPTIMIZERS[optim]
         torch.manual_seed(0)
-        work = MODELS["seed"](False)
+        work = MODELS[args.model](False)
         steps = {name: factory(copy.deepcopy(work.model), make_optimizer, work)
                  for name, factory in table.items()}
         load = os.getloadavg()[0]
         times = interleave(steps, work, args.rounds, random.Random(0))
         columns[optim] = (overheads(times), statistics.median(times["none"]))
-        print(f"seed MLP · {label} · {args.rounds} rounds · load {load:.1f} → "
+        print(f"{args.model} · {label} · {args.rounds} rounds · load {load:.1f} → "
               f"{os.getloadavg()[0]:.1f}", flush=True)
     print(f"\ntorch {torch.__version__}, {args.threads} thread(s), before = {args.before}\n")
     print("| variant (overhead vs none) | " + " | ".join(columns) + " |")
