@@ -247,11 +247,12 @@ def _lean(params: Sequence[Tensor], *strengths: Strength) -> bool:
     :meth:`GroupLasso._flat_grad_`): CPU float32/float64 parameters, float strengths, not
     traced by ``torch.compile``, not a DTensor, a ``torch.func`` wrapper or another subclass.
     Without a scratch they run on a fresh one (the same results)."""
+    if torch.compiler.is_compiling():  # first: nothing below needs tracing
+        return False
     first = params[0]
     return (first.dtype in _LEAN_DTYPES and not _multi_tensor(params)
             and type(first) in (Tensor, torch.nn.Parameter)
             and not torch._C._functorch.is_functorch_wrapped_tensor(first)
-            and not torch.compiler.is_compiling()
             and not any(isinstance(s, Tensor) for s in strengths))
 
 
