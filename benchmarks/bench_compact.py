@@ -250,15 +250,18 @@ def sgd(model: nn.Module) -> torch.optim.SGD:
 def train(model: nn.Module, optimizer: torch.optim.Optimizer,
           stream: Iterator[tuple[Tensor, Tensor]], steps: int, *,
           after_backward: Callable[[], object] | None = None,
-          stop: Callable[[int], bool] | None = None) -> int:
+          stop: Callable[[int], bool] | None = None,
+          schedule: tuple[int, int] | None = None) -> int:
     """Up to ``steps`` SGD steps on the next batches of ``stream``, the learning rate a cosine
-    from ``LR`` to 0 over ``steps``; ``stop(step)``, called after every step, ends the phase early
-    when it returns true. Returns the number of steps taken."""
+    from ``LR`` to 0 over ``steps`` (``schedule=(offset, total)``: the steps ``offset ...`` of a
+    cosine over ``total``); ``stop(step)``, called after every step, ends the phase early when it
+    returns true. Returns the number of steps taken."""
+    offset, total = schedule or (0, steps)
     model.train()
     for step in range(steps):
         x, y = next(stream)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps)
+            group["lr"] = cosine_lr(offset + step, total)
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         if after_backward is not None:
@@ -275,6 +278,24 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in
                   zip(x.split(500), y.split(500)))
     return correct / len(y)
+
+
+@torch.no_grad()
+def recalibrated_accuracy(model: nn.Module, data: Data) -> float:
+    """Accuracy of a copy of ``model`` whose BatchNorm running statistics are recomputed on the
+    training images (a cumulative average, no gradient step). In the sparse phase the proximal
+    steps change the channels' scales faster than the running averages follow (momentum 0.1),
+    so the eval-mode accuracy of the sparse model understates it; a diagnostic only, the arms
+    go on with the model as it is."""
+    copied = copy.deepcopy(model)
+    for m in copied.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    copied.train()
+    for xb in data.x_train.split(500):
+        copied(xb)
+    return accuracy(copied, data.x_test, data.y_test)
 
 
 def count(model: nn.Module, example: Tensor) -> tuple[int, int]:
@@ -313,6 +334,14 @@ class Recipe:
         scale: group weight, ``"sqrt"`` (√|g|) or ``"none"``.
         hold: ``False``: cut as soon as the target is reached; ``True``: keep training with the
             controller holding the fraction for the whole sparse phase, then cut.
+        reweight: ``ChannelLasso.reweight_``'s power γ, applied after every call of the
+            controller (the iteratively reweighted, adaptive group lasso); 0: off.
+        warmup: steps of plain training (λ = 0) before the penalty starts, counted in the sparse
+            phase.
+        keep_scale: ``ChannelLasso``'s ``keep_scale``.
+        continued: one cosine learning rate over the whole budget, the fine-tune continuing it
+            where the sparse phase stopped (``compact`` does not change the model's function);
+            ``False``: a cosine over the sparse epochs, and a new one for the fine-tune.
     """
 
     lam: float = LAMBDA_START
@@ -321,6 +350,10 @@ class Recipe:
     roles: str | tuple[str, ...] = "auto"
     scale: str = "sqrt"
     hold: bool = False
+    reweight: float = 0.0
+    warmup: int = 0
+    keep_scale: bool | str = False
+    continued: bool = False
 
 
 def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_epochs: int,
@@ -339,7 +372,8 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
     """
     model = make()
     groups = regtorch.channel_groups(model, data.x_train[:BATCH_SIZE])
-    penalty = regtorch.ChannelLasso(recipe.lam, groups, scale=recipe.scale, roles=recipe.roles)
+    penalty = regtorch.ChannelLasso(recipe.lam, groups, scale=recipe.scale, roles=recipe.roles,
+                                    keep_scale=recipe.keep_scale)
     reg = regtorch.Regularizer(model, {groups.selector: penalty})
     optimizer = regtorch.Proximal(sgd(model), reg)
     # On an overshoot the controller rolls the model and optimizer back to its last raise and
@@ -347,9 +381,21 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
     controller = regtorch.ChannelSparsity(penalty, target, factor=recipe.factor,
                                           restore=(model, optimizer.optimizer))
 
+    if recipe.warmup:
+        penalty.lam = 0.0
+
     def reached(step: int) -> bool:
-        if step % recipe.every == recipe.every - 1:
+        if step < recipe.warmup - 1:
+            return False
+        if step == recipe.warmup - 1:  # the penalty acts from the next step on
+            penalty.lam = recipe.lam
+            if recipe.reweight:
+                penalty.reweight_(recipe.reweight)
+            return False
+        if (step - recipe.warmup) % recipe.every == recipe.every - 1:
             controller.step()
+            if recipe.reweight:
+                penalty.reweight_(recipe.reweight)
         landed = controller.reached_ or (controller.why_ is not None
                                          and penalty.zero_fraction() >= target)
         return landed and not recipe.hold
@@ -357,22 +403,24 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
     stream = batches(data, epochs, seed)
     total = epochs * steps_per_epoch(data)
     sparse_steps = train(model, optimizer, stream, sparse_epochs * steps_per_epoch(data),
-                         stop=reached)
+                         stop=reached, schedule=(0, total) if recipe.continued else None)
     zero_fraction = penalty.zero_fraction()
     acc_before = accuracy(model, data.x_test, data.y_test)
+    acc_recalibrated = recalibrated_accuracy(model, data)
     small = regtorch.compact(model.eval(), data.x_test[:256])
     record = regtorch.compaction_of(small)
     acc_cut = accuracy(small, data.x_test, data.y_test)
     fine = regtorch.carry_optimizer(optimizer.optimizer, model, small)
-    train(small, fine, stream, total - sparse_steps)
+    train(small, fine, stream, total - sparse_steps,
+          schedule=(sparse_steps, total) if recipe.continued else None)
     return Arm("regtorch", small, accuracy(small, data.x_test, data.y_test), {
         "groups": len(groups.groups), "zero_fraction": round(zero_fraction, 4),
         "removed": len(record.removed), "kept_zero": len(record.kept),
         "folded": len(record.folded), "lambda_final": round(penalty.lam, 6),
         "recipe": asdict(recipe), "restored": controller.restored_, "why": controller.why_,
         "sparse_steps": sparse_steps, "total_steps": total,
-        "accuracy_before_cut": acc_before, "accuracy_after_cut": acc_cut,
-        "max_output_difference": record.max_difference})
+        "accuracy_before_cut": acc_before, "accuracy_before_cut_recalibrated": acc_recalibrated,
+        "accuracy_after_cut": acc_cut, "max_output_difference": record.max_difference})
 
 
 def _tp_cut(model: nn.Module, example: Tensor, ratio: float, global_pruning: bool) -> nn.Module:
@@ -405,6 +453,7 @@ def run_torch_pruning(make: Callable[[], nn.Module], data: Data, epochs: int,
     train(model, sgd(model), stream, sparse_steps,
           after_backward=lambda: pruner.regularize(model))
     acc_before = accuracy(model, data.x_test, data.y_test)
+    acc_recalibrated = recalibrated_accuracy(model, data)
     # Bisect the pruning ratio; the MACs move in steps (whole channels), so keep the closest cut.
     low, high = 0.0, 0.95
     best: tuple[float, float, nn.Module] | None = None
@@ -423,7 +472,9 @@ def run_torch_pruning(make: Callable[[], nn.Module], data: Data, epochs: int,
     return Arm("torch-pruning", pruned, accuracy(pruned, data.x_test, data.y_test), {
         "pruning_ratio": round(ratio, 4), "global_pruning": global_pruning,
         "macs": count(pruned, example)[0], "target_macs": target_macs,
-        "accuracy_before_cut": acc_before, "accuracy_after_cut": acc_cut})
+        "accuracy_before_cut": acc_before, "accuracy_before_cut_recalibrated": acc_recalibrated,
+        "accuracy_after_cut": acc_cut,
+        "accuracy_after_cut_recalibrated": recalibrated_accuracy(pruned, data)})
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -549,6 +600,18 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="group weight of the regtorch arm: √|g| or 1")
     parser.add_argument("--every", type=int, default=CONTROL_EVERY,
                         help="proximal steps between two calls of the regtorch arm's controller")
+    parser.add_argument("--reweight", type=float, default=0.0,
+                        help="regtorch arm: ChannelLasso.reweight_ power after every controller "
+                             "call (adaptive group lasso; 0: off)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="regtorch arm: plain steps (λ = 0) before the penalty starts")
+    parser.add_argument("--keep-scale", choices=("off", "exact", "all"), default="off",
+                        help="regtorch arm: ChannelLasso(keep_scale=...): off (False), exact "
+                             "(True: each scale-free family rescaled to its norm after every "
+                             "step), all ('all': the families before the head too)")
+    parser.add_argument("--continued", action="store_true",
+                        help="regtorch arm: one cosine over the whole budget, the fine-tune "
+                             "continuing it (default: a new cosine after the cut)")
     parser.add_argument("--hold", action="store_true",
                         help="regtorch arm: hold the target for the whole sparse phase, then cut "
                              "(default: cut as soon as it is reached)")
@@ -601,7 +664,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = Data(x_train, y_train, x_test, y_test)
     recipe = Recipe(args.lam, args.factor, args.every,
                     "auto" if args.roles == "auto" else tuple(args.roles.split(",")),
-                    args.scale, args.hold)
+                    args.scale, args.hold, args.reweight, args.warmup,
+                    {'off': False, 'exact': True, 'all': 'all'}[args.keep_scale],
+                    args.continued)
     blocks = tuple(int(b) for b in args.blocks.split(","))
     print(f"torch {torch.__version__}, torch-pruning {metadata.version('torch-pruning')}, "
           f"{os.cpu_count()} CPUs, "

@@ -292,3 +292,20 @@ def test_sweep_channels_on_a_model_factory(tmp_path, monkeypatch, capsys):
     assert strong["zero_fraction"] > 0  # λ = 0.3 zeroes hidden units of the user's MLP
     # an MLP's parameters are linear in the hidden units kept: 4·h + h + 3·h + 3
     assert strong["parameters_compact"] == 8 * strong["channels_kept"] + 3
+
+
+def test_a_channel_rule_that_cannot_bind_names_the_penalty_not_params():
+    from types import SimpleNamespace
+
+    from regtorch import channel_groups
+    from regtorch.lab.study.spec import StudyError, Variant
+    from regtorch.lab.train.build import channel_penalty
+    from regtorch.lab.train.units import Unit
+
+    template = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    groups = channel_groups(template, torch.randn(2, 3))
+    stacked = {n: torch.stack([p.detach()] * 3) for n, p in template.named_parameters()}
+    rules = dict([channel_penalty(groups, torch.tensor([0.1, 0.2]), stacked)])  # 2 λ, 3 members
+    unit = SimpleNamespace(template=template, tensors=stacked)
+    with pytest.raises(StudyError, match=r"^variant 'ch': penalty 'channels': .*stacked as \[2"):
+        Unit._regularizer(unit, Variant("ch", penalty="channels"), rules)

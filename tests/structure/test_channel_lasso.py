@@ -10,6 +10,7 @@ the producers a BatchNorm follows directly, read off the architecture).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -77,12 +78,13 @@ def group_vector(groups, group, roles=ALL):
     return torch.cat(parts)
 
 
-def naive_value(groups, lam, scale="sqrt", roles=ALL):
+def naive_value(groups, lam, scale="sqrt", roles=ALL, weights=None):
     total = torch.zeros((), dtype=F64)
     for group in groups:
         v = group_vector(groups, group, roles)
         c = math.sqrt(v.numel()) if scale == "sqrt" else 1.0
-        total = total + lam * c * torch.linalg.vector_norm(v)
+        a = 1.0 if weights is None else float(weights[group.index])
+        total = total + lam * a * c * torch.linalg.vector_norm(v)
     return total
 
 
@@ -134,13 +136,14 @@ def test_auto_is_the_default_and_leaves_normalized_rows_unpenalized():
     assert not grad.any() and conv.any()
 
 
-def naive_prox(groups, lam, group_steps, roles=ALL):
+def naive_prox(groups, lam, group_steps, roles=ALL, weights=None):
     """The expected parameters after the prox: each group's vector shrunk as one."""
     expected = {n: groups.tensor(n).detach().clone() for n in groups.parameter_names()}
     for group in groups:
         v = group_vector(groups, group, roles).detach()
         norm = torch.linalg.vector_norm(v)
-        factor = max(1.0 - float(group_steps[group.index]) * lam * math.sqrt(v.numel())
+        a = 1.0 if weights is None else float(weights[group.index])
+        factor = max(1.0 - float(group_steps[group.index]) * lam * a * math.sqrt(v.numel())
                      / float(norm), 0.0) if norm > 0 else 0.0
         for s in hand_penalized(groups, group, roles):
             index = torch.tensor(s.indices)
@@ -226,6 +229,75 @@ def test_zero_strength_changes_nothing_and_zero_groups_have_finite_gradients():
     value = ChannelLasso(1.0, groups).value(params)
     value.backward()
     assert all(torch.isfinite(p.grad).all() for p in params)
+
+
+@pytest.mark.parametrize("roles", ROLES, ids=ROLE_IDS)
+def test_weighted_value_gradient_and_prox_match_the_naive_formula(roles):
+    _, _, groups = setup()
+    params = params_of(groups)
+    weights = torch.linspace(0.0, 3.0, len(groups), dtype=F64)  # a zero weight included
+    penalty = ChannelLasso(0.3, groups, roles=roles, weights=weights.tolist())
+    expected = naive_value(groups, 0.3, roles=roles, weights=weights)
+    torch.testing.assert_close(penalty.value(params), expected, rtol=RTOL, atol=0)
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True,
+                                         materialize_grads=True)
+    grads = [torch.zeros_like(p) for p in params]
+    with torch.no_grad():
+        penalty.add_grad_(params, grads)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=RTOL, atol=1e-15)
+    expected = naive_prox(groups, 0.3, [0.4] * len(groups), roles, weights)
+    with torch.no_grad():
+        penalty.prox_(params, [0.4] * len(params))
+    for name, p in zip(groups.parameter_names(), params):
+        torch.testing.assert_close(p.detach(), expected[name], rtol=RTOL, atol=1e-15)
+
+
+def test_reweight_sets_the_adaptive_weights_from_the_relative_norms():
+    _, _, groups = setup()
+    with torch.no_grad():  # one group exactly zero, one tiny (below the floor)
+        for s in groups.penalized(groups.groups[0], "auto"):
+            groups.tensor(s.tensor)[list(s.indices)] = 0
+        for s in groups.penalized(groups.groups[1], "auto"):
+            groups.tensor(s.tensor)[list(s.indices)] *= 1e-6
+    rms = torch.stack([torch.linalg.vector_norm(v) / math.sqrt(v.numel()) for v in
+                       (group_vector(groups, g, "auto").detach() for g in groups)])
+    mean = rms[1:].mean()  # over the groups that are not zero
+    penalty = ChannelLasso(0.3, groups)
+    for power, floor in [(1.0, 1e-3), (2.0, 1e-2), (0.5, 1e-3)]:
+        expected = [max(float(r / mean), floor) ** -power for r in rms]
+        weights = penalty.reweight_(power, floor)
+        torch.testing.assert_close(weights, torch.tensor(expected, dtype=F64), rtol=RTOL, atol=0)
+        assert penalty.weights is weights
+        torch.testing.assert_close(penalty.value(params_of(groups)),
+                                   naive_value(groups, 0.3, roles="auto", weights=expected),
+                                   rtol=RTOL, atol=0)
+    assert torch.equal(penalty.reweight_(0.0), torch.ones(len(groups), dtype=F64))
+    with torch.no_grad():
+        for name in groups.parameter_names():
+            groups.tensor(name).zero_()
+    assert torch.equal(penalty.reweight_(1.0), torch.ones(len(groups), dtype=F64))
+
+
+def test_invalid_weights_and_reweight_arguments_are_refused():
+    _, _, groups = setup("mlp")
+    n = len(groups)
+    with pytest.raises(ValueError, match=rf"Invalid weights shape: \({n + 1},\)"):
+        ChannelLasso(0.1, groups, weights=[1.0] * (n + 1))
+    with pytest.raises(ValueError, match=r"Invalid weights value: -1\.0"):
+        ChannelLasso(0.1, groups, weights=[-1.0] + [1.0] * (n - 1))
+    with pytest.raises(ValueError, match="Invalid weights value: nan"):
+        ChannelLasso(0.1, groups, weights=[float("nan")] * n)
+    with pytest.raises(ValueError, match="Invalid power value: -1"):
+        ChannelLasso(0.1, groups).reweight_(-1)
+    with pytest.raises(ValueError, match="Invalid floor value: 0"):
+        ChannelLasso(0.1, groups).reweight_(1.0, 0)
+    stacked = {name: torch.stack([groups.tensor(name).detach()] * 2)
+               for name in groups.parameter_names()}
+    lasso = ChannelLasso(torch.tensor([0.1, 0.2]), groups, parameters=stacked,
+                         weights=torch.ones(2, n))
+    with pytest.raises(ValueError, match="set weights= per member"):
+        lasso.reweight_()
 
 
 def test_invalid_arguments_are_refused():
@@ -503,3 +575,91 @@ def test_stacked_proximal_sgd_equals_separate_runs():
         for name, p in model.named_parameters():
             torch.testing.assert_close(everything[name][k].detach(), p.detach(), rtol=1e-10,
                                        atol=1e-12)
+
+
+def outputs_in_train_mode(model, x):
+    """Outputs with batch statistics and ε ≈ 0 (it must be > 0 in training mode): a BatchNorm
+    then undoes any scale of its input, to float64 rounding."""
+    model = model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1e-300
+    with torch.no_grad():
+        return model(x)
+
+
+def scaled(model, groups, indices, factor):
+    """A copy of ``model`` with the ``auto`` slices of the groups ``indices`` times ``factor``."""
+    copy_ = copy.deepcopy(model)
+    tensors = dict(copy_.named_parameters())
+    with torch.no_grad():
+        for i in indices:
+            for s in groups.penalized(groups.groups[i], "auto"):
+                index = torch.tensor(s.indices)
+                t = tensors[s.tensor]
+                t.index_copy_(s.dim, index, t.index_select(s.dim, index) * factor)
+    return copy_
+
+
+def test_scale_free_families_are_the_ones_the_normalizations_undo():
+    model, _, groups = setup()
+    x = torch.randn(6, 3, 8, 8, dtype=F64)
+    families = groups.scale_free()
+    # by hand: the first stage's stream (stem bn, layer1 bn2s: 4 channels) and each block's
+    # inner channels (bn1: 4, 4, 8, 8); the second stage's stream feeds the head
+    assert sorted(len(f) for f in families) == [4, 4, 4, 8, 8]
+    reference = outputs_in_train_mode(copy.deepcopy(model), x)
+    for family in families:
+        torch.testing.assert_close(
+            outputs_in_train_mode(scaled(model, groups, family, 3.0), x), reference,
+            rtol=1e-10, atol=1e-12)
+        # half a family is not free: its channels are mixed with the others' at another scale
+        changed = outputs_in_train_mode(scaled(model, groups, family[:1], 3.0), x)
+        assert (changed - reference).abs().max() > 1e-3
+    rest = sorted(set(range(len(groups))) - {i for f in families for i in f})
+    changed = outputs_in_train_mode(scaled(model, groups, rest, 3.0), x)
+    assert (changed - reference).abs().max() > 1e-3
+    assert setup("mlp")[2].scale_free() == []  # no normalization
+    # exact=False adds the second stage's stream (8 channels before the head): not free
+    relaxed = groups.scale_free(exact=False)
+    assert set(families) <= set(relaxed)
+    extra = set(relaxed) - set(families)
+    assert [len(f) for f in extra] == [8]
+    changed = outputs_in_train_mode(scaled(model, groups, next(iter(extra)), 3.0), x)
+    assert (changed - reference).abs().max() > 1e-3
+
+
+def test_keep_scale_rescales_each_family_to_its_norm_before_the_step():
+    _, _, groups = setup()
+    params = params_of(groups)
+    families = groups.scale_free()
+    lam, step = 2.0, 0.4  # zeroes some groups (see the prox test above)
+    before = {g.index: torch.linalg.vector_norm(group_vector(groups, g, "auto")).item()
+              for g in groups}
+    expected = naive_prox(groups, lam, [step] * len(groups), "auto")
+    for family in families:  # rescale the expected tensors by hand, family by family
+        after = {}
+        for i in family:
+            parts = [expected[s.tensor].index_select(s.dim, torch.tensor(s.indices)).reshape(-1)
+                     for s in groups.penalized(groups.groups[i], "auto")]
+            after[i] = torch.linalg.vector_norm(torch.cat(parts)).item()
+        total_after = math.sqrt(sum(a * a for a in after.values()))
+        if total_after == 0:
+            continue  # a family all zero after the step stays zero
+        ratio = math.sqrt(sum(before[i] ** 2 for i in family)) / total_after
+        for i in family:
+            for s in groups.penalized(groups.groups[i], "auto"):
+                index = torch.tensor(s.indices)
+                expected[s.tensor].index_copy_(
+                    s.dim, index, expected[s.tensor].index_select(s.dim, index) * ratio)
+    penalty = ChannelLasso(lam, groups, keep_scale=True)
+    with torch.no_grad():
+        penalty.prox_(params, [step] * len(params))
+    for name, p in zip(groups.parameter_names(), params):
+        torch.testing.assert_close(p.detach(), expected[name], rtol=RTOL, atol=1e-15)
+    zero = set(penalty.zero_groups())
+    assert zero and any(set(f) & zero for f in families)  # zeros stay exactly zero
+    with pytest.raises(ValueError, match="Invalid keep_scale value: True with roles=\\('norm',\\)"):
+        ChannelLasso(lam, groups, roles=("norm",), keep_scale=True)
+    with pytest.raises(ValueError, match="Invalid keep_scale value: 'some'"):
+        ChannelLasso(lam, groups, keep_scale="some")

@@ -15,7 +15,7 @@ infinity) is ``None`` (a diverged member).
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
     "ACC_KEYS",
@@ -211,6 +211,7 @@ class StudySummary(TypedDict):
     variants: dict[str, VariantSummary]
     notes: list[str]
     warnings: list[str]  # WARNINGS_KEY: what Python warned while training, one line each
+    pruning: NotRequired[PruningSummary]  # a variant with penalty = "channels"
 
 
 # "lambda" is a Python keyword: keys spelled so use TypedDict's functional form.
@@ -260,6 +261,7 @@ class SweepSummary(TypedDict):
     one_se: PathEntry | None
     notes: list[str]
     warnings: list[str]  # WARNINGS_KEY, as a study's
+    pruning: NotRequired[PruningSummary]  # as a study's
 
 
 _Point = TypedDict("_Point", {"variant": str, "lambda": "float | None"})

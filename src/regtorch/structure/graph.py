@@ -159,6 +159,69 @@ class ChannelGroups:
         """The model's parameter or buffer ``name`` (the very tensor, not a copy)."""
         return self._tensors[name]
 
+    def scale_free(self, exact: bool = True) -> list[tuple[int, ...]]:
+        r"""Families of groups whose joint scale the model's normalizations undo.
+
+        A family is a set of groups whose channels are the *only* inputs of some consumers
+        (every input column of each consumer belongs to the family), where every consumer feeds
+        an affine BatchNorm/InstanceNorm directly (:attr:`normalized`; with ``exact=False`` not
+        required), and where each group's
+        channel is carried only by normalization entries: its ``auto`` slices are the 1-D weight
+        and bias of the norms after its producers (all producers in :attr:`normalized`).
+        Multiplying all those entries by :math:`s > 0` multiplies the channels by :math:`s`
+        through positively homogeneous operations (ReLU, pooling, additions within the family),
+        and the consumers' norms undo it: the model computes the same function (up to the norms'
+        ε), so a penalty on these entries is not resisted by the loss at any scale. The analysis
+        does not check the activations: with one that is not positively homogeneous (GELU,
+        SiLU, sigmoid) the invariance is only approximate.
+
+        With ``exact=False`` the families whose consumers are not normalized are included too
+        (e.g. the last stage's channels before a linear head): there the scale is not undone —
+        for a head before a softmax it is a temperature — and the loss resists it only weakly.
+
+        Args:
+            exact: only the families whose scale the consumers' norms undo.
+
+        Returns:
+            The families, each a sorted tuple of group indices; in order of their first group.
+        """
+        parent: dict[str, str] = {}
+
+        def find(t: str) -> str:
+            while parent.setdefault(t, t) != t:
+                t = parent[t]
+            return t
+
+        consumers: dict[int, set[str]] = {}
+        for group in self.groups:
+            ins = {s.tensor for s in group.of("in")}
+            consumers[group.index] = ins
+            first, *rest = sorted(ins) or [None]
+            for t in rest:
+                parent[find(t)] = find(first)
+        families: dict[str, list[int]] = {}
+        for group in self.groups:
+            if consumers[group.index]:
+                families.setdefault(find(min(consumers[group.index])), []).append(group.index)
+        out = []
+        for members in families.values():
+            ins = set().union(*(consumers[i] for i in members))
+            columns = defaultdict(int)
+            carried = True
+            for i in members:
+                group = self.groups[i]
+                producers = {s.tensor for s in group.of("out", "bias")}
+                penalized = self.penalized(group, AUTO)
+                carried &= (bool(penalized) and producers <= self.normalized
+                            and all(s.role == "norm" and self._tensors[s.tensor].ndim == 1
+                                    for s in penalized))
+                for s in group.of("in"):
+                    columns[s.tensor] += len(s.indices)
+            if carried and all((t in self.normalized or not exact) and columns[t] ==
+                               self._tensors[t].shape[1] for t in ins):
+                out.append(tuple(sorted(members)))
+        return sorted(out)
+
     def parameter_names(self, roles: str | Sequence[str] = PENALIZED_ROLES) -> list[str]:
         """Names of the tensors holding slices with ``roles`` (or ``"auto"``, see
         :meth:`penalized`), in order of first appearance."""

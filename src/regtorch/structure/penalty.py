@@ -9,9 +9,42 @@ every tensor it spans (a residual stream channel spans every producer feeding th
            \mathrm{prox}_{tR}(w)_g = w_g \max\Bigl(1 − \frac{t_g λ c_g}{\lVert w_g \rVert_2},
            0\Bigr)
 
-with :math:`c_g = \sqrt{|g|}` (``scale="sqrt"``, :math:`|g|` the number of penalized elements of the
-group) or 1 (``scale="none"``). The whole group shrinks as one, across tensors, and becomes exactly
-zero together.
+with :math:`c_g = a_g \sqrt{|g|}` (``scale="sqrt"``, :math:`|g|` the number of penalized elements
+of the group) or :math:`c_g = a_g` (``scale="none"``), where :math:`a_g` are per-group weights, 1
+unless given (``weights=``) or set by :meth:`ChannelLasso.reweight_`. The whole group shrinks as
+one, across tensors, and becomes exactly zero together.
+
+**Adaptive (reweighted) group lasso.** :meth:`ChannelLasso.reweight_` sets the weights from the
+current group norms, measured per penalized element (:math:`r_g = \lVert w_g \rVert_2 / \sqrt{|g|}`)
+and relative to their mean :math:`\bar r` over the groups that are not zero:
+
+.. math::  a_g = \max\bigl(r_g / \bar r, \; ε\bigr)^{-γ}
+
+(γ = ``power``, ε = ``floor``). Strong channels are then penalized less than weak ones, so λ can
+zero the weak ones without shrinking the strong ones — the adaptive lasso of Zou (2006) and its
+group form (Wang & Leng, 2008). Called every few steps during training with γ = 1 it is the
+iterative reweighting of Candès, Wakin & Boyd (2008): each call majorizes the concave penalty
+:math:`λ \sum_g \sqrt{|g|} \log(r_g/\bar r + ε)` at the current point (with :math:`\bar r`
+held), and the proximal steps minimize the majorizer. Between two calls the weights are fixed
+and value, gradient and proximal step are those of a weighted group lasso, exactly.
+
+**Keeping the scale of scale-free families** (``keep_scale=True``). Under BatchNorm, some
+families of channels have a joint scale that the next normalizations undo
+(:meth:`~regtorch.structure.ChannelGroups.scale_free`: e.g. the channels between a block's two
+convolutions, or a residual stream feeding only normalized convolutions). On such a family the
+loss does not resist the group lasso at any scale, so λ large enough to zero some of its channels
+shrinks all of them together, toward the norms' ε, and the network degrades (measured in
+``benchmarks/bench_compact.py``). With ``keep_scale=True`` the proximal step is followed by a
+rescaling of each scale-free family back to its norm before the step,
+
+.. math::  w_g \leftarrow w_g' \, \frac{\lVert w_f \rVert_2}{\lVert w_f' \rVert_2}
+           \quad (g \in f), \qquad w' = \mathrm{prox}_{tR}(w)
+
+(:math:`w_f` the family's penalized entries; nothing changes where :math:`w_f' = 0`), which does
+not change the model's function there (up to ε) and leaves exact zeros at zero: the penalty then
+acts on the channels' sizes relative to their family — weak channels go to zero, the others keep
+the family's scale. This step is not the proximal step of :math:`R` (by design); value and
+gradient are unchanged.
 
 The step :math:`t_g` of a group is the mean of the steps of its elements: with one scalar step for
 every parameter (SGD, SGD with momentum at one learning rate) it is that step and the proximal step
@@ -90,6 +123,7 @@ class _Layout:
                 self.group_of[s.tensor][list(s.indices)] = group.index
                 sizes[group.index] += len(s.indices) * tensor.numel() // tensor.shape[s.dim]
         self.count = len(sizes)
+        self.sizes = torch.tensor(sizes, dtype=torch.float64)
         self.coefficients = torch.tensor(
             [math.sqrt(n) if scale == "sqrt" else 1.0 for n in sizes], dtype=torch.float64)
         self.shapes = {name: groups.tensor(name).shape for name in self.dims}
@@ -121,9 +155,21 @@ class ChannelLasso(Penalty):
         parameters: the tensors penalized instead of the groups' model's own, by name (as
             :class:`~regtorch.Regularizer`'s ``parameters=``, and the same mapping): shaped like
             the model's, or stacked ``[K, ...]`` with a ``[K]`` ``lam`` (module docstring).
+        keep_scale: ``True``: after each proximal step, rescale every scale-free family of
+            groups back to its norm before the step (module docstring); ``"all"``: also the
+            families whose consumers are not normalized (``ChannelGroups.scale_free(exact=False)``,
+            e.g. the channels before a linear head: their scale is not undone there, only
+            weakly resisted); ``False``: the proximal step alone. Needs ``roles="auto"`` and one
+            model (not stacked ``parameters=``).
+        weights: per-group weights :math:`a_g \ge 0` (``[G]``, or ``[K, G]`` for stacked
+            members), multiplying :math:`c_g`; ``None``: all 1. :meth:`reweight_` sets them from
+            the current norms (the adaptive group lasso); the attribute :attr:`weights` holds
+            them (float64).
 
     Raises:
-        ValueError: bad ``scale`` or ``roles``; ``parameters`` without a penalized tensor;
+        ValueError: bad ``scale``, ``roles`` or ``weights`` (wrong shape, negative or NaN);
+            ``keep_scale`` with other roles than ``"auto"`` or with stacked ``parameters=``;
+            ``parameters`` without a penalized tensor;
             :meth:`check` raises for a parameter that holds no penalizable slice of the groups
             (e.g. a head bound by the default ``WEIGHTS`` selection), is not shaped like the
             model's tensor (``[K, ...]`` with a ``[K]`` strength) or is a DTensor. A parameter
@@ -153,7 +199,9 @@ class ChannelLasso(Penalty):
 
     def __init__(self, lam: float, groups: ChannelGroups, scale: str = "sqrt",
                  roles: str | Sequence[str] = AUTO, *,
-                 parameters: Mapping[str, Tensor] | None = None) -> None:
+                 parameters: Mapping[str, Tensor] | None = None,
+                 keep_scale: bool | str = False,
+                 weights: Tensor | Sequence[float] | None = None) -> None:
         if not isinstance(groups, ChannelGroups):
             raise TypeError(f"Invalid groups: {groups!r} (expected regtorch.channel_groups(...))")
         if scale not in self._SCALES:
@@ -168,9 +216,83 @@ class ChannelLasso(Penalty):
         self.scale = scale
         self.roles = roles
         self._layout = _Layout(groups, roles, scale, parameters)
+        self.weights = self._checked_weights(weights)
+        if keep_scale not in (False, True, "all"):
+            raise ValueError(f"Invalid keep_scale value: {keep_scale!r} (expected False, True "
+                             f"or 'all')")
+        if keep_scale and (roles != AUTO or parameters is not None):
+            raise ValueError(f"Invalid keep_scale value: {keep_scale!r} with roles={roles!r}"
+                             f"{' and stacked parameters=' if parameters is not None else ''} "
+                             f"(keep_scale needs roles='auto' on the groups' model)")
+        self.keep_scale = keep_scale
+        self._family_of = torch.full((self._layout.count,), -1, dtype=torch.long)
+        self._families = groups.scale_free(exact=keep_scale != "all") if keep_scale else []
+        for i, family in enumerate(self._families):
+            self._family_of[list(family)] = i
+
+    def _checked_weights(self, weights: Tensor | Sequence[float] | None) -> Tensor:
+        count = self._layout.count
+        if weights is None:
+            return torch.ones(count, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64).detach().clone()
+        allowed = [(count,)]
+        if isinstance(self.lam, Tensor):
+            allowed.append((self.lam.shape[0], count))
+        if tuple(weights.shape) not in allowed:
+            raise ValueError(f"Invalid weights shape: {tuple(weights.shape)} (expected one of "
+                             f"{allowed}: one weight per group)")
+        if not bool((weights >= 0).all()):
+            bad = weights[~(weights >= 0)][0].item()
+            raise ValueError(f"Invalid weights value: {bad} (expected every weight >= 0)")
+        return weights
+
+    def reweight_(self, power: float = 1.0, floor: float = 1e-3) -> Tensor:
+        r"""Set :attr:`weights` from the groups' model's current norms (adaptive group lasso):
+
+        .. math::  a_g = \max\bigl(r_g / \bar r, \; ε\bigr)^{-γ}, \qquad
+                   r_g = \lVert w_g \rVert_2 / \sqrt{|g|}
+
+        with :math:`\bar r` the mean of :math:`r_g` over the groups that are not exactly zero
+        (all weights 1 when every group is zero), γ = ``power``, ε = ``floor`` (module
+        docstring). ``power=0`` resets every weight to 1.
+
+        Args:
+            power: γ ≥ 0.
+            floor: ε > 0, the smallest relative norm used (bounds a weight by :math:`ε^{-γ}`).
+
+        Returns:
+            The new weights (``[G]``, float64), also stored in :attr:`weights`.
+
+        Raises:
+            ValueError: ``power`` negative or NaN, ``floor`` not > 0; the penalty has stacked
+                ``parameters=`` (it reads the groups' model; set ``weights`` per member instead).
+        """
+        if not power >= 0:
+            raise ValueError(f"Invalid power value: {power} (expected >= 0)")
+        if not floor > 0:
+            raise ValueError(f"Invalid floor value: {floor} (expected > 0)")
+        if isinstance(self.lam, Tensor):
+            raise ValueError("ChannelLasso.reweight_ reads the groups' model, not stacked "
+                             "parameters=; set weights= per member instead")
+        params = [self.groups.tensor(name) for name in self._layout.dims]
+        with torch.no_grad():
+            rms = self._norms(params)[0].cpu() / self._layout.sizes.clamp_min(1.0).sqrt()
+        nonzero = rms > 0
+        if not bool(nonzero.any()):
+            weights = torch.ones_like(rms)
+        else:
+            weights = (rms / rms[nonzero].mean()).clamp_min(floor).pow(-power)
+        self.weights = weights
+        return weights
+
+    def _coefficients(self, device: torch.device) -> Tensor:
+        """:math:`c_g` (``[G]`` or ``[K, G]``, float64): the scale times the weights."""
+        return (self._layout.coefficients * self.weights).to(device)
 
     def _extra_repr(self) -> str:
-        return f", {len(self.groups)} groups, scale={self.scale!r}, roles={self.roles!r}"
+        keep = (f", keep_scale={self.keep_scale!r} ({len(self._families)} families)"
+                if self.keep_scale else "")
+        return f", {len(self.groups)} groups, scale={self.scale!r}, roles={self.roles!r}{keep}"
 
     def zero_groups(self) -> list[int]:
         """Indices of the groups whose penalized slices are all exactly zero now (in the
@@ -245,7 +367,7 @@ class ChannelLasso(Penalty):
         return torch.where(positive, torch.where(positive, sums, 1.0).sqrt(), 0.0)
 
     def _total(self, norms: Tensor) -> Tensor:
-        per_member = (self._layout.coefficients.to(norms.device) * norms).sum(dim=1)
+        per_member = (self._coefficients(norms.device) * norms).sum(dim=1)
         if isinstance(self.lam, Tensor):
             return (self._strengths(norms.device).view(-1) * per_member).sum()
         return self.lam * per_member[0]
@@ -275,7 +397,7 @@ class ChannelLasso(Penalty):
             return torch.zeros((), dtype=torch.float64) if value else None
         with torch.no_grad():
             norms = self._norms(params)
-        coefficients = self._layout.coefficients.to(norms.device)
+        coefficients = self._coefficients(norms.device)
         floor = torch.finfo(torch.float64).tiny ** 0.5
         per_group = self._strengths(norms.device) * coefficients / norms.clamp_min(floor)
         for p, grad, factor in zip(params, grads, self._factors(params, per_group, 0.0)):
@@ -308,12 +430,29 @@ class ChannelLasso(Penalty):
             totals = self._group_sums(params, step_sums)
             counts = self._group_sums(params, counts_of)
             mean_steps = torch.where(counts > 0, totals / counts.clamp_min(1.0), 0.0)
-            coefficients = self._layout.coefficients.to(norms.device)
+            coefficients = self._coefficients(norms.device)
             floor = torch.finfo(torch.float64).tiny ** 0.5
             shrink = (1.0 - mean_steps * self._strengths(norms.device) * coefficients
-                      / norms.clamp_min(floor))
-            for p, factor in zip(params, self._factors(params, shrink.clamp_min(0.0), 1.0)):
+                      / norms.clamp_min(floor)).clamp_min(0.0)
+            if self._families:
+                shrink = self._keep_family_scale(norms, shrink)
+            for p, factor in zip(params, self._factors(params, shrink, 1.0)):
                 p.mul_(factor)
+
+    def _keep_family_scale(self, norms: Tensor, shrink: Tensor) -> Tensor:
+        """``shrink`` (``[1, G]``) times, on each scale-free family, the ratio of the family's
+        norm before the step to its norm after (1 where the family is all zero after)."""
+        family = self._family_of.to(norms.device)
+        member = family >= 0
+        count = len(self._families)
+        before = norms.new_zeros(count).index_add(0, family[member], norms[0, member].square())
+        after = norms.new_zeros(count).index_add(
+            0, family[member], (shrink[0, member] * norms[0, member]).square())
+        ratio = torch.where(after > 0, (before / after.clamp_min(torch.finfo(after.dtype).tiny))
+                            .sqrt(), 1.0)
+        kept = shrink.clone()
+        kept[0, member] = shrink[0, member] * ratio[family[member]]
+        return kept
 
 
 class ChannelSparsity:

@@ -213,8 +213,10 @@ class Unit:
         try:
             return Regularizer(self.template, rules, parameters=self.tensors)
         except ValueError as error:
-            raise StudyError(f"variant {variant.name!r}: params = {variant.params!r}: "
-                             f"{error}") from None
+            # A channel penalty binds its groups' tensors, not ``params``: name what it binds.
+            what = ("penalty 'channels'" if variant.penalty == "channels"
+                    else f"params = {variant.params!r}")
+            raise StudyError(f"variant {variant.name!r}: {what}: {error}") from None
 
 
 class StackedUnit(Unit):
