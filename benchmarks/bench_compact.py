@@ -353,7 +353,35 @@ class Recipe:
     reweight: float = 0.0
     warmup: int = 0
     keep_scale: bool | str = False
+    mac_weighted: bool = False
     continued: bool = False
+
+
+def group_macs(model: nn.Module, groups, example: Tensor) -> Tensor:
+    """Per channel group, the multiply-adds per image its removal saves: for every convolution
+    or linear slice of the group, the layer's MACs over its output channels (a row) or input
+    channels (a column)."""
+    macs: dict[str, float] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs, output: Tensor) -> None:
+            spatial = output[0].numel() // output.shape[1]
+            macs[name] = float(module.weight[0].numel() * module.weight.shape[0] * spatial)
+        return record
+
+    handles = [m.register_forward_hook(hook(f"{n}.weight")) for n, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(example[:1])
+    for h in handles:
+        h.remove()
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    out = torch.zeros(len(groups.groups), dtype=torch.float64)
+    for group in groups.groups:
+        for s in group.of("out", "in"):
+            if s.tensor in macs:
+                out[group.index] += macs[s.tensor] * len(s.indices) / shapes[s.tensor][s.dim]
+    return out
 
 
 def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_epochs: int,
@@ -372,8 +400,12 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
     """
     model = make()
     groups = regtorch.channel_groups(model, data.x_train[:BATCH_SIZE])
+    weights = None
+    if recipe.mac_weighted:
+        macs = group_macs(model, groups, data.x_train[:1])
+        weights = macs / macs.mean()
     penalty = regtorch.ChannelLasso(recipe.lam, groups, scale=recipe.scale, roles=recipe.roles,
-                                    keep_scale=recipe.keep_scale)
+                                    keep_scale=recipe.keep_scale, weights=weights)
     reg = regtorch.Regularizer(model, {groups.selector: penalty})
     optimizer = regtorch.Proximal(sgd(model), reg)
     # On an overshoot the controller rolls the model and optimizer back to its last raise and
@@ -605,6 +637,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "call (adaptive group lasso; 0: off)")
     parser.add_argument("--warmup", type=int, default=0,
                         help="regtorch arm: plain steps (λ = 0) before the penalty starts")
+    parser.add_argument("--mac-weighted", action="store_true",
+                        help="regtorch arm: group weights ∝ the MACs each group's removal saves")
     parser.add_argument("--keep-scale", choices=("off", "exact", "all"), default="off",
                         help="regtorch arm: ChannelLasso(keep_scale=...): off (False), exact "
                              "(True: each scale-free family rescaled to its norm after every "
