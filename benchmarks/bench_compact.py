@@ -334,8 +334,6 @@ class Recipe:
         scale: group weight, ``"sqrt"`` (√|g|) or ``"none"``.
         hold: ``False``: cut as soon as the target is reached; ``True``: keep training with the
             controller holding the fraction for the whole sparse phase, then cut.
-        reweight: ``ChannelLasso.reweight_``'s power γ, applied after every call of the
-            controller (the iteratively reweighted, adaptive group lasso); 0: off.
         warmup: steps of plain training (λ = 0) before the penalty starts, counted in the sparse
             phase.
         keep_scale: ``ChannelLasso``'s ``keep_scale``.
@@ -350,38 +348,9 @@ class Recipe:
     roles: str | tuple[str, ...] = "auto"
     scale: str = "sqrt"
     hold: bool = False
-    reweight: float = 0.0
     warmup: int = 0
     keep_scale: bool | str = False
-    mac_weighted: bool = False
     continued: bool = False
-
-
-def group_macs(model: nn.Module, groups, example: Tensor) -> Tensor:
-    """Per channel group, the multiply-adds per image its removal saves: for every convolution
-    or linear slice of the group, the layer's MACs over its output channels (a row) or input
-    channels (a column)."""
-    macs: dict[str, float] = {}
-
-    def hook(name: str):
-        def record(module: nn.Module, inputs, output: Tensor) -> None:
-            spatial = output[0].numel() // output.shape[1]
-            macs[name] = float(module.weight[0].numel() * module.weight.shape[0] * spatial)
-        return record
-
-    handles = [m.register_forward_hook(hook(f"{n}.weight")) for n, m in model.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model.eval()(example[:1])
-    for h in handles:
-        h.remove()
-    shapes = {n: p.shape for n, p in model.named_parameters()}
-    out = torch.zeros(len(groups.groups), dtype=torch.float64)
-    for group in groups.groups:
-        for s in group.of("out", "in"):
-            if s.tensor in macs:
-                out[group.index] += macs[s.tensor] * len(s.indices) / shapes[s.tensor][s.dim]
-    return out
 
 
 def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_epochs: int,
@@ -400,12 +369,8 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
     """
     model = make()
     groups = regtorch.channel_groups(model, data.x_train[:BATCH_SIZE])
-    weights = None
-    if recipe.mac_weighted:
-        macs = group_macs(model, groups, data.x_train[:1])
-        weights = macs / macs.mean()
     penalty = regtorch.ChannelLasso(recipe.lam, groups, scale=recipe.scale, roles=recipe.roles,
-                                    keep_scale=recipe.keep_scale, weights=weights)
+                                    keep_scale=recipe.keep_scale)
     reg = regtorch.Regularizer(model, {groups.selector: penalty})
     optimizer = regtorch.Proximal(sgd(model), reg)
     # On an overshoot the controller rolls the model and optimizer back to its last raise and
@@ -421,13 +386,9 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
             return False
         if step == recipe.warmup - 1:  # the penalty acts from the next step on
             penalty.lam = recipe.lam
-            if recipe.reweight:
-                penalty.reweight_(recipe.reweight)
             return False
         if (step - recipe.warmup) % recipe.every == recipe.every - 1:
             controller.step()
-            if recipe.reweight:
-                penalty.reweight_(recipe.reweight)
         landed = controller.reached_ or (controller.why_ is not None
                                          and penalty.zero_fraction() >= target)
         return landed and not recipe.hold
@@ -632,13 +593,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="group weight of the regtorch arm: √|g| or 1")
     parser.add_argument("--every", type=int, default=CONTROL_EVERY,
                         help="proximal steps between two calls of the regtorch arm's controller")
-    parser.add_argument("--reweight", type=float, default=0.0,
-                        help="regtorch arm: ChannelLasso.reweight_ power after every controller "
-                             "call (adaptive group lasso; 0: off)")
     parser.add_argument("--warmup", type=int, default=0,
                         help="regtorch arm: plain steps (λ = 0) before the penalty starts")
-    parser.add_argument("--mac-weighted", action="store_true",
-                        help="regtorch arm: group weights ∝ the MACs each group's removal saves")
     parser.add_argument("--keep-scale", choices=("off", "exact", "all"), default="off",
                         help="regtorch arm: ChannelLasso(keep_scale=...): off (False), exact "
                              "(True: each scale-free family rescaled to its norm after every "
@@ -698,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = Data(x_train, y_train, x_test, y_test)
     recipe = Recipe(args.lam, args.factor, args.every,
                     "auto" if args.roles == "auto" else tuple(args.roles.split(",")),
-                    args.scale, args.hold, args.reweight, args.warmup,
+                    args.scale, args.hold, args.warmup,
                     {'off': False, 'exact': True, 'all': 'all'}[args.keep_scale],
                     args.continued)
     blocks = tuple(int(b) for b in args.blocks.split(","))

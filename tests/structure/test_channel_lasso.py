@@ -78,13 +78,12 @@ def group_vector(groups, group, roles=ALL):
     return torch.cat(parts)
 
 
-def naive_value(groups, lam, scale="sqrt", roles=ALL, weights=None):
+def naive_value(groups, lam, scale="sqrt", roles=ALL):
     total = torch.zeros((), dtype=F64)
     for group in groups:
         v = group_vector(groups, group, roles)
         c = math.sqrt(v.numel()) if scale == "sqrt" else 1.0
-        a = 1.0 if weights is None else float(weights[group.index])
-        total = total + lam * a * c * torch.linalg.vector_norm(v)
+        total = total + lam * c * torch.linalg.vector_norm(v)
     return total
 
 
@@ -136,14 +135,13 @@ def test_auto_is_the_default_and_leaves_normalized_rows_unpenalized():
     assert not grad.any() and conv.any()
 
 
-def naive_prox(groups, lam, group_steps, roles=ALL, weights=None):
+def naive_prox(groups, lam, group_steps, roles=ALL):
     """The expected parameters after the prox: each group's vector shrunk as one."""
     expected = {n: groups.tensor(n).detach().clone() for n in groups.parameter_names()}
     for group in groups:
         v = group_vector(groups, group, roles).detach()
         norm = torch.linalg.vector_norm(v)
-        a = 1.0 if weights is None else float(weights[group.index])
-        factor = max(1.0 - float(group_steps[group.index]) * lam * a * math.sqrt(v.numel())
+        factor = max(1.0 - float(group_steps[group.index]) * lam * math.sqrt(v.numel())
                      / float(norm), 0.0) if norm > 0 else 0.0
         for s in hand_penalized(groups, group, roles):
             index = torch.tensor(s.indices)
@@ -229,75 +227,6 @@ def test_zero_strength_changes_nothing_and_zero_groups_have_finite_gradients():
     value = ChannelLasso(1.0, groups).value(params)
     value.backward()
     assert all(torch.isfinite(p.grad).all() for p in params)
-
-
-@pytest.mark.parametrize("roles", ROLES, ids=ROLE_IDS)
-def test_weighted_value_gradient_and_prox_match_the_naive_formula(roles):
-    _, _, groups = setup()
-    params = params_of(groups)
-    weights = torch.linspace(0.0, 3.0, len(groups), dtype=F64)  # a zero weight included
-    penalty = ChannelLasso(0.3, groups, roles=roles, weights=weights.tolist())
-    expected = naive_value(groups, 0.3, roles=roles, weights=weights)
-    torch.testing.assert_close(penalty.value(params), expected, rtol=RTOL, atol=0)
-    expected_grads = torch.autograd.grad(expected, params, allow_unused=True,
-                                         materialize_grads=True)
-    grads = [torch.zeros_like(p) for p in params]
-    with torch.no_grad():
-        penalty.add_grad_(params, grads)
-    for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g, e, rtol=RTOL, atol=1e-15)
-    expected = naive_prox(groups, 0.3, [0.4] * len(groups), roles, weights)
-    with torch.no_grad():
-        penalty.prox_(params, [0.4] * len(params))
-    for name, p in zip(groups.parameter_names(), params):
-        torch.testing.assert_close(p.detach(), expected[name], rtol=RTOL, atol=1e-15)
-
-
-def test_reweight_sets_the_adaptive_weights_from_the_relative_norms():
-    _, _, groups = setup()
-    with torch.no_grad():  # one group exactly zero, one tiny (below the floor)
-        for s in groups.penalized(groups.groups[0], "auto"):
-            groups.tensor(s.tensor)[list(s.indices)] = 0
-        for s in groups.penalized(groups.groups[1], "auto"):
-            groups.tensor(s.tensor)[list(s.indices)] *= 1e-6
-    rms = torch.stack([torch.linalg.vector_norm(v) / math.sqrt(v.numel()) for v in
-                       (group_vector(groups, g, "auto").detach() for g in groups)])
-    mean = rms[1:].mean()  # over the groups that are not zero
-    penalty = ChannelLasso(0.3, groups)
-    for power, floor in [(1.0, 1e-3), (2.0, 1e-2), (0.5, 1e-3)]:
-        expected = [max(float(r / mean), floor) ** -power for r in rms]
-        weights = penalty.reweight_(power, floor)
-        torch.testing.assert_close(weights, torch.tensor(expected, dtype=F64), rtol=RTOL, atol=0)
-        assert penalty.weights is weights
-        torch.testing.assert_close(penalty.value(params_of(groups)),
-                                   naive_value(groups, 0.3, roles="auto", weights=expected),
-                                   rtol=RTOL, atol=0)
-    assert torch.equal(penalty.reweight_(0.0), torch.ones(len(groups), dtype=F64))
-    with torch.no_grad():
-        for name in groups.parameter_names():
-            groups.tensor(name).zero_()
-    assert torch.equal(penalty.reweight_(1.0), torch.ones(len(groups), dtype=F64))
-
-
-def test_invalid_weights_and_reweight_arguments_are_refused():
-    _, _, groups = setup("mlp")
-    n = len(groups)
-    with pytest.raises(ValueError, match=rf"Invalid weights shape: \({n + 1},\)"):
-        ChannelLasso(0.1, groups, weights=[1.0] * (n + 1))
-    with pytest.raises(ValueError, match=r"Invalid weights value: -1\.0"):
-        ChannelLasso(0.1, groups, weights=[-1.0] + [1.0] * (n - 1))
-    with pytest.raises(ValueError, match="Invalid weights value: nan"):
-        ChannelLasso(0.1, groups, weights=[float("nan")] * n)
-    with pytest.raises(ValueError, match="Invalid power value: -1"):
-        ChannelLasso(0.1, groups).reweight_(-1)
-    with pytest.raises(ValueError, match="Invalid floor value: 0"):
-        ChannelLasso(0.1, groups).reweight_(1.0, 0)
-    stacked = {name: torch.stack([groups.tensor(name).detach()] * 2)
-               for name in groups.parameter_names()}
-    lasso = ChannelLasso(torch.tensor([0.1, 0.2]), groups, parameters=stacked,
-                         weights=torch.ones(2, n))
-    with pytest.raises(ValueError, match="set weights= per member"):
-        lasso.reweight_()
 
 
 def test_invalid_arguments_are_refused():

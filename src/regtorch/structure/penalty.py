@@ -9,24 +9,9 @@ every tensor it spans (a residual stream channel spans every producer feeding th
            \mathrm{prox}_{tR}(w)_g = w_g \max\Bigl(1 − \frac{t_g λ c_g}{\lVert w_g \rVert_2},
            0\Bigr)
 
-with :math:`c_g = a_g \sqrt{|g|}` (``scale="sqrt"``, :math:`|g|` the number of penalized elements
-of the group) or :math:`c_g = a_g` (``scale="none"``), where :math:`a_g` are per-group weights, 1
-unless given (``weights=``) or set by :meth:`ChannelLasso.reweight_`. The whole group shrinks as
-one, across tensors, and becomes exactly zero together.
-
-**Adaptive (reweighted) group lasso.** :meth:`ChannelLasso.reweight_` sets the weights from the
-current group norms, measured per penalized element (:math:`r_g = \lVert w_g \rVert_2 / \sqrt{|g|}`)
-and relative to their mean :math:`\bar r` over the groups that are not zero:
-
-.. math::  a_g = \max\bigl(r_g / \bar r, \; ε\bigr)^{-γ}
-
-(γ = ``power``, ε = ``floor``). Strong channels are then penalized less than weak ones, so λ can
-zero the weak ones without shrinking the strong ones — the adaptive lasso of Zou (2006) and its
-group form (Wang & Leng, 2008). Called every few steps during training with γ = 1 it is the
-iterative reweighting of Candès, Wakin & Boyd (2008): each call majorizes the concave penalty
-:math:`λ \sum_g \sqrt{|g|} \log(r_g/\bar r + ε)` at the current point (with :math:`\bar r`
-held), and the proximal steps minimize the majorizer. Between two calls the weights are fixed
-and value, gradient and proximal step are those of a weighted group lasso, exactly.
+with :math:`c_g = \sqrt{|g|}` (``scale="sqrt"``, :math:`|g|` the number of penalized elements of the
+group) or 1 (``scale="none"``). The whole group shrinks as one, across tensors, and becomes exactly
+zero together.
 
 **Keeping the scale of scale-free families** (``keep_scale=True``). Under BatchNorm, some
 families of channels have a joint scale that the next normalizations undo
@@ -123,7 +108,6 @@ class _Layout:
                 self.group_of[s.tensor][list(s.indices)] = group.index
                 sizes[group.index] += len(s.indices) * tensor.numel() // tensor.shape[s.dim]
         self.count = len(sizes)
-        self.sizes = torch.tensor(sizes, dtype=torch.float64)
         self.coefficients = torch.tensor(
             [math.sqrt(n) if scale == "sqrt" else 1.0 for n in sizes], dtype=torch.float64)
         self.shapes = {name: groups.tensor(name).shape for name in self.dims}
@@ -161,15 +145,11 @@ class ChannelLasso(Penalty):
             e.g. the channels before a linear head: their scale is not undone there, only
             weakly resisted); ``False``: the proximal step alone. Needs ``roles="auto"`` and one
             model (not stacked ``parameters=``).
-        weights: per-group weights :math:`a_g \ge 0` (``[G]``, or ``[K, G]`` for stacked
-            members), multiplying :math:`c_g`; ``None``: all 1. :meth:`reweight_` sets them from
-            the current norms (the adaptive group lasso); the attribute :attr:`weights` holds
-            them (float64).
 
     Raises:
-        ValueError: bad ``scale``, ``roles`` or ``weights`` (wrong shape, negative or NaN);
-            ``keep_scale`` with other roles than ``"auto"`` or with stacked ``parameters=``;
-            ``parameters`` without a penalized tensor;
+        ValueError: bad ``scale``, ``roles`` or ``keep_scale``; ``keep_scale`` with other roles
+            than ``"auto"`` or with stacked ``parameters=``; ``parameters`` without a penalized
+            tensor;
             :meth:`check` raises for a parameter that holds no penalizable slice of the groups
             (e.g. a head bound by the default ``WEIGHTS`` selection), is not shaped like the
             model's tensor (``[K, ...]`` with a ``[K]`` strength) or is a DTensor. A parameter
@@ -200,8 +180,7 @@ class ChannelLasso(Penalty):
     def __init__(self, lam: float, groups: ChannelGroups, scale: str = "sqrt",
                  roles: str | Sequence[str] = AUTO, *,
                  parameters: Mapping[str, Tensor] | None = None,
-                 keep_scale: bool | str = False,
-                 weights: Tensor | Sequence[float] | None = None) -> None:
+                 keep_scale: bool | str = False) -> None:
         if not isinstance(groups, ChannelGroups):
             raise TypeError(f"Invalid groups: {groups!r} (expected regtorch.channel_groups(...))")
         if scale not in self._SCALES:
@@ -216,7 +195,6 @@ class ChannelLasso(Penalty):
         self.scale = scale
         self.roles = roles
         self._layout = _Layout(groups, roles, scale, parameters)
-        self.weights = self._checked_weights(weights)
         if keep_scale not in (False, True, "all"):
             raise ValueError(f"Invalid keep_scale value: {keep_scale!r} (expected False, True "
                              f"or 'all')")
@@ -230,64 +208,9 @@ class ChannelLasso(Penalty):
         for i, family in enumerate(self._families):
             self._family_of[list(family)] = i
 
-    def _checked_weights(self, weights: Tensor | Sequence[float] | None) -> Tensor:
-        count = self._layout.count
-        if weights is None:
-            return torch.ones(count, dtype=torch.float64)
-        weights = torch.as_tensor(weights, dtype=torch.float64).detach().clone()
-        allowed = [(count,)]
-        if isinstance(self.lam, Tensor):
-            allowed.append((self.lam.shape[0], count))
-        if tuple(weights.shape) not in allowed:
-            raise ValueError(f"Invalid weights shape: {tuple(weights.shape)} (expected one of "
-                             f"{allowed}: one weight per group)")
-        if not bool((weights >= 0).all()):
-            bad = weights[~(weights >= 0)][0].item()
-            raise ValueError(f"Invalid weights value: {bad} (expected every weight >= 0)")
-        return weights
-
-    def reweight_(self, power: float = 1.0, floor: float = 1e-3) -> Tensor:
-        r"""Set :attr:`weights` from the groups' model's current norms (adaptive group lasso):
-
-        .. math::  a_g = \max\bigl(r_g / \bar r, \; ε\bigr)^{-γ}, \qquad
-                   r_g = \lVert w_g \rVert_2 / \sqrt{|g|}
-
-        with :math:`\bar r` the mean of :math:`r_g` over the groups that are not exactly zero
-        (all weights 1 when every group is zero), γ = ``power``, ε = ``floor`` (module
-        docstring). ``power=0`` resets every weight to 1.
-
-        Args:
-            power: γ ≥ 0.
-            floor: ε > 0, the smallest relative norm used (bounds a weight by :math:`ε^{-γ}`).
-
-        Returns:
-            The new weights (``[G]``, float64), also stored in :attr:`weights`.
-
-        Raises:
-            ValueError: ``power`` negative or NaN, ``floor`` not > 0; the penalty has stacked
-                ``parameters=`` (it reads the groups' model; set ``weights`` per member instead).
-        """
-        if not power >= 0:
-            raise ValueError(f"Invalid power value: {power} (expected >= 0)")
-        if not floor > 0:
-            raise ValueError(f"Invalid floor value: {floor} (expected > 0)")
-        if isinstance(self.lam, Tensor):
-            raise ValueError("ChannelLasso.reweight_ reads the groups' model, not stacked "
-                             "parameters=; set weights= per member instead")
-        params = [self.groups.tensor(name) for name in self._layout.dims]
-        with torch.no_grad():
-            rms = self._norms(params)[0].cpu() / self._layout.sizes.clamp_min(1.0).sqrt()
-        nonzero = rms > 0
-        if not bool(nonzero.any()):
-            weights = torch.ones_like(rms)
-        else:
-            weights = (rms / rms[nonzero].mean()).clamp_min(floor).pow(-power)
-        self.weights = weights
-        return weights
-
     def _coefficients(self, device: torch.device) -> Tensor:
-        """:math:`c_g` (``[G]`` or ``[K, G]``, float64): the scale times the weights."""
-        return (self._layout.coefficients * self.weights).to(device)
+        """:math:`c_g` (``[G]``, float64)."""
+        return self._layout.coefficients.to(device)
 
     def _extra_repr(self) -> str:
         keep = (f", keep_scale={self.keep_scale!r} ({len(self._families)} families)"
