@@ -5,15 +5,17 @@ pooling, a linear head) on an offline image task, trained three ways with the sa
 epochs, the same batches and the same SGD recipe:
 
 * ``original``   plain training for all epochs (the reference for size, speed and accuracy);
-* ``regtorch``   proximal group lasso over the coupled channel groups of the traced model
-                 (``regtorch.channel_groups`` + ``ChannelLasso`` with its default roles, here the
-                 BatchNorm weight and bias of each channel, applied by ``Proximal``), λ steered by
-                 ``ChannelSparsity`` (rolling back and bisecting on an overshoot) until the target
-                 fraction of channel groups is exactly zero; then ``regtorch.compact`` (a smaller
-                 model with the same outputs, checked) and a fine-tune for the rest of the budget
-                 with the optimizer state carried across the cut (``carry_optimizer``);
+* ``regtorch``   proximal group lasso (after ``--warmup`` plain steps, default none) over
+                 the coupled channel groups of the traced model (``regtorch.channel_groups`` +
+                 ``ChannelLasso`` with its default roles, here the BatchNorm weight and bias of
+                 each channel, applied by ``Proximal``), λ steered by ``ChannelSparsity``
+                 (rolling back and bisecting on an overshoot) until the target fraction of
+                 channel groups is exactly zero; then ``regtorch.compact`` (a smaller model with
+                 the same outputs, checked) and a fine-tune for the rest of the budget with the
+                 optimizer state carried across the cut (``carry_optimizer``);
 * ``torch-pruning``  ``tp.pruner.GroupNormPruner``'s sparse training (``pruner.regularize`` after
-                 every backward) for as many steps as the regtorch arm's sparse phase took, then a
+                 every backward) for as many steps as the regtorch arm's sparse phase took
+                 (its warm-up included), then a
                  cut to the MACs of the regtorch model
                  (the pruning ratio bisected until ``tp.utils.count_ops_and_params`` matches), then
                  a fine-tune for the rest of the budget with a new optimizer.
@@ -48,6 +50,7 @@ Usage::
                                        [--skip-original] [--quick] [--json PATH]
                                        [--lam 0.01] [--factor 1.05] [--every 5]
                                        [--roles auto] [--scale sqrt] [--hold]
+                                       [--warmup 0] [--keep-scale off|exact|all] [--continued]
 """
 
 from __future__ import annotations
@@ -461,13 +464,14 @@ def run_torch_pruning(make: Callable[[], nn.Module], data: Data, epochs: int,
         low, high = (ratio, high) if macs > target_macs else (low, ratio)
     _, ratio, pruned = best
     acc_cut = accuracy(pruned, data.x_test, data.y_test)
+    acc_cut_recalibrated = recalibrated_accuracy(pruned, data)
     train(pruned, sgd(pruned), stream, total - sparse_steps)
     return Arm("torch-pruning", pruned, accuracy(pruned, data.x_test, data.y_test), {
         "pruning_ratio": round(ratio, 4), "global_pruning": global_pruning,
         "macs": count(pruned, example)[0], "target_macs": target_macs,
         "accuracy_before_cut": acc_before, "accuracy_before_cut_recalibrated": acc_recalibrated,
         "accuracy_after_cut": acc_cut,
-        "accuracy_after_cut_recalibrated": recalibrated_accuracy(pruned, data)})
+        "accuracy_after_cut_recalibrated": acc_cut_recalibrated})
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -594,7 +598,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=CONTROL_EVERY,
                         help="proximal steps between two calls of the regtorch arm's controller")
     parser.add_argument("--warmup", type=int, default=0,
-                        help="regtorch arm: plain steps (λ = 0) before the penalty starts")
+                        help="regtorch arm: plain steps (λ = 0) before the penalty starts "
+                             "(counted in the sparse phase; Torch-Pruning regularizes in them)")
     parser.add_argument("--keep-scale", choices=("off", "exact", "all"), default="off",
                         help="regtorch arm: ChannelLasso(keep_scale=...): off (False), exact "
                              "(True: each scale-free family rescaled to its norm after every "

@@ -115,3 +115,17 @@ def test_regtorch_arm_removes_zero_channels_without_changing_outputs():
     assert arm.notes["accuracy_after_cut"] == arm.notes["accuracy_before_cut"]
     assert arm.notes["max_output_difference"] <= 1e-5
     assert bench.conv_channels(arm.model) < bench.conv_channels(make())
+
+
+def test_regtorch_arm_warmup_trains_plainly_before_the_penalty():
+    data = bench.Data(*bench.cluttered_digits(384, 64, seed=1))
+
+    def make():
+        torch.manual_seed(0)
+        return bench.ResNet(4, (1, 1, 1))
+
+    # a warm-up as long as the sparse phase: the penalty never acts, nothing is removed, and
+    # the sparse phase is the plain training the original arm does
+    arm = bench.run_regtorch(make, data, epochs=2, sparse_epochs=1, target=0.2, seed=0,
+                             recipe=bench.Recipe(lam=0.5, factor=2.0, warmup=6))
+    assert arm.notes["sparse_steps"] == 6 and arm.notes["removed"] == 0
