@@ -29,7 +29,9 @@ rescaling of each scale-free family back to its norm before the step,
 not change the model's function there (up to ε) and leaves exact zeros at zero: the penalty then
 acts on the channels' sizes relative to their family — weak channels go to zero, the others keep
 the family's scale. This step is not the proximal step of :math:`R` (by design); value and
-gradient are unchanged.
+gradient are unchanged. ``keep_scale="all"`` rescales the families of
+``scale_free(exact=False)`` too (e.g. the channels before a linear head, whose scale the loss
+resists only weakly).
 
 The step :math:`t_g` of a group is the mean of the steps of its elements: with one scalar step for
 every parameter (SGD, SGD with momentum at one learning rate) it is that step and the proximal step
