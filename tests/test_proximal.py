@@ -20,12 +20,14 @@ from torch.func import functional_call, stack_module_state
 from regtorch import (
     L1,
     L2,
+    ChannelLasso,
     ElasticNet,
     GroupLasso,
     Orthogonal,
     Proximal,
     Regularizer,
     attach_prox,
+    channel_groups,
     exponential_decay,
 )
 
@@ -525,6 +527,17 @@ def test_group_lasso_with_elementwise_steps_warns():
     with pytest.warns(UserWarning, match="mean step"):
         Proximal(torch.optim.Adam(model.parameters()),
                  Regularizer(model, GroupLasso(0.1) + L1(0.1)))
+
+
+def test_channel_lasso_with_elementwise_steps_warns(recwarn):
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    groups = channel_groups(model, torch.randn(3, 4))
+    reg = Regularizer(model, {groups.selector: ChannelLasso(0.1, groups)})
+    with pytest.warns(UserWarning, match="mean step"):
+        Proximal(torch.optim.Adam(model.parameters()), reg)
+    recwarn.clear()
+    Proximal(torch.optim.SGD(model.parameters(), lr=0.1), reg)  # one scalar step: exact
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
 
 
 def test_group_lasso_with_sgd_does_not_warn(recwarn):

@@ -187,6 +187,7 @@ def test_prox_with_elementwise_steps_uses_the_mean_step_of_each_group(roles):
         torch.testing.assert_close(p.detach(), expected[name], rtol=RTOL, atol=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore:.*mean step:UserWarning")  # warned: test_proximal.py
 def test_proximal_adam_applies_the_mean_step_rule():
     model, x, groups = setup("mlp")
     penalty = ChannelLasso(0.05, groups)

@@ -169,7 +169,7 @@ class ProxHandle:
             if not penalty.has_prox:
                 raise TypeError(f"Rule {selector!r} -> {penalty!r} has no proximal step; apply "
                                 f"it as a loss term (reg()) with a separate Regularizer")
-            if preconditioned and any(isinstance(t, GroupLasso) for t in penalty.terms):
+            if preconditioned and _grouped(penalty):
                 warnings.warn(f"Rule {selector!r} -> {penalty!r}: with {type(optimizer).__name__}"
                               f"'s element-wise step the group-lasso proximal step uses each "
                               f"group's mean step, so the fixed point is only approximately "
@@ -620,6 +620,16 @@ def _momentum(group: dict[str, Any]) -> float:
 
 
 _SHARED = ("param_groups", "state", "defaults")
+
+
+def _grouped(penalty: Penalty) -> bool:
+    """Whether ``penalty`` shrinks groups as one (:class:`~regtorch.GroupLasso`,
+    :class:`~regtorch.ChannelLasso`): under an element-wise step each group then takes the mean
+    of its elements' steps."""
+    from regtorch.structure.penalty import ChannelLasso  # structure imports the penalties
+
+    return isinstance(penalty, ChannelLasso) or any(isinstance(t, GroupLasso)
+                                                    for t in penalty.terms)
 
 
 class Proximal(Optimizer):
