@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from regtorch import _distributed
 from regtorch._fused import penalty_term
-from regtorch._fused.loss import node_term
+from regtorch._fused.loss import node_term_for
 from regtorch._strength import Strength
 from regtorch._table import Row, binding_summary, binding_table
 from regtorch.penalties import GroupLasso, Orthogonal, Penalty, Scratch
@@ -136,9 +136,9 @@ class Regularizer:
                                      f"{info.name!r} of shape {tuple(tensor.shape)}: {error}"
                                      ) from None
             self._groups.append(_Group(label, selector, penalty, [i.name for i in got], tensors))
-        # the rule loss mode can hand to the C++ node in one call (one rule, no DTensors)
-        self._single = (self._groups[0] if len(self._groups) == 1 and not self._groups[0].sharded
-                        else None)
+        # loss mode's fast path: one call into the C++ node (one rule, no DTensors)
+        single = len(self._groups) == 1 and not self._groups[0].sharded
+        self._node_term = node_term_for(self._groups[0].penalty) if single else None
         logger.info("regtorch: %s", binding_summary(self._rows(),
                                                     [(i.name, i.param) for i in self._all],
                                                     "penalized"))
@@ -153,11 +153,10 @@ class Regularizer:
         loss (what autocast's losses are) keeps float32; adding it to a half-precision loss
         promotes the sum to float32, so the penalty's precision is not rounded away.
         """
-        group = self._single
-        if group is not None:
+        if self._node_term is not None:
             # The fast path: one call into the C++ node, which selects the trainable tensors
             # and returns the value in the loss dtype (None: it cannot take this call).
-            term = node_term(group.penalty, group.params)
+            term = self._node_term(self._groups[0].params)
             if term is not None:
                 return term
         dtype = _loss_dtype(self._groups)

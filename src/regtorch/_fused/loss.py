@@ -14,7 +14,7 @@ same value and the same gradients:
   one by autograd. ``loss.cpp``'s header says why that is sound under ``autograd.grad``,
   ``retain_graph``, accumulation and other backward passes through the same parameters;
   non-leaf tensors get an ordinary gradient from the node. ``reg()`` reaches it in one call,
-  :func:`node_term`, into ``loss_term`` of the kernel's library imported as a Python module
+  :func:`node_term_for`, into ``loss_term`` of the kernel's library imported as a Python module
   (no dispatcher): the trainable tensors are selected, checked and given their group
   coefficients there, so nothing is cached in Python that a frozen layer, ``model.double()``,
   a replaced ``p.data`` or a new strength could make stale. (:func:`penalty_term` takes the
@@ -47,7 +47,8 @@ from torch import Tensor
 from regtorch._fused import _build
 from regtorch._fused._build import load_kernel
 
-__all__ = ["node_term", "penalty_term", "uses_function", "uses_kernel_node"]
+__all__ = ["NodeTerm", "loss_module", "node_term", "node_term_for", "penalty_term", "uses_function",
+           "uses_kernel_node"]
 
 _GROUP_CODES = {"rows": 0, "columns": 1, "tensor": 2}
 _SCALE_CODES = {"sqrt": 0, "none": 1}
@@ -100,9 +101,8 @@ def uses_function(penalty, params: Sequence[Tensor]) -> bool:
 
 def _strength_args(penalty) -> tuple | None:
     """The C++ node's strength arguments ``(l1, l2, group_lams, group_codes, group_scales)``,
-    read afresh at every call (a strength assigned during training counts at the next one), or
-    ``None`` when the node cannot take the penalty (a ``[K]`` strength, a term without a closed
-    form)."""
+    or ``None`` when the node cannot take the penalty (a ``[K]`` strength, a term without a
+    closed form)."""
     l1 = l2 = 0.0
     lams: list[float] = []
     codes: list[int] = []
@@ -123,30 +123,72 @@ def _strength_args(penalty) -> tuple | None:
     return l1, l2, lams, codes, scales
 
 
-def node_term(penalty, params: Sequence[Tensor], dtype: torch.dtype | None = None):
-    """R(w) over the tensors of ``params`` that require a gradient, from the C++ node, or
-    ``None`` when it cannot take the call (no kernel; grad mode off; ``torch.compile`` tracing,
-    ``torch.func`` transforms, CUDA autocast; a ``[K]`` strength or a penalty without a closed
-    form; no tensor requiring a gradient; one that is not a plain CPU float32/float64 tensor).
+# Bound once: in a training step every attribute lookup and call here runs on cold caches.
+_is_compiling = torch.compiler.is_compiling
+_transforms_active = torch._C._are_functorch_transforms_active
 
-    The fast path of ``reg()``: one call into C++ with the rule's whole parameter list, which
-    selects and checks the tensors there, nothing cached here that could go stale (strengths are
-    read at each call, the group coefficients derived from the shapes in C++). ``dtype``: the
-    value's dtype; ``None`` for the loss dtype (float64 when a kept tensor is float64, else
-    float32, as :meth:`regtorch.Regularizer.__call__` documents).
-    """
-    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
-            or torch.is_autocast_enabled() or torch._C._are_functorch_transforms_active()):
-        return None
+
+def loss_module():
+    """The kernel library's Python module (``loss_term``), or ``None`` without the kernel."""
     if load_kernel() is None:
         return None
-    module = _build.load_loss_module()
-    if module is None:
+    return _build.load_loss_module()
+
+
+class NodeTerm:
+    """``reg()``'s fast path for one rule: ``term(params, dtype=None)`` returns R(w) over the
+    tensors of ``params`` that require a gradient from the C++ node, or ``None`` when the node
+    cannot take the call (then the caller takes :func:`penalty_term`'s paths).
+
+    ``None`` comes back without the kernel; while ``torch.compile`` traces or ``torch.func``
+    transforms run (checked here); with grad mode off or CUDA autocast on; when no tensor
+    requires a gradient or one that does is not a plain CPU float32/float64 tensor (checked in
+    C++); for a ``[K]`` strength. Only the kinds of the penalty's terms are kept (a term's class
+    never changes); strengths, groupings, the trainable set, dtypes and shapes are read at every
+    call, so nothing can go stale. ``dtype``: the value's dtype; ``None`` for the loss dtype
+    (float64 when a kept tensor is float64, else float32, as
+    :meth:`regtorch.Regularizer.__call__` documents). A plain object (not a closure), so a
+    Regularizer holding one still deep-copies and pickles.
+    """
+
+    __slots__ = ("kinds",)
+
+    def __init__(self, kinds: tuple) -> None:
+        self.kinds = kinds
+
+    def __call__(self, params: Sequence[Tensor], dtype: torch.dtype | None = None):
+        if _is_compiling() or _transforms_active():  # first: nothing below is traced
+            return None
+        module = loss_module()
+        if module is None:
+            return None
+        l1 = l2 = 0.0
+        groups: tuple = ()
+        for t, kind in self.kinds:
+            lam = t.lam
+            if type(lam) is not float:  # a [K] strength
+                return None
+            if kind == 1:
+                l2 += lam
+            elif kind == 0:
+                l1 += lam
+            else:
+                groups += ((lam, _GROUP_CODES[t.groups], _SCALE_CODES[t.scale]),)
+        return module.loss_term(params, l1, l2, groups, _DTYPE_CODES[dtype])
+
+
+def node_term_for(penalty) -> NodeTerm | None:
+    """The :class:`NodeTerm` of ``penalty``, or ``None`` when a term has no closed form."""
+    kinds = tuple((term, _kind(term)) for term in penalty.terms)
+    if any(kind is None for _, kind in kinds):
         return None
-    args = _strength_args(penalty)
-    if args is None:
-        return None
-    return module.loss_term(params, *args, _DTYPE_CODES[dtype])
+    return NodeTerm(kinds)
+
+
+def node_term(penalty, params: Sequence[Tensor], dtype: torch.dtype | None = None):
+    """``node_term_for(penalty)(params, dtype)``: R(w) from the C++ node, or ``None``."""
+    term = node_term_for(penalty)
+    return None if term is None else term(params, dtype)
 
 
 def _kernel_terms(penalty, params: Sequence[Tensor], scratch):
