@@ -46,8 +46,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from bench_penalty import MODELS, OPTIMIZERS, keep_freed_memory, overheads, pure_pytorch
+from bench_fused import _no_kernel
+from bench_fused import _proximal_pure_pytorch_step as without_kernel
+from bench_penalty import MODELS, OPTIMIZERS, keep_freed_memory, overheads
 from bench_penalty import time_interleaved as interleave
+from bench_proximal import _training_step as _train_step
 
 import regtorch
 from regtorch import L1, L2, Proximal, Regularizer, attach_prox, penalties
@@ -78,33 +81,6 @@ def load_penalties(revision: str) -> types.ModuleType:
     return module
 
 
-def _no_kernel():
-    return None
-
-
-def without_kernel(step):
-    """``step`` with the kernel switched off: the penalties' dispatch point and the proximal
-    hook's ``load_kernel`` both answer "no kernel"."""
-    def run() -> None:
-        load = fused.load_kernel
-        fused.load_kernel = _no_kernel
-        try:
-            pure_pytorch(step)()
-        finally:
-            fused.load_kernel = load
-
-    return run
-
-
-def _train_step(model, optimizer, work, after_backward=None):
-    def step() -> None:
-        optimizer.zero_grad()
-        work.criterion(model(work.x), work.y).backward()
-        if after_backward is not None:
-            after_backward()
-        optimizer.step()
-
-    return step
 
 
 def _value(module, name):
@@ -123,7 +99,7 @@ def _value(module, name):
                                      scratch=scratch)
 
         return without_kernel(_train_step(model, make_optimizer(model.parameters()), work,
-                                          add_grad))
+                                          after_backward=add_grad))
 
     return factory
 
@@ -152,7 +128,7 @@ def _proximal_after(name):
 def _kernel_value(model, make_optimizer, work):
     reg = Regularizer(model, L2(LAM))
     return _train_step(model, make_optimizer(model.parameters()), work,
-                       functools.partial(reg.add_grad_, value=True))
+                       after_backward=functools.partial(reg.add_grad_, value=True))
 
 
 def _kernel_proximal(model, make_optimizer, work):
