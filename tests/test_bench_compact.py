@@ -101,13 +101,17 @@ def test_time_models_pairs_ratios_with_the_baseline():
     assert torch.get_num_threads() == 1
 
 
-def test_regtorch_arm_removes_zero_channels_without_changing_outputs():
-    data = bench.Data(*bench.cluttered_digits(384, 64, seed=1))
-
+def _tiny_task():
+    """A small cluttered-digits split and a factory of the same small ResNet every call."""
     def make():
         torch.manual_seed(0)
         return bench.ResNet(4, (1, 1, 1))
 
+    return bench.Data(*bench.cluttered_digits(384, 64, seed=1)), make
+
+
+def test_regtorch_arm_removes_zero_channels_without_changing_outputs():
+    data, make = _tiny_task()
     arm = bench.run_regtorch(make, data, epochs=2, sparse_epochs=1, target=0.2, seed=0,
                              recipe=bench.Recipe(lam=0.5, factor=2.0))
     assert arm.notes["removed"] > 0
@@ -118,12 +122,7 @@ def test_regtorch_arm_removes_zero_channels_without_changing_outputs():
 
 
 def test_regtorch_arm_warmup_trains_plainly_before_the_penalty():
-    data = bench.Data(*bench.cluttered_digits(384, 64, seed=1))
-
-    def make():
-        torch.manual_seed(0)
-        return bench.ResNet(4, (1, 1, 1))
-
+    data, make = _tiny_task()
     # a warm-up as long as the sparse phase: the penalty never acts, nothing is removed, and
     # the sparse phase is the plain training the original arm does
     arm = bench.run_regtorch(make, data, epochs=2, sparse_epochs=1, target=0.2, seed=0,

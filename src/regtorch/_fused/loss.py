@@ -100,13 +100,12 @@ def uses_function(penalty, params: Sequence[Tensor]) -> bool:
 
 
 def _strength_args(penalty) -> tuple | None:
-    """The C++ node's strength arguments ``(l1, l2, group_lams, group_codes, group_scales)``,
+    """The dispatcher operator's strength arguments ``(l1, l2, group_lams, group_codes)``,
     or ``None`` when the node cannot take the penalty (a ``[K]`` strength, a term without a
     closed form)."""
     l1 = l2 = 0.0
     lams: list[float] = []
     codes: list[int] = []
-    scales: list[int] = []
     for term in penalty.terms:
         kind = _kind(term)
         lam = getattr(term, "lam", None)
@@ -119,8 +118,7 @@ def _strength_args(penalty) -> tuple | None:
         else:
             lams.append(lam)
             codes.append(_GROUP_CODES[term.groups])
-            scales.append(_SCALE_CODES[term.scale])
-    return l1, l2, lams, codes, scales
+    return l1, l2, lams, codes
 
 
 # Bound once: in a training step every attribute lookup and call here runs on cold caches.
@@ -202,7 +200,7 @@ def _kernel_terms(penalty, params: Sequence[Tensor], scratch):
     args = _strength_args(penalty)
     if args is None:
         return None
-    l1, l2, lams, codes, _ = args
+    l1, l2, lams, codes = args
     coefficients: list[float] = []
     for term in penalty.terms:
         if _kind(term) == 2:
