@@ -38,6 +38,7 @@ Usage::
 
     python benchmarks/bench_fused.py [--models seed,deep,wide,cnn] [--optims sgd,adam,adamw]
                                      [--rounds N] [--threads 1] [--quick] [--json PATH]
+                                     [--variants "L2 add_grad_,fused(value"]
 """
 
 from __future__ import annotations
@@ -351,9 +352,37 @@ for _name in ("L2", "ElasticNet", "GroupLasso"):
     VARIANTS[f"{_name} reg()"] = _loss_reg(_name)
 
 
-def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random) -> dict[str, list]:
-    steps = {name: factory(copy.deepcopy(work.model), make_optimizer, work)
-             for name, factory in VARIANTS.items()}
+# Always measured: the baseline, the A/A control and the reference of most targets.
+ALWAYS = ("none", "none (2nd copy)", "builtin weight_decay")
+
+
+def pick_variants(text: str | None) -> list[str]:
+    """The variants to measure: every one, or (``--variants a,b``) those whose name contains one
+    of the comma-separated pieces, plus :data:`ALWAYS`. Fewer variants make a round shorter, so
+    the same time buys more rounds (a 1-point difference on the deep and wide MLPs needs ~60)."""
+    if text is None:
+        return list(VARIANTS)
+    pieces = [piece.strip() for piece in text.split(",") if piece.strip()]
+    picked = [name for name in VARIANTS
+              if name in ALWAYS or any(piece in name for piece in pieces)]
+    unmatched = [piece for piece in pieces if not any(piece in name for name in VARIANTS)]
+    if unmatched or not pieces:
+        raise SystemExit(f"bench_fused.py: invalid --variants piece: "
+                         f"{unmatched[0] if unmatched else text!r} (matches no variant; "
+                         f"variants: {', '.join(VARIANTS)})")
+    return picked
+
+
+def _variants_option(parser) -> None:
+    parser.add_argument("--variants", metavar="A,B",
+                        help="measure only the variants whose name contains one of these "
+                             "(plus " + ", ".join(ALWAYS) + ")")
+
+
+def measure(work: Workload, make_optimizer, rounds: int, rng: random.Random,
+            names: list[str] | None = None) -> dict[str, list]:
+    steps = {name: VARIANTS[name](copy.deepcopy(work.model), make_optimizer, work)
+             for name in (names or VARIANTS)}
     return time_interleaved(steps, work, rounds, rng)
 
 
@@ -397,13 +426,16 @@ def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
     print("|---|" + "---:|" * len(columns))
     print("| `none` ms/step | " + " | ".join(
         f"{1e3 * statistics.median(results[c]['none']):.2f}" for c in columns) + " |")
-    for name in VARIANTS:
+    measured = [name for name in VARIANTS if name in results[columns[0]]]
+    for name in measured:
         if name != "none":
             print(f"| {name} | " + " | ".join(_pct(stats[c][name][0]) for c in columns) + " |")
     print("\n### Targets (issue 14)\n")
     print("| target | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for what, variant, reference, seed_points, other_points in TARGETS:
+        if variant not in measured or reference not in measured:
+            continue
         cells = []
         for c in columns:
             allowed = seed_points if c.startswith("seed") else other_points
@@ -411,6 +443,8 @@ def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
             cells.append(f"{excess:+.1f} ({'met' if excess <= allowed else 'MISSED'})")
         print(f"| {what} | " + " | ".join(cells) + " |")
     for what, variant, points in LEAN_TARGETS:
+        if variant not in measured:
+            continue
         cells = []
         for c in columns:
             excess = stats[c][variant][0] - stats[c]["builtin weight_decay"][0]
@@ -419,6 +453,8 @@ def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
         print(f"| {what} | " + " | ".join(cells) + " |")
     for base, what in [("L2 fused(value=True)", "the target: both deliver R and ∇R"),
                        ("L2 fused (no value)", "reported: the gradient alone")]:
+        if "L2 reg()" not in measured or base not in measured:
+            continue
         cells = []
         for c in columns:
             loss_mode, reference = stats[c]["L2 reg()"][0], stats[c][base][0]
@@ -436,7 +472,9 @@ def print_summary(results: dict[str, dict[str, list[float]]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv, __doc__.split("\n\n")[0], MODELS, "seed,deep,wide,cnn",
-                           "~15 min in all", "smoke run: 3 rounds, small batches")
+                           "~15 min in all", "smoke run: 3 rounds, small batches",
+                           extra=_variants_option)
+    names = pick_variants(args.variants)
     if "--threads" not in " ".join(argv or sys.argv[1:]):
         args.threads = 1
     warnings.filterwarnings("ignore")
@@ -453,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             label, make_optimizer = OPTIMIZERS[optim_name]
             torch.manual_seed(SEED)
             load = os.getloadavg()[0]
-            times = measure(work, make_optimizer, rounds, random.Random(SEED))
+            times = measure(work, make_optimizer, rounds, random.Random(SEED), names)
             results[f"{model_name}/{optim_name}"] = times
             print(f"{work.description} · {label} · {rounds} rounds: none "
                   f"{1e3 * statistics.median(times['none']):.2f} ms/step, load "

@@ -393,8 +393,11 @@ def parse_choices(text: str, allowed, what: str) -> list[str]:
 
 
 def parse_arguments(argv: list[str] | None, description: str, models: dict, default_models: str,
-                    full_run: str, quick_help: str) -> argparse.Namespace:
-    """The command line shared by the benchmarks in this folder."""
+                    full_run: str, quick_help: str,
+                    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+                    ) -> argparse.Namespace:
+    """The command line shared by the benchmarks in this folder (``extra`` adds a benchmark's
+    own options)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--models", default=default_models,
                         type=lambda s: parse_choices(s, models, "model"),
@@ -410,6 +413,8 @@ def parse_arguments(argv: list[str] | None, description: str, models: dict, defa
                         help="leave glibc's malloc at its defaults (freed blocks go back to the "
                              "OS: page faults add noise)")
     parser.add_argument("--json", metavar="PATH", help="also write the raw per-round times here")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"invalid --rounds value: {args.rounds} (must be >= 1)")
