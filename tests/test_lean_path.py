@@ -15,6 +15,7 @@ and what [K] strengths, half types and other devices always use.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -248,6 +249,43 @@ def test_pieces_follow_new_storage_dtype_and_shapes():
     assert value() == 10.0
     weight.data = torch.full((3, 2), 2.0, dtype=torch.float64)  # new dtype and shape
     assert value() == 12.0
+
+
+def test_buffers_follow_a_new_shape_or_dtype_of_any_parameter():
+    """``Scratch.like`` remakes its buffers when ``p.data = ...`` changes a parameter's shape, or
+    the dtype of one that is not the first (a buffer of the old shape or dtype would be resized
+    with a warning, or round a float64 step through float32)."""
+    first, second = torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(2))
+    scratch = Scratch()
+
+    def described():
+        return [(tuple(b.shape), b.dtype) for b in scratch.like([first, second])]
+
+    assert described() == [((3, 4), torch.float32), ((2,), torch.float32)]
+    same = scratch.like([first, second])
+    assert all(a is b for a, b in zip(same, scratch.like([first, second])))  # kept while valid
+    first.data = torch.randn(3, 5)
+    assert described() == [((3, 5), torch.float32), ((2,), torch.float32)]
+    second.data = second.data.double()
+    assert described() == [((3, 5), torch.float32), ((2,), torch.float64)]
+
+
+def test_lean_proximal_step_after_a_parameter_changes_shape(monkeypatch):
+    """The lean step's buffers (per rule and param group) follow ``p.data = ...``: the result is
+    the soft threshold written out, and no output is resized."""
+    monkeypatch.setenv("REGTORCH_FUSED", "0")
+    model = torch.nn.Linear(4, 3)
+    optimizer = Proximal(torch.optim.SGD(model.parameters(), lr=0.1), Regularizer(model, L1(0.5)))
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    model.weight.data = torch.linspace(-1.0, 1.0, 15).reshape(3, 5)
+    model.weight.grad, model.bias.grad = torch.zeros(3, 5), torch.zeros(3)
+    before = model.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer.step()
+    expected = torch.sign(before) * (before.abs() - 0.1 * 0.5).clamp_min(0.0)
+    assert torch.equal(model.weight.detach(), expected)
 
 
 def test_group_lasso_prox_with_a_scratch_equals_without_and_follows_shapes():

@@ -110,7 +110,7 @@ class Scratch:
         self._sums: tuple[tuple, list[Tensor], Tensor, Tensor] | None = None
 
     def like(self, params: Sequence[Tensor]) -> list[Tensor]:
-        key = (tuple(map(id, params)), params[0].dtype, params[0].device) if params else ()
+        key = tuple([(id(p), p.shape, p.dtype, p.device) for p in params])
         if key != self._key:
             self._bufs = [torch.empty_like(p, memory_format=torch.preserve_format)
                           for p in params]
