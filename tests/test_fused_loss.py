@@ -430,6 +430,32 @@ def test_regularizer_call_follows_changes_between_calls(path, penalty, change):
     assert model[2].weight.requires_grad or model[2].weight.grad is None
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("penalty", PENALTIES)
+def test_regularizer_call_without_grad_mode_is_the_value_from_the_node(penalty, dtype, mode,
+                                                                       monkeypatch):
+    """Under no_grad / inference_mode reg() is R(w) of the trainable weights, from the C++
+    pass (the pure-PyTorch value is never asked for), a plain tensor in the loss dtype."""
+    if _build.load_kernel() is None:
+        pytest.skip("no fused kernel here: reg() under no_grad is penalty.value (tested above)")
+    model = _model().to(dtype)
+    model[2].weight.requires_grad_(False)  # frozen: not in the value
+    reg = Regularizer(model, penalty)
+    weights = [model[i].weight for i in (0, 3)]
+    want, _ = reference(penalty, weights, data=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pure-PyTorch value was used")
+
+    monkeypatch.setattr(type(penalty), "value", refuse)
+    with mode():
+        term = reg()
+    assert term.grad_fn is None and not term.requires_grad and term.dtype == dtype
+    rtol = RTOL if dtype == torch.float64 else FLOAT32_VALUE_RTOL
+    torch.testing.assert_close(term.double(), want, rtol=rtol, atol=ATOL)
+
+
 def test_regularizer_call_falls_back_where_the_node_cannot_go():
     """The fast path hands back None and reg() takes the documented fallbacks: no gradient
     anywhere, a parameter of another type, a half-precision parameter, a [K] strength."""

@@ -609,16 +609,17 @@ double group_coefficient(const at::Tensor& w, int64_t code, int64_t scale) {
 // loss_term(params, l1, l2, groups, dtype_code): R(w) over the tensors of `params` (a list or
 // tuple) that require a gradient, as one node; `groups` a tuple of (lam, code, scale) per group
 // term (code 0 rows, 1 columns, 2 tensor; scale 0 "sqrt", 1 "none"); dtype_code 1 float32,
-// 2 float64, 0 the loss dtype (float64 when any kept tensor is float64, else float32). None when
-// grad mode is off, CUDA autocast is on, no tensor requires a gradient, or one that does is not a
-// plain (no subclass, no functorch wrapper) CPU float32/float64 tensor: the caller then takes its
-// fallback. A CPython fast-call function, not a pybind11 one: in a training step its argument
+// 2 float64, 0 the loss dtype (float64 when any kept tensor is float64, else float32). With grad
+// mode off (no_grad, inference_mode: the penalty logged or evaluated) the value alone, a plain
+// tensor, from the same pass. None when CUDA autocast is on, no tensor requires a gradient, or
+// one that does is not a plain (no subclass, no functorch wrapper) CPU float32/float64 tensor:
+// the caller then takes its fallback. A CPython fast-call function, not a pybind11 one: in a training step its argument
 // parsing is what costs (cold caches), ~5 µs through pybind11's overload machinery.
 PyObject* loss_term(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   TORCH_CHECK_TYPE(nargs == 5, "regtorch loss_term: expected (params, l1, l2, groups, "
                    "dtype_code), got ", nargs, " arguments");
-  if (!at::GradMode::is_enabled() || at::autocast::is_autocast_enabled(at::kCUDA)) Py_RETURN_NONE;
+  if (at::GradMode::is_enabled() && at::autocast::is_autocast_enabled(at::kCUDA)) Py_RETURN_NONE;
   const double l1 = PyFloat_AsDouble(args[1]);
   const double l2 = PyFloat_AsDouble(args[2]);
   const long dtype_code = PyLong_AsLong(args[4]);

@@ -31,7 +31,10 @@ The plain autograd path (``penalty.value(params)``) is kept where neither can be
 - while ``torch.compile`` traces (dynamo sees the ordinary ops; no graph break);
 - for penalties without a closed-form gradient (:class:`~regtorch.Orthogonal`);
 - for half-precision parameters and under ``torch.autocast``;
-- when no tensor needs a gradient (grad mode off, or every tensor frozen).
+- when no tensor needs a gradient (grad mode off, or every tensor frozen). With grad mode off
+  ``reg()``'s call into ``loss_term`` still returns the value, from the node's forward pass
+  without the node (the penalty logged under ``no_grad``: one read of the weights, not the
+  pure-PyTorch value's chunked dots).
 
 Double backward (``create_graph=True``) works on both nodes: their backward then builds the
 gradient from differentiable ops.
@@ -139,7 +142,7 @@ class NodeTerm:
     cannot take the call (then the caller takes :func:`penalty_term`'s paths).
 
     ``None`` comes back without the kernel; while ``torch.compile`` traces or ``torch.func``
-    transforms run (checked here); with grad mode off or CUDA autocast on; when no tensor
+    transforms run (checked here); with CUDA autocast on (under grad mode); when no tensor
     requires a gradient or one that does is not a plain CPU float32/float64 tensor (checked in
     C++); for a ``[K]`` strength. Only the kinds of the penalty's terms are kept (a term's class
     never changes); strengths, groupings, the trainable set, dtypes and shapes are read at every
