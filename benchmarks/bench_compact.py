@@ -51,6 +51,7 @@ Usage::
                                        [--lam 0.01] [--factor 1.05] [--every 5]
                                        [--roles auto] [--scale sqrt] [--hold]
                                        [--warmup 0] [--keep-scale off|exact|all] [--continued]
+                                       [--rescale 0] [--fresh] [--fine-peak 1] [--fine-warmup 0]
 """
 
 from __future__ import annotations
@@ -254,17 +255,19 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer,
           stream: Iterator[tuple[Tensor, Tensor]], steps: int, *,
           after_backward: Callable[[], object] | None = None,
           stop: Callable[[int], bool] | None = None,
-          schedule: tuple[int, int] | None = None) -> int:
+          schedule: tuple[int, int] | None = None, peak: float = LR, warmup: int = 0) -> int:
     """Up to ``steps`` SGD steps on the next batches of ``stream``, the learning rate a cosine
-    from ``LR`` to 0 over ``steps`` (``schedule=(offset, total)``: the steps ``offset ...`` of a
-    cosine over ``total``); ``stop(step)``, called after every step, ends the phase early when it
-    returns true. Returns the number of steps taken."""
+    from ``peak`` to 0 over ``steps`` (``schedule=(offset, total)``: the steps ``offset ...`` of a
+    cosine over ``total``), times ``(step + 1) / warmup`` in the first ``warmup`` steps (a linear
+    warm-up); ``stop(step)``, called after every step, ends the phase early when it returns true.
+    Returns the number of steps taken."""
     offset, total = schedule or (0, steps)
     model.train()
     for step in range(steps):
         x, y = next(stream)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(offset + step, total)
+            group["lr"] = cosine_lr(offset + step, total, peak) * min(1.0, (step + 1) / max(
+                warmup, 1))
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         if after_backward is not None:
@@ -326,6 +329,22 @@ def run_original(make: Callable[[], nn.Module], data: Data, epochs: int, seed: i
 
 
 @dataclass(frozen=True)
+class FineTune:
+    """The fine-tune after the cut, the same for both pruning arms.
+
+    Attributes:
+        peak: the peak learning rate of its cosine, as a multiple of ``LR``.
+        warmup: steps of linear warm-up at its start (0: none).
+    """
+
+    peak: float = 1.0
+    warmup: int = 0
+
+    def options(self) -> dict[str, float]:
+        return {"peak": self.peak * LR, "warmup": self.warmup}
+
+
+@dataclass(frozen=True)
 class Recipe:
     """The regtorch arm's sparse phase.
 
@@ -343,6 +362,12 @@ class Recipe:
         continued: one cosine learning rate over the whole budget, the fine-tune continuing it
             where the sparse phase stopped (``compact`` does not change the model's function);
             ``False``: a cosine over the sparse epochs, and a new one for the fine-tune.
+        rescale: after ``compact``, ``regtorch.rescale_families_(small, x, target=rescale)``:
+            each scale-free family's BatchNorm γ, β multiplied so that its mean |γ| is
+            ``rescale``, the consumers' BatchNorms compensating (the same function); the carried
+            momentum of those entries divided by the same factor. 0: off.
+        fresh: fine-tune with a new optimizer (no state), as the Torch-Pruning arm does;
+            ``False``: the sparse phase's SGD state carried across the cut (``carry_optimizer``).
     """
 
     lam: float = LAMBDA_START
@@ -354,10 +379,25 @@ class Recipe:
     warmup: int = 0
     keep_scale: bool | str = False
     continued: bool = False
+    rescale: float = 0.0
+    fresh: bool = False
+
+
+def _family_scales(model: nn.Module, example: Tensor) -> list[float]:
+    """Mean |γ| of each scale-free family of ``model`` (``ChannelGroups.scale_free()``)."""
+    groups = regtorch.channel_groups(model, example)
+    out = []
+    for family in groups.scale_free():
+        gammas = [s for i in family for s in groups.groups[i].of("norm")
+                  if s.tensor.endswith(".weight")]
+        values = torch.cat([groups.tensor(s.tensor).detach()[list(s.indices)] for s in gammas])
+        out.append(round(float(values.abs().mean()), 4))
+    return out
 
 
 def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_epochs: int,
-                 target: float, seed: int, recipe: Recipe = Recipe()) -> Arm:
+                 target: float, seed: int, recipe: Recipe = Recipe(),
+                 fine_tune: FineTune = FineTune()) -> Arm:
     """Proximal group lasso over coupled channel groups, λ steered by ``ChannelSparsity`` every
     ``recipe.every`` steps until ``target`` of the groups are exactly zero (``recipe.hold``: and
     held there until ``sparse_epochs`` have passed); then ``compact`` and a fine-tune, with the
@@ -406,9 +446,19 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
     small = regtorch.compact(model.eval(), data.x_test[:256])
     record = regtorch.compaction_of(small)
     acc_cut = accuracy(small, data.x_test, data.y_test)
-    fine = regtorch.carry_optimizer(optimizer.optimizer, model, small)
+    fine = sgd(small) if recipe.fresh else regtorch.carry_optimizer(optimizer.optimizer, model,
+                                                                    small)
+    scales_at_cut = _family_scales(small, data.x_test[:256])
+    if recipe.rescale:
+        factors = regtorch.rescale_families_(small, data.x_test[:256], target=recipe.rescale)
+        parameters = dict(small.named_parameters())
+        with torch.no_grad():
+            for name, factor in factors.items():
+                state = fine.state.get(parameters[name], {})
+                if "momentum_buffer" in state:
+                    state["momentum_buffer"].div_(factor)
     train(small, fine, stream, total - sparse_steps,
-          schedule=(sparse_steps, total) if recipe.continued else None)
+          schedule=(sparse_steps, total) if recipe.continued else None, **fine_tune.options())
     return Arm("regtorch", small, accuracy(small, data.x_test, data.y_test), {
         "groups": len(groups.groups), "zero_fraction": round(zero_fraction, 4),
         "removed": len(record.removed), "kept_zero": len(record.kept),
@@ -416,7 +466,8 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
         "recipe": asdict(recipe), "restored": controller.restored_, "why": controller.why_,
         "sparse_steps": sparse_steps, "total_steps": total,
         "accuracy_before_cut": acc_before, "accuracy_before_cut_recalibrated": acc_recalibrated,
-        "accuracy_after_cut": acc_cut, "max_output_difference": record.max_difference})
+        "accuracy_after_cut": acc_cut, "max_output_difference": record.max_difference,
+        "family_mean_abs_gamma_at_cut": scales_at_cut, "fine_tune": asdict(fine_tune)})
 
 
 def _tp_cut(model: nn.Module, example: Tensor, ratio: float, global_pruning: bool) -> nn.Module:
@@ -433,7 +484,7 @@ def _tp_cut(model: nn.Module, example: Tensor, ratio: float, global_pruning: boo
 
 def run_torch_pruning(make: Callable[[], nn.Module], data: Data, epochs: int,
                       sparse_steps: int, target_macs: int, seed: int,
-                      global_pruning: bool) -> Arm:
+                      global_pruning: bool, fine_tune: FineTune = FineTune()) -> Arm:
     """GroupNormPruner's sparse training for ``sparse_steps`` (those of the regtorch arm), a cut
     bisected to ``target_macs``, a fine-tune with a new optimizer for the rest of the budget."""
     import torch_pruning as tp
@@ -465,7 +516,7 @@ def run_torch_pruning(make: Callable[[], nn.Module], data: Data, epochs: int,
     _, ratio, pruned = best
     acc_cut = accuracy(pruned, data.x_test, data.y_test)
     acc_cut_recalibrated = recalibrated_accuracy(pruned, data)
-    train(pruned, sgd(pruned), stream, total - sparse_steps)
+    train(pruned, sgd(pruned), stream, total - sparse_steps, **fine_tune.options())
     return Arm("torch-pruning", pruned, accuracy(pruned, data.x_test, data.y_test), {
         "pruning_ratio": round(ratio, 4), "global_pruning": global_pruning,
         "macs": count(pruned, example)[0], "target_macs": target_macs,
@@ -607,6 +658,17 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--continued", action="store_true",
                         help="regtorch arm: one cosine over the whole budget, the fine-tune "
                              "continuing it (default: a new cosine after the cut)")
+    parser.add_argument("--rescale", type=float, default=0.0,
+                        help="regtorch arm: after compact, rescale_families_ to this mean |γ| "
+                             "per scale-free family (the same function; 0: off)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="regtorch arm: fine-tune with a new optimizer, as Torch-Pruning's "
+                             "arm does (default: the SGD state carried across the cut)")
+    parser.add_argument("--fine-peak", type=float, default=1.0,
+                        help="both arms: the fine-tune's peak learning rate, × the LR")
+    parser.add_argument("--fine-warmup", type=int, default=0,
+                        help="both arms: steps of linear learning-rate warm-up at the start of "
+                             "the fine-tune")
     parser.add_argument("--hold", action="store_true",
                         help="regtorch arm: hold the target for the whole sparse phase, then cut "
                              "(default: cut as soon as it is reached)")
@@ -661,7 +723,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "auto" if args.roles == "auto" else tuple(args.roles.split(",")),
                     args.scale, args.hold, args.warmup,
                     {'off': False, 'exact': True, 'all': 'all'}[args.keep_scale],
-                    args.continued)
+                    args.continued, args.rescale, args.fresh)
+    fine_tune = FineTune(args.fine_peak, args.fine_warmup)
     blocks = tuple(int(b) for b in args.blocks.split(","))
     print(f"torch {torch.__version__}, torch-pruning {metadata.version('torch-pruning')}, "
           f"{os.cpu_count()} CPUs, "
@@ -684,12 +747,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"seed {seed}: original {arms[-1].accuracy:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
         ours = run_regtorch(make, data, args.epochs, args.sparse_epochs, args.target, seed,
-                            recipe)
+                            recipe, fine_tune)
         print(f"seed {seed}: regtorch {ours.accuracy:.4f} {ours.notes} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         target_macs = count(ours.model, data.x_train[:1])[0]
         theirs = run_torch_pruning(make, data, args.epochs, ours.notes["sparse_steps"],
-                                   target_macs, seed, not args.local_pruning)
+                                   target_macs, seed, not args.local_pruning, fine_tune)
         print(f"seed {seed}: torch-pruning {theirs.accuracy:.4f} {theirs.notes} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         arms += [ours, theirs]

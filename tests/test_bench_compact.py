@@ -128,3 +128,16 @@ def test_regtorch_arm_warmup_trains_plainly_before_the_penalty():
     arm = bench.run_regtorch(make, data, epochs=2, sparse_epochs=1, target=0.2, seed=0,
                              recipe=bench.Recipe(lam=0.5, factor=2.0, warmup=6))
     assert arm.notes["sparse_steps"] == 6 and arm.notes["removed"] == 0
+
+
+def test_train_warms_up_linearly_then_follows_the_cosine_from_the_peak():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    batch = (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    seen: list[float] = []
+    bench.train(model, optimizer, iter([batch] * 6), 6, peak=0.2, warmup=3,
+                after_backward=lambda: seen.append(optimizer.param_groups[0]["lr"]))
+    # by hand: 0.1·(1 + cos(π s/6)), times (s + 1)/3 in the first 3 steps
+    expected = [0.1 * (1 + math.cos(math.pi * s / 6)) * min(1.0, (s + 1) / 3) for s in range(6)]
+    assert seen == pytest.approx(expected, rel=1e-12)
