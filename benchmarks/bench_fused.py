@@ -14,6 +14,9 @@ model with its own optimizer:
   the call (``bench_penalty.pure_pytorch``): the lean fallback, in the same run as the kernel;
 * ``P Proximal`` for P in L1, ElasticNet, GroupLasso: the public
   ``Proximal(opt, Regularizer(model, P))`` (the fused proximal step when the kernel is built);
+  ``L1 Proximal via the dispatcher``: ``Proximal`` without its one-call fast path (``prox_call``,
+  ``regtorch/_fused/prox.cpp``): the Python checks then ``prox_step`` through the dispatcher per
+  rule and param group, as before that path existed (same run);
   ``L1 attach_prox``: ``attach_prox(opt, reg)`` on the user's optimizer; ``P Proximal pure
   PyTorch``: ``Proximal`` with the kernel switched off for the step (the fallback, same run);
   ``L1 fused prox``: ``opt.step()`` then the kernel's ``adam_prox`` / ``elementwise_prox``
@@ -225,6 +228,14 @@ def _proximal(name):
     return factory
 
 
+def _proximal_dispatcher(model, make_optimizer, work):
+    """``Proximal`` with the kernel but without ``prox_call``: ``_fused_prox_`` (Python, then
+    ``prox_step`` through the dispatcher), the path before the one-call fast path."""
+    optimizer = Proximal(make_optimizer(model.parameters()), Regularizer(model, L1(L1_LAM)))
+    optimizer.handle._call_prox_ = lambda: False
+    return _step(model, optimizer, work)
+
+
 def _proximal_pure_pytorch(name):
     """``Proximal`` with the kernel switched off for the whole step (its own hook and the
     penalties' dispatch point): what a user without a compiler gets, in the same run."""
@@ -341,6 +352,7 @@ for _name in PENALTIES:
 VARIANTS["L2 fused (no value)"] = _fused_grad_only
 for _name in ("L1", "ElasticNet", "GroupLasso"):
     VARIANTS[f"{_name} Proximal"] = _proximal(_name)
+VARIANTS["L1 Proximal via the dispatcher"] = _proximal_dispatcher
 for _name in ("L1", "ElasticNet", "GroupLasso"):
     VARIANTS[f"{_name} Proximal pure PyTorch"] = _proximal_pure_pytorch(_name)
 VARIANTS["L1 Proximal effective_steps()+prox_"] = _proximal_generic("L1")

@@ -173,9 +173,12 @@ PROX_PENALTIES = [pytest.param(p, id=n) for n, p in [
 
 @pytest.fixture
 def prox_calls(monkeypatch):
-    """Count the kernel's prox_step calls made by the proximal hook."""
+    """Count the kernel's prox_step calls made by the proximal hook through the dispatcher
+    (``_fused_prox_``; its one-call fast path, ``prox_call``, is switched off here and tested in
+    tests/test_prox_call.py)."""
     ops = _build.load_kernel()
     calls = []
+    monkeypatch.setattr(proximal._fused, "prox_module", lambda: None)
 
     def prox_step(*args):
         calls.append(len(args[0]))

@@ -20,12 +20,12 @@ from types import SimpleNamespace
 
 from torch import Tensor
 
-from regtorch._fused import reference
+from regtorch._fused import _build, reference
 from regtorch._fused._build import disabled, load_kernel
 from regtorch._fused.loss import penalty_term
 
 __all__ = ["adam_prox_", "disabled", "elementwise_grad_", "elementwise_prox_", "group_grad_",
-           "kernel_for", "load_kernel", "penalty_term", "reference"]
+           "kernel_for", "load_kernel", "penalty_term", "prox_module", "reference"]
 
 _GROUP_CODES = {"rows": 0, "columns": 1, "tensor": 2}
 
@@ -39,6 +39,15 @@ def kernel_for(params: Sequence[Tensor]) -> SimpleNamespace | None:
     if not params or params[0].device.type != "cpu":
         return None
     return load_kernel()
+
+
+def prox_module():
+    """The kernel library's Python module, whose ``prox_call`` (``prox.cpp``) is the attached
+    proximal step's fast path, or ``None`` when the kernel is not available (this package's
+    :func:`load_kernel`, which tests and benchmarks switch off)."""
+    if load_kernel() is None:
+        return None
+    return _build.load_loss_module()
 
 
 def elementwise_grad_(params: Sequence[Tensor], grads: Sequence[Tensor], l1: float, l2: float,

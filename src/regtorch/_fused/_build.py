@@ -13,7 +13,8 @@ It is compiled for the instruction set torch itself dispatches to on this CPU
 pure-PyTorch path is used. ``REGTORCH_FUSED=0`` disables the kernel.
 
 The same shared library is also a Python extension module (``loss.cpp``'s ``loss_term``, the
-loss-mode entry point, called without the dispatcher: :func:`load_loss_module`), so the build is
+loss-mode entry point, and ``prox.cpp``'s ``prox_call``, the attached proximal
+step's, all called without the dispatcher: :func:`load_loss_module`), so the build is
 also keyed on the Python ABI.
 """
 
@@ -39,8 +40,10 @@ logger = logging.getLogger("regtorch")
 
 ENV_DISABLE = "REGTORCH_FUSED"
 ENV_CACHE = "REGTORCH_CACHE_DIR"
-# kernel.cpp: the gradient and proximal kernels; loss.cpp: the loss-mode autograd node.
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernel.cpp", "loss.cpp"))
+# kernel.cpp: the gradient and proximal kernels; loss.cpp: the loss-mode autograd node (and the
+# Python module's init); prox.cpp: the proximal step's one fast call per training step.
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernel.cpp", "loss.cpp",
+                                                             "prox.cpp"))
 
 # Flags per capability torch reports; torch's own per-ISA kernels use the same sets.
 _ISA_FLAGS = {

@@ -633,6 +633,16 @@ void prox_step(at::TensorList params, at::TensorList moments, at::TensorList cou
 
 }  // namespace
 
+namespace regtorch_fused {
+// prox_step for prox.cpp's prox_call, which calls it without the dispatcher (same arguments,
+// same loops: the same result bit for bit).
+void prox_step_direct(at::TensorList params, at::TensorList moments, at::TensorList counts,
+                      double lr, double eps, double beta2, double lr_decay, double l1, double l2,
+                      double lam, int64_t groups, at::ArrayRef<double> coefficients) {
+  prox_step(params, moments, counts, lr, eps, beta2, lr_decay, l1, l2, lam, groups, coefficients);
+}
+}  // namespace regtorch_fused
+
 TORCH_LIBRARY(regtorch_fused, m) {
   m.def("elementwise_grad(Tensor[] params, Tensor(a!)[] grads, float l1, float l2, bool value) "
         "-> Tensor");

@@ -691,7 +691,12 @@ TORCH_LIBRARY_IMPL(regtorch_fused, Autograd, m) {
   m.impl("penalty_term", &penalty_term_autograd);
 }
 
+namespace regtorch_fused {
+void add_prox_functions(pybind11::module_& m);  // prox.cpp: prox_call
+}  // namespace regtorch_fused
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  regtorch_fused::add_prox_functions(m);
   m.add_object("loss_term", pybind11::reinterpret_steal<pybind11::object>(
                                 PyCFunction_NewEx(&loss_term_def, nullptr, nullptr)));
 }

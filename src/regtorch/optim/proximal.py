@@ -40,8 +40,11 @@ Where regtorch's fused C++ kernel is built (``docs/performance.md``), the hook d
 materialize these steps: one kernel call per rule and param group reads the optimizer's own
 ``exp_avg_sq`` (``sum``, ``square_avg``) and step tensors and applies the proximal step in one
 pass, with the same arithmetic (equal to the pure-PyTorch path within 1e-12 in float64, with the
-same exact zeros). It covers L1, L2, elastic net, group lasso (rows, columns, tensor) and their
-sums with float strengths, on plain CPU float32/float64 tensors, for every optimizer above except
+same exact zeros). The hook reaches those calls in one call into C++ per step (``prox_call``,
+``regtorch/_fused/prox.cpp``), which reads the strengths, the param groups and the optimizer's
+state at that step, as the Python path does, and defers to it for anything it does not cover.
+The kernel covers L1, L2, elastic net, group lasso (rows, columns, tensor) and their sums with
+float strengths, on plain CPU float32/float64 tensors, for every optimizer above except
 centered RMSprop's element-wise step. Everything else — ``[K]`` strengths, half types, other
 devices, DTensors, a tensor ``lr``, ``torch.compile`` tracing — takes the pure-PyTorch path
 (``effective_steps()`` then ``reg.prox_``), as does every step when ``REGTORCH_FUSED=0``.
@@ -53,6 +56,7 @@ and then no proximal step runs — as it must, the weights did not move.
 
 from __future__ import annotations
 
+import collections
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -178,6 +182,7 @@ class ProxHandle:
         self.regularizer = regularizer
         self.preconditioned = preconditioned
         self._family = family
+        self._family_code = _FAMILY_CODES[family]
         self._group_steps: Callable[[dict[str, Any], list[Tensor]], list[Step]] = (
             getattr(self, f"_{family.__name__.lower()}_steps"))
         # The adaptive families read per-parameter state, which exists once a parameter has
@@ -204,11 +209,36 @@ class ProxHandle:
 
     # -- the hooks -----------------------------------------------------------------------------
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        # (A C++ version of this check, tried with prox_call, cost more than it saved here: a
+        # few dict reads per param group, ~3-5 µs in a training step.)
         self._check_groups()
 
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._fused_prox_() and not self._lean_prox_():
-            self.regularizer.prox_(self.effective_steps())
+        if self._call_prox_() or self._fused_prox_() or self._lean_prox_():
+            return
+        self.regularizer.prox_(self.effective_steps())
+
+    def _call_prox_(self) -> bool:
+        """The fused proximal step as one call into C++ (``prox_call`` in ``prox.cpp``); whether
+        it ran.
+
+        ``prox_call`` does what :meth:`_fused_prox_` does — :meth:`_covered_calls`,
+        :meth:`_kernel_step`, :func:`_kernel_form`, :func:`_coefficient`, then the kernel's
+        ``prox_step`` per rule and param group, with the same arguments — reading the
+        strengths, the param groups, the optimizer's ``state`` and every tensor at each call
+        (nothing is cached but the rules' members, :meth:`_locate`'s). All or nothing: when
+        anything is not covered, or not read exactly as Python would read it, it returns
+        ``None`` before changing anything, and the caller takes :meth:`_fused_prox_`.
+        """
+        if not self._rules or _is_compiling():
+            return False
+        module = _fused.prox_module()
+        if module is None:
+            return False
+        optimizer = self.optimizer
+        return module.prox_call(self._rules, optimizer.param_groups, optimizer.state,
+                                self._optimized, self._family_code, self.preconditioned,
+                                _PROX_KINDS) is not None
 
     @torch.no_grad()
     def _fused_prox_(self) -> bool:
@@ -217,7 +247,9 @@ class ProxHandle:
 
         All or nothing: every rule must be one the kernel covers (:func:`_kernel_form`), every
         updated parameter a plain CPU float32/float64 tensor, every group's ``lr`` a number;
-        otherwise nothing has been changed and the caller takes the pure-PyTorch path.
+        otherwise nothing has been changed and the caller takes the pure-PyTorch path. (The
+        hook calls this only when :meth:`_call_prox_`, the same step in one call into C++, did
+        not cover the step.)
         """
         if not self._rules or torch.compiler.is_compiling():
             return False
@@ -475,6 +507,11 @@ def _rules(regularizer: Regularizer, group_of: dict[int, int]) -> list[_Rule]:
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_FAMILY_CODES = {SGD: 0, Adam: 1, Adagrad: 2, RMSprop: 3}  # prox.cpp's Family
+_is_compiling = torch.compiler.is_compiling  # bound once: the hook runs on cold caches
+# prox_call's ``kinds``: the term classes it covers (exactly, as _kernel_form does) and the state
+# mapping type it reads besides dict (torch's optimizers keep a defaultdict).
+_PROX_KINDS = (L1, L2, GroupLasso, collections.defaultdict)
 _PLAIN = (Tensor, torch.nn.Parameter)  # not DTensor, not a functorch wrapper, not a subclass
 _GROUP_CODES = {None: -1, "rows": 0, "columns": 1, "tensor": 2}
 
