@@ -20,7 +20,8 @@ model with its own optimizer:
   ``L1 attach_prox``: ``attach_prox(opt, reg)`` on the user's optimizer; ``P Proximal pure
   PyTorch``: ``Proximal`` with the kernel switched off for the step (the fallback, same run);
   ``L1 fused prox``: ``opt.step()`` then the kernel's ``adam_prox`` / ``elementwise_prox``
-  called directly (no hook: the floor of the wiring);
+  called from Python through the dispatcher with prebuilt lists (no hook: the floor of the
+  wiring before ``prox_call``, which now measures below it);
 * ``L2 fused (no value)``: the kernel's L2 gradient alone (the loss-mode ratio's second base;
   the target's base is ``L2 fused(value=True)``, which also delivers R as loss mode does);
 * loss mode, ``loss + R`` then ``backward()``: ``L2 reg() autograd`` through autograd on
