@@ -49,11 +49,6 @@ from regtorch.lab.present.console import (
     progress,
 )
 from regtorch.lab.present.pruning import print_pruning
-from regtorch.lab.present.report import (
-    regenerate,
-    update_index,
-    write_report,
-)
 from regtorch.lab.present.tables import choice_rows, path_rows, table_rows
 from regtorch.lab.study import PRESETS, Study, parse_study, preset, preset_names, read_toml
 from regtorch.lab.study.presets import demo_names
@@ -89,9 +84,7 @@ def demo_command(args: argparse.Namespace) -> None:
         for study in studies:
             rundir.check_config(out / study.name, study.to_dict())
     _run_studies(studies, out, jobs=args.jobs, options=options)
-    index = _writing(lambda: update_index(out), out / rundir.INDEX)  # over every run in out
-    if index is not None:
-        print_written(make_console(sys.stdout), out, [index.name])
+    _update_index(out)  # over every run in out
 
 
 def sweep_command(args: argparse.Namespace) -> None:
@@ -107,6 +100,8 @@ def sweep_command(args: argparse.Namespace) -> None:
 
 
 def report_command(args: argparse.Namespace) -> None:
+    from regtorch.lab.present.report import regenerate  # matplotlib: see _write_report
+
     stdout = make_console(sys.stdout)
     try:
         written = _writing(lambda: regenerate(Path(args.directory)))
@@ -354,12 +349,18 @@ def _print_resumed(stderr: Console, report: dict[str, Any]) -> None:
 
 def _update_index(out: Path) -> None:
     """Keep ``out/index.html``, the overview of the runs in ``out``, current after one run."""
+    from regtorch.lab.present.report import update_index  # matplotlib: see _write_report
+
     index = _writing(lambda: update_index(out), out / rundir.INDEX)
     if index is not None:
         print_written(make_console(sys.stdout), out, [index.name])
 
 
 def _write_report(directory: Path) -> None:
+    # Imported at the first report, not with this module: ``demo``'s workers never draw, so the
+    # parent starts them before it loads matplotlib (~0.3 s), then loads it while they train.
+    from regtorch.lab.present.report import write_report
+
     _writing(lambda: write_report(directory), directory / rundir.REPORT)
 
 
