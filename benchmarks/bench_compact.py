@@ -51,7 +51,7 @@ Usage::
                                        [--lam 0.01] [--factor 1.05] [--every 5]
                                        [--roles auto] [--scale sqrt] [--hold]
                                        [--warmup 0] [--keep-scale off|exact|all] [--continued]
-                                       [--rescale 0] [--fresh] [--fine-peak 1] [--fine-warmup 0]
+                                       [--fresh] [--fine-peak 1] [--fine-warmup 0]
 """
 
 from __future__ import annotations
@@ -362,10 +362,6 @@ class Recipe:
         continued: one cosine learning rate over the whole budget, the fine-tune continuing it
             where the sparse phase stopped (``compact`` does not change the model's function);
             ``False``: a cosine over the sparse epochs, and a new one for the fine-tune.
-        rescale: after ``compact``, ``regtorch.rescale_families_(small, x, target=rescale)``:
-            each scale-free family's BatchNorm γ, β multiplied so that its mean |γ| is
-            ``rescale``, the consumers' BatchNorms compensating (the same function); the carried
-            momentum of those entries divided by the same factor. 0: off.
         fresh: fine-tune with a new optimizer (no state), as the Torch-Pruning arm does;
             ``False``: the sparse phase's SGD state carried across the cut (``carry_optimizer``).
     """
@@ -379,7 +375,6 @@ class Recipe:
     warmup: int = 0
     keep_scale: bool | str = False
     continued: bool = False
-    rescale: float = 0.0
     fresh: bool = False
 
 
@@ -449,14 +444,6 @@ def run_regtorch(make: Callable[[], nn.Module], data: Data, epochs: int, sparse_
     fine = sgd(small) if recipe.fresh else regtorch.carry_optimizer(optimizer.optimizer, model,
                                                                     small)
     scales_at_cut = _family_scales(small, data.x_test[:256])
-    if recipe.rescale:
-        factors = regtorch.rescale_families_(small, data.x_test[:256], target=recipe.rescale)
-        parameters = dict(small.named_parameters())
-        with torch.no_grad():
-            for name, factor in factors.items():
-                state = fine.state.get(parameters[name], {})
-                if "momentum_buffer" in state:
-                    state["momentum_buffer"].div_(factor)
     train(small, fine, stream, total - sparse_steps,
           schedule=(sparse_steps, total) if recipe.continued else None, **fine_tune.options())
     return Arm("regtorch", small, accuracy(small, data.x_test, data.y_test), {
@@ -658,9 +645,6 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--continued", action="store_true",
                         help="regtorch arm: one cosine over the whole budget, the fine-tune "
                              "continuing it (default: a new cosine after the cut)")
-    parser.add_argument("--rescale", type=float, default=0.0,
-                        help="regtorch arm: after compact, rescale_families_ to this mean |γ| "
-                             "per scale-free family (the same function; 0: off)")
     parser.add_argument("--fresh", action="store_true",
                         help="regtorch arm: fine-tune with a new optimizer, as Torch-Pruning's "
                              "arm does (default: the SGD state carried across the cut)")
@@ -723,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "auto" if args.roles == "auto" else tuple(args.roles.split(",")),
                     args.scale, args.hold, args.warmup,
                     {'off': False, 'exact': True, 'all': 'all'}[args.keep_scale],
-                    args.continued, args.rescale, args.fresh)
+                    args.continued, args.fresh)
     fine_tune = FineTune(args.fine_peak, args.fine_warmup)
     blocks = tuple(int(b) for b in args.blocks.split(","))
     print(f"torch {torch.__version__}, torch-pruning {metadata.version('torch-pruning')}, "

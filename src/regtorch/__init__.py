@@ -56,7 +56,6 @@ if TYPE_CHECKING:  # the names, for type checkers; at run time they come from __
         channel_groups,
         compact,
         compaction_of,
-        rescale_families_,
     )
 
 __version__ = "0.1.0"
@@ -102,7 +101,6 @@ __all__ = [
     "inside",
     "named",
     "param_groups",
-    "rescale_families_",
     "select",
     "set_dropout",
     "weights",
@@ -124,7 +122,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "regtorch.selection": ("ALL", "NORM_LAYERS", "POSITION_NAMES", "POSITION_TABLES", "WEIGHTS",
         "Selector", "inside", "named", "select", "weights", "where"),
     "regtorch.structure": ("ChannelGroups", "ChannelLasso", "ChannelSparsity", "Compaction",
-        "carry_optimizer", "channel_groups", "compact", "compaction_of", "rescale_families_"),
+        "carry_optimizer", "channel_groups", "compact", "compaction_of"),
 }
 _HOMES = {name: module for module, names in _MODULES.items() for name in names}
 

@@ -29,6 +29,6 @@ def test_public_names():
     for name in regtorch.structure.__all__:
         assert hasattr(regtorch.structure, name)
     for name in ("channel_groups", "ChannelGroups", "ChannelLasso", "ChannelSparsity", "compact",
-                 "compaction_of", "carry_optimizer", "Compaction", "rescale_families_"):
+                 "compaction_of", "carry_optimizer", "Compaction"):
         assert name in regtorch.__all__ and getattr(regtorch, name) is getattr(
             regtorch.structure, name)

@@ -7,9 +7,7 @@
   (:mod:`regtorch.structure.penalty`);
 * :func:`compact` — a new, smaller model without the exactly-zero channels, checked to compute the
   same outputs; :func:`carry_optimizer` carries the optimizer state across the cut
-  (:mod:`regtorch.structure.compact`);
-* :func:`rescale_families_` — the scale-free families' BatchNorm scale restored, the function
-  unchanged (:mod:`regtorch.structure.rescale`).
+  (:mod:`regtorch.structure.compact`).
 """
 
 from regtorch.structure.compact import (
@@ -22,7 +20,6 @@ from regtorch.structure.compact import (
 )
 from regtorch.structure.graph import ChannelGroup, ChannelGroups, Slice, channel_groups
 from regtorch.structure.penalty import ChannelLasso, ChannelSparsity
-from regtorch.structure.rescale import rescale_families_
 
 __all__ = [
     "FLOAT32_TOLERANCE",
@@ -37,5 +34,4 @@ __all__ = [
     "channel_groups",
     "compact",
     "compaction_of",
-    "rescale_families_",
 ]
