@@ -6,9 +6,11 @@ dir); these tests skip only when no C++ compiler exists (CI has one, so there th
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,6 +280,21 @@ def test_build_flags_are_per_isa_never_native():
         assert not any("native" in flag for flag in flags)
     assert "-mavx2" not in _build.build_flags("DEFAULT")
     assert "-mavx512f" in _build.build_flags("AVX512")
+
+
+def test_every_kernel_source_ships_with_the_package():
+    # A wheel holds only the package data pyproject.toml names: a source the build compiles and
+    # the list leaves out makes every installed (non-editable) copy fall back to pure PyTorch.
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from "
+                                  "Python 3.11 on")
+
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"][
+        "regtorch"]
+    package = Path(_build.__file__).parents[1]
+    for source in _build._SOURCES:
+        shipped = source.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(shipped, pattern) for pattern in patterns), shipped
 
 
 def test_disabled_by_environment(monkeypatch, caplog):
